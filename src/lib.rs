@@ -1,0 +1,8 @@
+//! static-registry: mirror container images into a content-addressed tree that stock
+//! nginx serves as a read-only OCI distribution (pull) API.
+
+pub mod fetch;
+pub mod manifest;
+pub mod reference;
+pub mod registry;
+pub mod store;
