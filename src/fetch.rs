@@ -1,1 +1,712 @@
-//! placeholder
+//! Fetch: the only place that joins the registry client and the store. `plan` checks the
+//! references and where each will be stored (no network); `execute` fetches every image
+//! concurrently, each blob once, and publishes each image only when all of it is stored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, try_join_all};
+use futures::{FutureExt, StreamExt};
+use serde::Serialize;
+use tokio::sync::{Mutex, OnceCell, Semaphore};
+
+use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
+use crate::reference::{Digest, Reference, ReferenceError, validate_repository};
+use crate::registry::{Client, RegistryError};
+use crate::store::{BlobClaim, PartialBlob, Store, StoreError, TagUpdate, sha256_digest};
+
+/// Index nesting deeper than this is refused (real images use one level).
+const MAX_INDEX_DEPTH: usize = 4;
+/// Attempts to resume a blob whose body broke off or came up short.
+const BLOB_RESUMES: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Blob downloads in flight at once.
+    pub jobs: usize,
+    /// Store `docker.io/library/alpine` rather than `library/alpine`.
+    pub keep_host: bool,
+    /// Download foreign (non-distributable) layers from their `urls` registry copy.
+    pub include_foreign: bool,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            jobs: 8,
+            keep_host: false,
+            include_foreign: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error("manifest {digest} could not be read")]
+    Manifest {
+        digest: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error(
+        "the registry sent a manifest for {reference} whose bytes hash to {actual}, not {expected} ({origin}); nothing was stored"
+    )]
+    ManifestDigest {
+        reference: String,
+        expected: String,
+        actual: Digest,
+        origin: &'static str,
+    },
+    #[error("manifest {digest} is {actual} bytes but its descriptor says {expected}")]
+    ManifestSize {
+        digest: Digest,
+        expected: u64,
+        actual: usize,
+    },
+    #[error("index {digest} refers to itself through {child}; refusing a cycle")]
+    IndexCycle { digest: Digest, child: Digest },
+    #[error("index nesting deeper than {MAX_INDEX_DEPTH} levels at {digest}; refusing")]
+    IndexTooDeep { digest: Digest },
+    #[error("blob {digest} broke off at byte {got} of {size} after {BLOB_RESUMES} resumes")]
+    BlobIncomplete {
+        digest: Digest,
+        got: u64,
+        size: u64,
+        #[source]
+        source: Option<Box<RegistryError>>,
+    },
+    #[error(
+        "{first} and {second} would both be stored as {name:?}; fetch them in separate roots or use --keep-host"
+    )]
+    NameClash {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "{reference}: with --keep-host the registry {registry:?} does not make a valid repository name ({source}); fetch without --keep-host"
+    )]
+    HostName {
+        reference: String,
+        registry: String,
+        #[source]
+        source: ReferenceError,
+    },
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<RegistryError> for FetchError {
+    fn from(e: RegistryError) -> Self {
+        FetchError::Registry(Box::new(e))
+    }
+}
+
+/// Progress events. Implementations render them (bars on a TTY, lines otherwise); the
+/// library never prints.
+pub trait Reporter: Send + Sync {
+    fn image_started(&self, _source: &str) {}
+    fn image_finished(&self, _report: &ImageReport) {}
+    fn blob_started(&self, _digest: &Digest, _size: u64, _offset: u64) {}
+    fn blob_progress(&self, _digest: &Digest, _bytes: u64) {}
+    fn blob_finished(&self, _digest: &Digest) {}
+    fn warn(&self, _message: &str) {}
+}
+
+/// A reporter that shows nothing (`--quiet`, tests).
+pub struct Silent;
+impl Reporter for Silent {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Downloaded (some or all of it) and published.
+    Fetched,
+    /// The store already had exactly this; only the manifest was checked.
+    Unchanged,
+    Failed,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageReport {
+    /// The normalised reference as asked for.
+    pub source: String,
+    /// Repository name in the store.
+    pub name: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub status: Status,
+    /// The error chain, one cause per element.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub error: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub images: Vec<ImageReport>,
+    pub images_fetched: usize,
+    pub images_unchanged: usize,
+    pub images_failed: usize,
+    pub blobs_fetched: u64,
+    pub blobs_reused: u64,
+    pub manifests_fetched: u64,
+    pub bytes_fetched: u64,
+    pub seconds: f64,
+}
+
+/// One image to fetch and the repository it goes to.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub source: Reference,
+    pub name: String,
+}
+
+/// Where each reference will be stored; refuses invalid names and two sources that would
+/// share a name. No network.
+pub fn plan(refs: &[Reference], opts: &FetchOptions) -> Result<Vec<Planned>, FetchError> {
+    let mut owners: HashMap<String, String> = HashMap::new();
+    let mut planned = Vec::with_capacity(refs.len());
+    for r in refs {
+        let name = stored_name(r, opts.keep_host)?;
+        let origin = format!("{}/{}", r.registry, r.repository);
+        match owners.get(&name) {
+            Some(first) if first != &origin => {
+                return Err(FetchError::NameClash {
+                    name,
+                    first: first.clone(),
+                    second: origin,
+                });
+            }
+            Some(_) => {}
+            None => {
+                owners.insert(name.clone(), origin);
+            }
+        }
+        planned.push(Planned {
+            source: r.clone(),
+            name,
+        });
+    }
+    Ok(planned)
+}
+
+fn stored_name(r: &Reference, keep_host: bool) -> Result<String, FetchError> {
+    if !keep_host {
+        return Ok(r.repository.clone());
+    }
+    // A port's ':' is not allowed in repository names; "host-port" keeps it readable.
+    let host = r.registry.to_ascii_lowercase().replace(':', "-");
+    let name = format!("{host}/{}", r.repository);
+    validate_repository(&name).map_err(|source| FetchError::HostName {
+        reference: r.to_string(),
+        registry: r.registry.clone(),
+        source,
+    })?;
+    Ok(name)
+}
+
+#[derive(Default)]
+struct Stats {
+    blobs_fetched: AtomicU64,
+    blobs_reused: AtomicU64,
+    manifests_fetched: AtomicU64,
+    bytes_fetched: AtomicU64,
+}
+
+/// Work done at most once per digest in a run; later askers wait for the first.
+struct OncePerDigest<T>(Mutex<HashMap<Digest, Arc<OnceCell<T>>>>);
+
+impl<T> OncePerDigest<T> {
+    fn new() -> Self {
+        OncePerDigest(Mutex::new(HashMap::new()))
+    }
+
+    async fn cell(&self, digest: &Digest) -> Arc<OnceCell<T>> {
+        self.0
+            .lock()
+            .await
+            .entry(digest.clone())
+            .or_default()
+            .clone()
+    }
+}
+
+struct Ctx {
+    client: Client,
+    store: Arc<Store>,
+    opts: FetchOptions,
+    reporter: Arc<dyn Reporter>,
+    downloads: Semaphore,
+    /// One claimant per blob in this process; other images wanting it wait for it.
+    blobs: OncePerDigest<()>,
+    /// Likewise per manifest: many tags and indexes share manifests.
+    manifests: OncePerDigest<(Bytes, Option<String>)>,
+    stats: Stats,
+}
+
+/// Fetch every planned image. Each image succeeds or fails on its own; the summary says
+/// which.
+pub async fn execute(
+    client: Client,
+    store: Arc<Store>,
+    planned: Vec<Planned>,
+    opts: FetchOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Summary {
+    let started = Instant::now();
+    let ctx = Arc::new(Ctx {
+        client,
+        store,
+        downloads: Semaphore::new(opts.jobs.max(1)),
+        opts,
+        reporter,
+        blobs: OncePerDigest::new(),
+        manifests: OncePerDigest::new(),
+        stats: Stats::default(),
+    });
+    // Discovery of every image starts at once (bounded), and blob downloads overlap
+    // with it; the download semaphore is what bounds the heavy traffic.
+    let width = (ctx.opts.jobs * 4).max(16);
+    let images: Vec<ImageReport> = futures::stream::iter(planned)
+        .map(|p| {
+            let ctx = ctx.clone();
+            async move {
+                let source = p.source.to_string();
+                ctx.reporter.image_started(&source);
+                let report = match fetch_image(&ctx, &p).await {
+                    Ok((status, digest)) => ImageReport {
+                        source,
+                        name: p.name,
+                        tag: p.source.tag.clone(),
+                        digest: Some(digest.to_string()),
+                        status,
+                        error: Vec::new(),
+                    },
+                    Err(e) => ImageReport {
+                        source,
+                        name: p.name,
+                        tag: p.source.tag.clone(),
+                        digest: p.source.digest.as_ref().map(Digest::to_string),
+                        status: Status::Failed,
+                        error: error_chain(&e),
+                    },
+                };
+                ctx.reporter.image_finished(&report);
+                report
+            }
+        })
+        .buffered(width)
+        .collect()
+        .await;
+    let count = |s| images.iter().filter(|i| i.status == s).count();
+    Summary {
+        images_fetched: count(Status::Fetched),
+        images_unchanged: count(Status::Unchanged),
+        images_failed: count(Status::Failed),
+        images,
+        blobs_fetched: ctx.stats.blobs_fetched.load(Ordering::Relaxed),
+        blobs_reused: ctx.stats.blobs_reused.load(Ordering::Relaxed),
+        manifests_fetched: ctx.stats.manifests_fetched.load(Ordering::Relaxed),
+        bytes_fetched: ctx.stats.bytes_fetched.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// An error and its causes, outermost first.
+pub fn error_chain(e: &dyn std::error::Error) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, FetchError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+async fn fetch_image(ctx: &Ctx, p: &Planned) -> Result<(Status, Digest), FetchError> {
+    let r = &p.source;
+    let host = r.api_host();
+    let store = ctx.store.clone();
+    let name = p.name.clone();
+    let index = blocking(move || store.read_index(&name)).await?;
+
+    // What the manifest must hash to, when known before downloading it.
+    let mut expected = r.digest.clone();
+    match (&r.tag, &r.digest) {
+        (Some(tag), None) => {
+            // One HEAD decides whether anything changed since the last fetch.
+            let head = ctx.client.head_manifest(host, &r.repository, tag).await?;
+            if let Some(d) = head.digest.and_then(|d| d.parse::<Digest>().ok()) {
+                if index.tag(tag).is_some_and(|t| t.digest == d) && ctx.store.has_blob(&d)? {
+                    return Ok((Status::Unchanged, d));
+                }
+                if d.algorithm() == "sha256" {
+                    expected = Some(d);
+                }
+            }
+        }
+        (tag, Some(d)) => {
+            let present = match tag {
+                Some(tag) => index.tag(tag).is_some_and(|t| &t.digest == d),
+                None => index.contains(d),
+            };
+            if present {
+                return Ok((Status::Unchanged, d.clone()));
+            }
+        }
+        (None, None) => {}
+    }
+
+    let (bytes, content_type, digest) = match expected {
+        Some(d) => {
+            let origin = if r.digest.is_some() {
+                "the digest asked for"
+            } else {
+                "the digest the registry announced"
+            };
+            let (bytes, content_type) = manifest_by_digest(ctx, p, &d, origin).await?;
+            (bytes, content_type, d)
+        }
+        None => {
+            let reference = r.manifest_reference();
+            let body = ctx
+                .client
+                .get_manifest(host, &r.repository, &reference)
+                .await?;
+            ctx.stats.manifests_fetched.fetch_add(1, Ordering::Relaxed);
+            let actual = sha256_digest(&body.bytes);
+            if let Some(header) = body.digest.as_deref().filter(|h| h.starts_with("sha256:"))
+                && header != actual.to_string()
+            {
+                return Err(FetchError::ManifestDigest {
+                    reference: r.to_string(),
+                    expected: header.to_owned(),
+                    actual,
+                    origin: "its Docker-Content-Digest header",
+                });
+            }
+            (body.bytes, body.media_type, actual)
+        }
+    };
+    let size = bytes.len() as u64;
+    let media_type =
+        ensure_manifest(ctx, p, digest.clone(), bytes, content_type, Vec::new()).await?;
+    let store = ctx.store.clone();
+    let name = p.name.clone();
+    let update = TagUpdate {
+        tag: r.tag.clone(),
+        media_type,
+        digest: digest.clone(),
+        size,
+    };
+    blocking(move || store.publish(&name, &[update])).await?;
+    Ok((Status::Fetched, digest))
+}
+
+/// Store a verified manifest and everything it reaches in the image's repository; returns
+/// its media type. The manifest itself is linked last, after all it needs.
+fn ensure_manifest<'a>(
+    ctx: &'a Ctx,
+    p: &'a Planned,
+    digest: Digest,
+    bytes: Bytes,
+    content_type: Option<String>,
+    parents: Vec<Digest>,
+) -> BoxFuture<'a, Result<String, FetchError>> {
+    async move {
+        let manifest = Manifest::parse(&bytes, content_type.as_deref()).map_err(|source| {
+            FetchError::Manifest {
+                digest: digest.to_string(),
+                source,
+            }
+        })?;
+        match &manifest.kind {
+            Kind::Index(children) => {
+                if parents.len() >= MAX_INDEX_DEPTH {
+                    return Err(FetchError::IndexTooDeep { digest });
+                }
+                let mut chain = parents.clone();
+                chain.push(digest.clone());
+                try_join_all(
+                    children
+                        .iter()
+                        .map(|child| ensure_child(ctx, p, &digest, child, chain.clone())),
+                )
+                .await?;
+            }
+            Kind::Image { config, layers } => {
+                let wanted = std::iter::once(config.as_ref())
+                    .chain(layers.iter())
+                    .filter(|d| {
+                        if d.is_foreign() && !ctx.opts.include_foreign {
+                            ctx.reporter.warn(&format!(
+                            "{}: skipping foreign layer {} (pass --include-foreign to fetch it)",
+                            p.source, d.digest
+                        ));
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                try_join_all(wanted.map(|d| ensure_blob(ctx, p, d))).await?;
+            }
+        }
+        let store = ctx.store.clone();
+        let name = p.name.clone();
+        blocking(move || {
+            store.put_blob(&digest, &bytes)?;
+            store.link_blob(&name, &digest)
+        })
+        .await?;
+        Ok(manifest.media_type)
+    }
+    .boxed()
+}
+
+async fn ensure_child(
+    ctx: &Ctx,
+    p: &Planned,
+    parent: &Digest,
+    child: &Descriptor,
+    chain: Vec<Digest>,
+) -> Result<(), FetchError> {
+    let d = &child.digest;
+    if chain.contains(d) {
+        return Err(FetchError::IndexCycle {
+            digest: parent.clone(),
+            child: d.clone(),
+        });
+    }
+    let (bytes, _) = manifest_by_digest(ctx, p, d, "the digest in its parent index").await?;
+    if bytes.len() as u64 != child.size {
+        return Err(FetchError::ManifestSize {
+            digest: d.clone(),
+            expected: child.size,
+            actual: bytes.len(),
+        });
+    }
+    ensure_manifest(
+        ctx,
+        p,
+        d.clone(),
+        bytes,
+        Some(child.media_type.clone()),
+        chain,
+    )
+    .await
+    .map(drop)
+}
+
+/// A manifest's verified bytes (and the Content-Type it came with), from the pool when a
+/// previous run stored it, else downloaded once however many tags or indexes share it.
+async fn manifest_by_digest(
+    ctx: &Ctx,
+    p: &Planned,
+    digest: &Digest,
+    origin: &'static str,
+) -> Result<(Bytes, Option<String>), FetchError> {
+    if ctx.store.has_blob(digest)? {
+        let store = ctx.store.clone();
+        let d = digest.clone();
+        return Ok((
+            Bytes::from(blocking(move || store.read_blob(&d)).await?),
+            None,
+        ));
+    }
+    let cell = ctx.manifests.cell(digest).await;
+    let fetched = cell
+        .get_or_try_init(|| async {
+            let body = ctx
+                .client
+                .get_manifest(
+                    p.source.api_host(),
+                    &p.source.repository,
+                    &digest.to_string(),
+                )
+                .await?;
+            ctx.stats.manifests_fetched.fetch_add(1, Ordering::Relaxed);
+            let actual = sha256_digest(&body.bytes);
+            if &actual != digest {
+                return Err(FetchError::ManifestDigest {
+                    reference: format!("{}/{}@{digest}", p.source.registry, p.source.repository),
+                    expected: digest.to_string(),
+                    actual,
+                    origin,
+                });
+            }
+            Ok((body.bytes, body.media_type))
+        })
+        .await?;
+    Ok(fetched.clone())
+}
+
+async fn ensure_blob(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), FetchError> {
+    if ctx.store.has_blob(&desc.digest)? {
+        ctx.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
+    } else {
+        ctx.blobs
+            .cell(&desc.digest)
+            .await
+            .get_or_try_init(|| download(ctx, p, desc))
+            .await?;
+    }
+    let store = ctx.store.clone();
+    let name = p.name.clone();
+    let digest = desc.digest.clone();
+    blocking(move || store.link_blob(&name, &digest)).await?;
+    Ok(())
+}
+
+/// Download one blob into the pool, resuming with Range after a broken or short body.
+async fn download(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), FetchError> {
+    let _permit = ctx
+        .downloads
+        .acquire()
+        .await
+        .expect("semaphore never closed");
+    let store = ctx.store.clone();
+    let (digest, size) = (desc.digest.clone(), desc.size);
+    let mut partial = match blocking(move || store.claim_blob(&digest, size)).await? {
+        BlobClaim::Present => {
+            ctx.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        BlobClaim::Write(w) => *w,
+    };
+    let d = &desc.digest;
+    ctx.reporter.blob_started(d, size, partial.offset());
+    let mut resumes = 0;
+    loop {
+        let (back, broke) = stream_into(ctx, p, partial).await?;
+        partial = back;
+        if partial.offset() == size {
+            break;
+        }
+        if resumes == BLOB_RESUMES {
+            return Err(FetchError::BlobIncomplete {
+                digest: d.clone(),
+                got: partial.offset(),
+                size,
+                source: broke.map(Box::new),
+            });
+        }
+        resumes += 1;
+        ctx.reporter.warn(&format!(
+            "{}: blob {d} stopped at byte {} of {size}{}; resuming",
+            p.source,
+            partial.offset(),
+            broke.map(|e| format!(" ({e})")).unwrap_or_default()
+        ));
+    }
+    blocking(move || partial.commit()).await?;
+    ctx.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+    ctx.reporter.blob_finished(d);
+    Ok(())
+}
+
+/// One GET of the blob from `partial`'s offset, written on a blocking thread (file writes
+/// and hashing stay off the async workers) while the network side keeps reading. Returns
+/// the writer and the stream error, if the body broke off.
+async fn stream_into(
+    ctx: &Ctx,
+    p: &Planned,
+    mut partial: PartialBlob,
+) -> Result<(PartialBlob, Option<RegistryError>), FetchError> {
+    let resp = ctx
+        .client
+        .get_blob(
+            p.source.api_host(),
+            &p.source.repository,
+            &partial.digest().to_string(),
+            partial.offset(),
+        )
+        .await?;
+    if resp.offset != partial.offset() {
+        // The server ignored Range: start over.
+        partial = blocking(move || partial.restart().map(|()| partial)).await?;
+    }
+    let digest = partial.digest().clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    let writer = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = rx.blocking_recv() {
+            partial.write(&chunk)?;
+        }
+        Ok::<_, StoreError>(partial)
+    });
+    let mut stream = resp.stream;
+    let mut broke = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => {
+                let n = chunk.len() as u64;
+                if tx.send(chunk).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+                ctx.stats.bytes_fetched.fetch_add(n, Ordering::Relaxed);
+                ctx.reporter.blob_progress(&digest, n);
+            }
+            Err(e) => {
+                broke = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    Ok((writer.await??, broke))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> Reference {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn two_sources_for_one_name_are_refused_naming_both() {
+        let refs = [
+            r("ghcr.io/org/app:1"),
+            r("quay.io/org/app:2"),
+            r("ghcr.io/org/app:3"),
+        ];
+        let err = plan(&refs, &FetchOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ghcr.io/org/app") && msg.contains("quay.io/org/app"),
+            "{msg}"
+        );
+        let keep = FetchOptions {
+            keep_host: true,
+            ..FetchOptions::default()
+        };
+        let planned = plan(&refs, &keep).unwrap();
+        assert_eq!(planned[1].name, "quay.io/org/app");
+    }
+
+    #[test]
+    fn keep_host_makes_ports_valid_names() {
+        let keep = FetchOptions {
+            keep_host: true,
+            ..FetchOptions::default()
+        };
+        let planned = plan(&[r("127.0.0.1:5000/team/app:1.2"), r("alpine")], &keep).unwrap();
+        assert_eq!(planned[0].name, "127.0.0.1-5000/team/app");
+        assert_eq!(planned[1].name, "docker.io/library/alpine");
+    }
+}

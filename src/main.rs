@@ -1,3 +1,147 @@
-fn main() {
-    println!("Hello, world!");
+//! The binary: parse the command line, call the library, print results and the error
+//! chain, and exit 0 (ok), 1 (failure) or 2 (usage).
+
+mod cli;
+mod progress;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use static_registry::fetch::{self, FetchOptions, Summary};
+use static_registry::reference::Reference;
+use static_registry::registry::{Client, ClientOptions};
+use static_registry::store::Store;
+
+use cli::{Cli, Command, FetchArgs, RegistryArgs};
+
+/// Bad input the user can fix on the command line: exit 2 like clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Usage(anyhow::Error);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Fetch(args) => fetch_command(args),
+    }
+}
+
+fn client_options(args: &RegistryArgs) -> Result<ClientOptions> {
+    let creds = match &args.creds {
+        Some(c) => {
+            let (user, pass) = c.split_once(':').ok_or_else(|| {
+                Usage(anyhow::anyhow!(
+                    "--creds must be USER:PASSWORD (got no ':')"
+                ))
+            })?;
+            Some((user.to_owned(), pass.to_owned()))
+        }
+        None => None,
+    };
+    Ok(ClientOptions {
+        tls_verify: args.tls_verify,
+        ca_certs: args.ca_cert.clone(),
+        cert_dir: args.cert_dir.clone(),
+        creds,
+        authfile: args.authfile.clone(),
+        retries: args.retries,
+        user_agent: concat!("static-registry/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ..ClientOptions::default()
+    })
+}
+
+fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
+    let refs = args
+        .references
+        .iter()
+        .map(|s| s.parse::<Reference>().map_err(|e| Usage(e.into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = FetchOptions {
+        jobs: args.jobs.into(),
+        keep_host: args.keep_host,
+        include_foreign: args.include_foreign,
+    };
+    let planned = fetch::plan(&refs, &opts).map_err(|e| Usage(e.into()))?;
+    let client =
+        Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
+    let store = Store::open(&args.root)
+        .with_context(|| format!("opening the store at {}", args.root.display()))?;
+    let reporter: Arc<dyn fetch::Reporter> = Arc::from(progress::reporter(args.quiet));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = runtime.block_on(async {
+        tokio::select! {
+            s = fetch::execute(client, Arc::new(store), planned, opts, reporter) => Some(s),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(summary) = summary else {
+        eprintln!(
+            "interrupted: nothing partial was published; partial downloads resume on the next fetch"
+        );
+        return Ok(ExitCode::from(130));
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    if !args.quiet {
+        print_summary(&summary);
+    }
+    for failed in summary.images.iter().filter(|i| !i.error.is_empty()) {
+        eprintln!("error: {}: {}", failed.source, failed.error.join(": "));
+    }
+    Ok(if summary.images_failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_summary(s: &Summary) {
+    eprintln!(
+        "{} images: {} fetched, {} unchanged, {} failed; blobs: {} fetched, {} reused; {} manifests; {:.1} MB in {:.2}s",
+        s.images.len(),
+        s.images_fetched,
+        s.images_unchanged,
+        s.images_failed,
+        s.blobs_fetched,
+        s.blobs_reused,
+        s.manifests_fetched,
+        s.bytes_fetched as f64 / 1e6,
+        s.seconds
+    );
 }

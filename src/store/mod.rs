@@ -1,1 +1,281 @@
-//! placeholder
+//! The content-addressed store: a pool of verified blobs under `.blobs/`, and one OCI
+//! image layout per repository whose blobs are links into the pool.
+//!
+//! The store never touches the network: it takes bytes, verifies them and publishes
+//! them in an order that keeps every state a reader (nginx, skopeo) can see consistent:
+//! blob → pool → repository link → index.json.
+
+mod atomic;
+mod blob;
+mod layout;
+mod link;
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use atomic::{write_atomic, write_new};
+pub use blob::{BlobClaim, PartialBlob};
+pub use layout::{ImageIndex, TagUpdate};
+pub use link::LinkKind;
+
+use crate::reference::{self, Digest, ReferenceError};
+
+/// Major version of the on-disk format; a store with a newer major is refused.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_FILE: &str = ".static-registry";
+const LOCK_FILE: &str = ".lock";
+const INDEX_LOCK_FILE: &str = ".index.lock";
+const TMP_DIR: &str = ".tmp";
+const POOL_DIR: &str = ".blobs";
+/// Entries of an OCI image layout; a repository name component equal to one of these
+/// would land inside a parent repository's layout.
+const LAYOUT_ENTRIES: [&str; 3] = ["blobs", "index.json", "oci-layout"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path} was written by a newer static-registry (store format {found}, this build reads {FORMAT_VERSION}); upgrade static-registry"
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
+    #[error("{path} is not a static-registry store marker: {reason}")]
+    BadFormatFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    InvalidName(#[from] ReferenceError),
+    #[error(
+        "repository name {name:?} has a component {component:?}, which would collide with the OCI layout of a parent repository; choose another name"
+    )]
+    ReservedComponent { name: String, component: String },
+    #[error("digest mismatch for {expected}: the bytes hash to {actual}; nothing was stored")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error(
+        "size mismatch for {digest}: expected {expected} bytes, got {actual}; nothing was stored"
+    )]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("unsupported digest algorithm {0:?}: the store keeps sha256 blobs only")]
+    UnsupportedAlgorithm(String),
+    #[error("{path} is not a valid OCI index: {source}")]
+    BadIndex {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+        move |source| StoreError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Serialize, Deserialize)]
+struct FormatMarker {
+    format: u32,
+}
+
+/// An open store. Writers hold a shared lock on `<root>/.lock` for the store's lifetime
+/// so that a future exclusive user (prune) can wait for them; concurrent fetches are
+/// safe by construction (content-addressed renames, idempotent links, index.json
+/// rewritten under a short exclusive lock).
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Open (creating if needed) the store at `root` for writing.
+    pub fn open(root: &Path) -> Result<Store> {
+        for dir in [
+            root.to_path_buf(),
+            root.join(TMP_DIR),
+            root.join(POOL_DIR).join("sha256"),
+        ] {
+            fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        }
+        let marker = root.join(FORMAT_FILE);
+        match fs::read(&marker) {
+            Ok(bytes) => {
+                let found: FormatMarker =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::BadFormatFile {
+                        path: marker.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if found.format > FORMAT_VERSION {
+                    return Err(StoreError::NewerFormat {
+                        path: marker,
+                        found: found.format,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let body = serde_json::to_vec(&FormatMarker {
+                    format: FORMAT_VERSION,
+                })
+                .expect("marker serialises");
+                write_atomic(&marker, &body)?;
+            }
+            Err(e) => return Err(StoreError::io("read", &marker)(e)),
+        }
+        let lock_path = root.join(LOCK_FILE);
+        let lock = open_lock_file(&lock_path)?;
+        lock.lock_shared()
+            .map_err(StoreError::io("lock", &lock_path))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
+    }
+
+    /// Where the pool keeps a blob. Only sha256 is stored (the digest type guarantees the
+    /// hex part is safe to use as a file name).
+    pub fn pool_path(&self, digest: &Digest) -> Result<PathBuf> {
+        sha256_only(digest)?;
+        Ok(self.root.join(POOL_DIR).join("sha256").join(digest.hex()))
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.pool_path(digest)?.is_file())
+    }
+
+    /// Read a blob from the pool (manifests, which are small).
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.pool_path(digest)?;
+        fs::read(&path).map_err(StoreError::io("read", &path))
+    }
+
+    /// Store small bytes (a manifest) in the pool after checking their digest.
+    pub fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let path = self.pool_path(digest)?;
+        if path.is_file() {
+            return Ok(());
+        }
+        let actual = sha256_digest(bytes);
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        // Concurrent fetches may store the same manifest; the first file stays, so links
+        // made to it remain the pool's inode.
+        write_new(&path, bytes)
+    }
+
+    /// The directory of a repository's OCI layout, after validating the name so that it
+    /// can never point outside the root.
+    pub fn repo_dir(&self, name: &str) -> Result<PathBuf> {
+        reference::validate_repository(name)?;
+        if let Some(component) = name.split('/').skip(1).find(|c| LAYOUT_ENTRIES.contains(c)) {
+            return Err(StoreError::ReservedComponent {
+                name: name.to_owned(),
+                component: component.to_owned(),
+            });
+        }
+        Ok(self.root.join(name))
+    }
+
+    /// Make `blob` available in repository `name` (link into its layout).
+    pub fn link_blob(&self, name: &str, digest: &Digest) -> Result<LinkKind> {
+        let src = self.pool_path(digest)?;
+        let dir = self.repo_dir(name)?.join("blobs").join("sha256");
+        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        link::link_or_copy(&src, &dir.join(digest.hex()))
+    }
+}
+
+fn sha256_only(digest: &Digest) -> Result<()> {
+    if digest.algorithm() == "sha256" {
+        Ok(())
+    } else {
+        Err(StoreError::UnsupportedAlgorithm(digest.algorithm().into()))
+    }
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    Digest::sha256_from_hex(&hex).expect("sha256 output is valid hex")
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io("open lock file", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_nest_into_a_layout_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.repo_dir("a/b/c").is_ok());
+        assert!(store.repo_dir("blobs/x").is_ok());
+        for bad in [
+            "a/blobs",
+            "a/index.json",
+            "x/oci-layout/y",
+            "../a",
+            "a/../b",
+            "A",
+        ] {
+            assert!(store.repo_dir(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FORMAT_FILE), br#"{"format":2}"#).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerFormat { found: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn put_blob_checks_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = sha256_digest(b"hello");
+        assert!(store.put_blob(&d, b"hellO").is_err());
+        assert!(!store.has_blob(&d).unwrap());
+        store.put_blob(&d, b"hello").unwrap();
+        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
+    }
+}

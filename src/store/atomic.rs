@@ -1,0 +1,79 @@
+//! Atomic file replacement: a reader sees the old file or the new one, never a mix, and
+//! after a crash the new one is either complete or absent.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use super::{Result, StoreError};
+
+/// Write `bytes` to `path` through a temporary file in the same directory (so the rename
+/// stays on one filesystem), fsync it, rename it over `path`, then fsync the directory so
+/// the rename itself survives a power cut.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = synced_temp(path, bytes)?;
+    tmp.persist(path)
+        .map_err(|e| StoreError::io("rename into place", path)(e.error))?;
+    sync_dir(parent(path))
+}
+
+/// Like `write_atomic`, but an existing `path` wins: for content-addressed files, where
+/// replacing an equal file would break the hardlinks already made to it.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = synced_temp(path, bytes)?;
+    match tmp.persist_noclobber(path) {
+        Ok(_) => sync_dir(parent(path)),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::io("move into place", path)(e.error)),
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+fn synced_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+    let dir = parent(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(StoreError::io("create temporary file in", dir))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(StoreError::io("write", tmp.path()))?;
+    Ok(tmp)
+}
+
+/// fsync a directory, making renames and links inside it durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("sync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_new_keeps_the_existing_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("blob");
+        write_new(&p, b"same").unwrap();
+        let ino = std::fs::metadata(&p).unwrap().ino();
+        write_new(&p, b"same").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().ino(), ino);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

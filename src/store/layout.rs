@@ -1,0 +1,179 @@
+//! A repository's OCI image layout: `oci-layout` and `index.json`, one descriptor per tag
+//! (named by `org.opencontainers.image.ref.name`, as skopeo, oras and zot read it).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Store, StoreError, open_lock_file, write_atomic};
+use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
+use crate::reference::{Digest, validate_tag};
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// The index.json of an image layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageIndex {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ImageIndex {
+    fn default() -> Self {
+        ImageIndex {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.to_owned()),
+            manifests: Vec::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+impl ImageIndex {
+    /// The digest a tag points at.
+    pub fn tag(&self, tag: &str) -> Option<&Descriptor> {
+        self.manifests
+            .iter()
+            .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(tag))
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.manifests.iter().any(|d| &d.digest == digest)
+    }
+}
+
+/// One entry to publish: a manifest, under a tag or (for digest references) untagged.
+#[derive(Debug, Clone)]
+pub struct TagUpdate {
+    pub tag: Option<String>,
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+impl Store {
+    /// Read a repository's index.json; an absent layout reads as empty.
+    pub fn read_index(&self, name: &str) -> Result<ImageIndex> {
+        let path = self.repo_dir(name)?.join("index.json");
+        read_index_file(&path)
+    }
+
+    /// Publish manifests in a repository. Every blob they reach must already be linked
+    /// into the layout: from this rename on, readers can resolve the tag.
+    pub fn publish(&self, name: &str, updates: &[TagUpdate]) -> Result<()> {
+        let dir = self.repo_dir(name)?;
+        for u in updates {
+            if let Some(tag) = &u.tag {
+                validate_tag(tag)?;
+            }
+        }
+        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        let layout = dir.join("oci-layout");
+        if !layout.is_file() {
+            write_atomic(&layout, OCI_LAYOUT)?;
+        }
+        // index.json is read-modify-write: concurrent fetches into one store serialise
+        // here (briefly) so neither loses the other's tags.
+        let lock_path = self.root.join(super::INDEX_LOCK_FILE);
+        let lock = open_lock_file(&lock_path)?;
+        lock.lock().map_err(StoreError::io("lock", &lock_path))?;
+        let path = dir.join("index.json");
+        let mut index = read_index_file(&path)?;
+        for u in updates {
+            let mut annotations = BTreeMap::new();
+            match &u.tag {
+                Some(tag) => {
+                    index
+                        .manifests
+                        .retain(|d| d.annotations.get(REF_NAME) != Some(tag));
+                    annotations.insert(REF_NAME.to_owned(), tag.clone());
+                }
+                None if index.contains(&u.digest) => continue,
+                None => {}
+            }
+            index.manifests.push(Descriptor {
+                media_type: u.media_type.clone(),
+                digest: u.digest.clone(),
+                size: u.size,
+                urls: Vec::new(),
+                platform: None,
+                artifact_type: None,
+                annotations,
+            });
+        }
+        index.manifests.sort_by(|a, b| {
+            a.annotations
+                .get(REF_NAME)
+                .cmp(&b.annotations.get(REF_NAME))
+        });
+        let mut body = serde_json::to_vec_pretty(&index).expect("index serialises");
+        body.push(b'\n');
+        write_atomic(&path, &body)
+    }
+}
+
+fn read_index_file(path: &Path) -> Result<ImageIndex> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::BadIndex {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(ImageIndex::default()),
+        Err(e) => Err(StoreError::io("read", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::OCI_MANIFEST;
+    use crate::store::sha256_digest;
+
+    fn update(tag: Option<&str>, body: &[u8]) -> TagUpdate {
+        TagUpdate {
+            tag: tag.map(str::to_owned),
+            media_type: OCI_MANIFEST.into(),
+            digest: sha256_digest(body),
+            size: body.len() as u64,
+        }
+    }
+
+    #[test]
+    fn retagging_replaces_and_untagged_is_added_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.publish("a/b", &[update(Some("v1"), b"one")]).unwrap();
+        store
+            .publish(
+                "a/b",
+                &[update(Some("v1"), b"two"), update(Some("v0"), b"one")],
+            )
+            .unwrap();
+        store.publish("a/b", &[update(None, b"two")]).unwrap();
+        let index = store.read_index("a/b").unwrap();
+        assert_eq!(index.manifests.len(), 2);
+        assert_eq!(index.tag("v1").unwrap().digest, sha256_digest(b"two"));
+        assert_eq!(index.tag("v0").unwrap().digest, sha256_digest(b"one"));
+        assert!(dir.path().join("a/b/oci-layout").is_file());
+    }
+
+    #[test]
+    fn hostile_tags_never_reach_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let err = store
+            .publish("x", &[update(Some("a\";} location / { root /;"), b"1")])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidName(_)), "{err}");
+        assert!(!dir.path().join("x/index.json").exists());
+    }
+}

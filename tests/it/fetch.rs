@@ -1,0 +1,297 @@
+//! `static-registry fetch` against a real docker-registry holding the fixture set.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::fixtures::{BASE_REPOS, Fixtures, OCI_INDEX, OCI_MANIFEST};
+use crate::harness::registry::Registry;
+use crate::harness::sha256_digest;
+use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
+use crate::harness::store::{
+    assert_consistent, assert_no_partials, assert_pool_verified, pool_path, repo_blob,
+    static_registry, tags,
+};
+
+/// Every tag of the fixture set as `host/repo:tag`.
+fn all_tag_refs(reg: &Registry, fx: &Fixtures) -> Vec<String> {
+    fx.all_refs()
+        .into_iter()
+        .map(|(repo, tag, _)| format!("{}/{repo}:{tag}", reg.addr()))
+        .collect()
+}
+
+fn fetch(root: &Path, refs: &[String], extra: &[&str]) -> (i32, Value, String) {
+    let root = root.to_str().unwrap();
+    let mut args = vec!["fetch", "--root", root, "--tls-verify=false", "--json"];
+    args.extend_from_slice(extra);
+    args.extend(refs.iter().map(String::as_str));
+    let out = static_registry(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn fetch_ok(root: &Path, refs: &[String]) -> Value {
+    let (code, json, stderr) = fetch(root, refs, &[]);
+    assert_eq!(code, 0, "fetch failed:\n{stderr}");
+    json
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_stores_every_fixture_exactly_and_once() {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    let root = tempfile::tempdir().unwrap();
+    let refs = all_tag_refs(&reg, &fx);
+
+    let summary = fetch_ok(root.path(), &refs);
+    assert_eq!(summary["images_failed"], 0);
+    assert_eq!(
+        summary["images_fetched"].as_u64().unwrap() as usize,
+        refs.len()
+    );
+    assert_consistent(root.path());
+    assert_no_partials(root.path());
+
+    // Each tag resolves to exactly the source digest.
+    for (repo, tag, digest) in fx.all_refs() {
+        let stored: Vec<_> = tags(root.path(), &repo);
+        assert!(
+            stored.contains(&(tag.clone(), digest.clone())),
+            "{repo}:{tag} should be {digest}, index has {stored:?}"
+        );
+        let m = fx.by_digest(&repo, &digest);
+        assert_eq!(
+            fs::read(repo_blob(root.path(), &repo, &digest)).unwrap(),
+            m.bytes
+        );
+        // skopeo 1.9 resolves oci: tags only for OCI media types (see the design).
+        if m.media_type == OCI_MANIFEST || m.media_type == OCI_INDEX {
+            let target = format!("oci:{}/{repo}:{tag}", root.path().display());
+            let raw = tokio::task::spawn_blocking(move || skopeo_inspect_raw(&target, &[]))
+                .await
+                .unwrap();
+            assert_eq!(sha256_digest(&raw), digest, "skopeo reads {repo}:{tag}");
+        }
+        for blob in &m.blobs {
+            assert!(
+                repo_blob(root.path(), &repo, blob).is_file(),
+                "{repo} lacks {blob}"
+            );
+        }
+        for child in &m.children {
+            assert!(
+                repo_blob(root.path(), &repo, child).is_file(),
+                "{repo} lacks {child}"
+            );
+        }
+    }
+
+    // Every blob is stored once: the pool holds exactly the distinct pushed content, and
+    // the shared base layer is one inode linked from the pool and each of its 3 repos.
+    let pool = assert_pool_verified(root.path());
+    let mut expected: BTreeSet<String> = fx.blobs.keys().cloned().collect();
+    expected.remove(&fx.foreign_layer);
+    expected.extend(fx.manifests.iter().map(|m| m.digest.clone()));
+    assert_eq!(pool, expected);
+    let base = fs::metadata(pool_path(root.path(), &fx.base_layer)).unwrap();
+    assert_eq!(base.nlink(), 1 + BASE_REPOS.len() as u64);
+    for repo in BASE_REPOS {
+        let linked = fs::metadata(repo_blob(root.path(), repo, &fx.base_layer)).unwrap();
+        assert_eq!(linked.ino(), base.ino(), "{repo}");
+    }
+    assert!(!repo_blob(root.path(), "foreign/win", &fx.foreign_layer).exists());
+
+    // A whole image copies out of the layout with a real client.
+    let src = format!("oci:{}/oci/multi:1.0", root.path().display());
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = format!("oci:{}/copy:1.0", dst_dir.path().display());
+    tokio::task::spawn_blocking(move || skopeo(&["copy", "--all", &src, &dst]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_refetch_sends_one_head_per_tag_and_no_blob_request() {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    let root = tempfile::tempdir().unwrap();
+    let refs = all_tag_refs(&reg, &fx);
+    fetch_ok(root.path(), &refs);
+
+    reg.sync();
+    reg.mark();
+    let summary = fetch_ok(root.path(), &refs);
+    reg.sync();
+    assert_eq!(
+        summary["images_unchanged"].as_u64().unwrap() as usize,
+        refs.len()
+    );
+    assert_eq!(reg.count("GET", "/blobs/"), 0, "{:?}", reg.requests());
+    assert_eq!(reg.count("GET", "/manifests/"), 0, "{:?}", reg.requests());
+    assert_eq!(reg.count("HEAD", "/manifests/"), refs.len());
+    assert_eq!(reg.count("HEAD", "/blobs/"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_shared_by_three_repos_is_downloaded_once() {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    let root = tempfile::tempdir().unwrap();
+    let refs: Vec<String> = BASE_REPOS
+        .iter()
+        .map(|r| format!("{}/{r}:{}", reg.addr(), fx.tags(r)[0]))
+        .collect();
+    reg.mark();
+    fetch_ok(root.path(), &refs);
+    reg.sync();
+    assert_eq!(reg.count("GET", &fx.base_layer), 1, "{:?}", reg.requests());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_digest_and_failures_are_reported_per_image() {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    let root = tempfile::tempdir().unwrap();
+    let web = fx.manifest("apps/web", "v1");
+    let good = format!("{}/apps/web@{}", reg.addr(), web.digest);
+    let missing_tag = format!("{}/apps/web:nope", reg.addr());
+    let missing_repo = format!("{}/no/such:1", reg.addr());
+    let (code, summary, stderr) = fetch(
+        root.path(),
+        &[good.clone(), missing_tag.clone(), missing_repo.clone()],
+        &[],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(summary["images_fetched"], 1, "{stderr}");
+    assert_eq!(summary["images_failed"], 2, "{stderr}");
+    for bad in [&missing_tag, &missing_repo] {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("error:") && l.contains(bad.as_str()))
+            .unwrap_or_else(|| panic!("no error line names {bad}:\n{stderr}"));
+        assert!(
+            line.contains("MANIFEST_UNKNOWN")
+                || line.contains("NAME_UNKNOWN")
+                || line.contains("not found"),
+            "{line}"
+        );
+    }
+    assert_consistent(root.path());
+    // A digest reference stays untagged in the layout but is stored completely.
+    assert!(tags(root.path(), "apps/web").is_empty());
+    assert!(repo_blob(root.path(), "apps/web", &web.digest).is_file());
+    assert!(
+        !root.path().join("no/such").exists(),
+        "nothing is published for a failed image"
+    );
+
+    // Asking again by digest needs no request at all.
+    reg.sync();
+    reg.mark();
+    let (code, summary, stderr) = fetch(root.path(), &[good], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["images_unchanged"], 1);
+    reg.sync();
+    assert!(reg.requests().is_empty(), "{:?}", reg.requests());
+}
+
+#[test]
+fn bad_references_are_usage_errors_that_name_the_input() {
+    let root = tempfile::tempdir().unwrap();
+    for bad in ["Foo/bar", "a/../b:1", "x:tag\";}", "x@sha256:abc"] {
+        let (code, _, stderr) = fetch(root.path(), &[bad.to_owned()], &[]);
+        assert_eq!(code, 2, "{bad}: {stderr}");
+        assert!(stderr.contains("invalid"), "{bad}: {stderr}");
+    }
+    let (code, _, stderr) = fetch(
+        root.path(),
+        &["ghcr.io/org/app:1".into(), "quay.io/org/app:1".into()],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("ghcr.io/org/app") && stderr.contains("quay.io/org/app"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_fetches_into_one_root_at_once_stay_consistent() {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    let root = tempfile::tempdir().unwrap();
+    let refs = all_tag_refs(&reg, &fx);
+    let spawn = |refs: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_static-registry"))
+            .args(["fetch", "--quiet", "--tls-verify=false", "--root"])
+            .arg(root.path())
+            .args(refs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Overlapping but different orders, so both race for the same blobs and index.json.
+    let mut reversed = refs.clone();
+    reversed.reverse();
+    let a = spawn(&refs);
+    let b = spawn(&reversed);
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_consistent(root.path());
+    assert_no_partials(root.path());
+    for (repo, tag, digest) in fx.all_refs() {
+        assert!(tags(root.path(), &repo).contains(&(tag, digest)), "{repo}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    let root = tempfile::tempdir().unwrap();
+    let refs = all_tag_refs(&reg, &fx);
+    // Kill points spread over a run (which takes well under a second here): each kill
+    // lands somewhere in discovery, blob streaming, linking or index.json publishing.
+    for delay_ms in [5, 15, 30, 50, 80, 120, 200] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_static-registry"))
+            .args([
+                "fetch",
+                "--quiet",
+                "--tls-verify=false",
+                "--jobs",
+                "2",
+                "--root",
+            ])
+            .arg(root.path())
+            .args(&refs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_consistent(root.path());
+    }
+    let summary = fetch_ok(root.path(), &refs);
+    assert_eq!(summary["images_failed"], 0);
+    assert_consistent(root.path());
+    assert_no_partials(root.path());
+    for (repo, tag, digest) in fx.all_refs() {
+        assert!(tags(root.path(), &repo).contains(&(tag, digest)), "{repo}");
+    }
+}

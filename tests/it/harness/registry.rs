@@ -1,0 +1,278 @@
+//! A real `docker-registry` (distribution 2.8) on a private loopback port.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{
+    AccessLogEntry, HARNESS_QUERY, PORT_ATTEMPTS, START_TIMEOUT, SYNC_TIMEOUT, free_port, keep_tmp,
+    parse_access_log, raw_http_get, require_bin, tail,
+};
+
+pub struct Registry {
+    child: Child,
+    addr: String,
+    log_path: PathBuf,
+    storage: PathBuf,
+    /// `Option` only so `Drop` can `keep()` it when asked to.
+    dir: Option<tempfile::TempDir>,
+    /// Number of (non-harness) access-log entries hidden by the last `mark()`.
+    mark: AtomicUsize,
+    seq: AtomicUsize,
+    http: reqwest::Client,
+}
+
+enum Startup {
+    Ready,
+    PortTaken,
+}
+
+impl Registry {
+    /// Start a registry with filesystem storage in a fresh temp dir, no auth,
+    /// access log on. Blocks (≤ ~10 s per port attempt) until `GET /v2/` is 200.
+    pub fn start() -> Registry {
+        let bin = require_bin("docker-registry", "docker-registry");
+        let dir = tempfile::Builder::new()
+            .prefix("it-registry-")
+            .tempdir()
+            .expect("create registry temp dir");
+        let storage = dir.path().join("storage");
+        let log_path = dir.path().join("registry.log");
+        let config = dir.path().join("config.yml");
+
+        for attempt in 0..PORT_ATTEMPTS {
+            let addr = format!("127.0.0.1:{}", free_port());
+            std::fs::write(&config, config_yaml(&addr, &storage)).expect("write config.yml");
+            // One O_APPEND file for both streams: each log line is a single
+            // write(2), so stdout (access log) and stderr (logrus) interleave
+            // by whole lines.
+            std::fs::write(&log_path, b"").expect("truncate registry.log");
+            let log = OpenOptions::new()
+                .append(true)
+                .open(&log_path)
+                .expect("open registry.log");
+            let child = Command::new(&bin)
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log fd"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));
+            let mut reg = Registry {
+                child,
+                addr,
+                log_path: log_path.clone(),
+                storage: storage.clone(),
+                dir: None,
+                mark: AtomicUsize::new(0),
+                seq: AtomicUsize::new(0),
+                http: reqwest::Client::builder()
+                    .no_proxy()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .expect("reqwest client"),
+            };
+            match reg.wait_ready(attempt) {
+                Startup::Ready => {
+                    reg.dir = Some(dir);
+                    return reg;
+                }
+                // Lost the race for the port to someone else; `reg` drops
+                // (kills the child) and we try another port.
+                Startup::PortTaken => continue,
+            }
+        }
+        panic!(
+            "docker-registry: no free port after {PORT_ATTEMPTS} attempts; log tail:\n{}",
+            tail(&log_path, 30)
+        );
+    }
+
+    fn wait_ready(&mut self, attempt: usize) -> Startup {
+        // A unique probe path proves that *our* process answered, not some
+        // other server that won the port.
+        let probe = format!("/v2/?{HARNESS_QUERY}ready-{attempt}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait registry") {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                if log.contains("address already in use") {
+                    return Startup::PortTaken;
+                }
+                panic!(
+                    "docker-registry exited during startup ({status}); log tail:\n{}",
+                    tail(&self.log_path, 30)
+                );
+            }
+            if let Ok(200) = raw_http_get(&self.addr, &probe, Duration::from_secs(1)) {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                if log.contains(&probe) {
+                    return Startup::Ready;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "docker-registry on {} not answering 200 on GET /v2/ within {START_TIMEOUT:?}; log tail:\n{}",
+                    self.addr,
+                    tail(&self.log_path, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Root of the registry's filesystem storage driver.
+    pub fn storage_dir(&self) -> &Path {
+        &self.storage
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Last `n` lines of the combined stdout/stderr log, for assertion messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log_path, n)
+    }
+
+    /// Shared async HTTP client (no proxy). Tied to whichever tokio runtime
+    /// first uses it, so use one `Registry` from one runtime.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Wait until every request already answered by the registry is in the log.
+    ///
+    /// The access-log line is written only after the handler returns, so a
+    /// client can see its response before the line exists. We send a marker
+    /// request and wait for its line; earlier requests have finished by then.
+    pub fn sync(&self) {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = format!("/v2/?{HARNESS_QUERY}sync-{n}");
+        let status = raw_http_get(&self.addr, &path, SYNC_TIMEOUT)
+            .unwrap_or_else(|e| panic!("registry sync request failed: {e}"));
+        assert_eq!(status, 200, "registry sync request status");
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        loop {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            if log.lines().any(|l| l.contains(&path)) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "access log line for {path} never appeared; log tail:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Small grace for handlers that finished in the same instant.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Every request the registry logged since start, minus harness probes.
+    pub fn all_entries(&self) -> Vec<AccessLogEntry> {
+        self.sync();
+        let text = std::fs::read_to_string(&self.log_path).expect("read registry.log");
+        parse_access_log(&text)
+            .into_iter()
+            .filter(|e| !e.path.contains(HARNESS_QUERY))
+            .collect()
+    }
+
+    /// Requests logged since the last `mark()` (or since start).
+    pub fn entries(&self) -> Vec<AccessLogEntry> {
+        let mut all = self.all_entries();
+        let skip = self.mark.load(Ordering::SeqCst).min(all.len());
+        all.drain(..skip);
+        all
+    }
+
+    /// `(method, uri)` of requests since the last `mark()`.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.entries()
+            .into_iter()
+            .map(|e| (e.method, e.path))
+            .collect()
+    }
+
+    /// Requests since the last `mark()` with this method whose URI contains
+    /// `path_substring`.
+    pub fn count(&self, method: &str, path_substring: &str) -> usize {
+        self.entries()
+            .iter()
+            .filter(|e| e.method.eq_ignore_ascii_case(method) && e.path.contains(path_substring))
+            .count()
+    }
+
+    /// From now on `entries`/`requests`/`count` only see later requests.
+    pub fn mark(&self) {
+        let n = self.all_entries().len();
+        self.mark.store(n, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- docker-registry {} log tail ({}; IT_KEEP_TMP=1 keeps it) ---\n{}",
+                self.addr,
+                self.log_path.display(),
+                self.log_tail(40)
+            );
+        }
+        if keep_tmp()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("IT_KEEP_TMP: keeping {}", dir.keep().display());
+        }
+    }
+}
+
+fn config_yaml(addr: &str, storage: &Path) -> String {
+    // Upload purging off: nothing should delete state under a running test.
+    // A fixed http.secret silences the "no HTTP secret" warning. Foreign-layer
+    // URLs are rejected unless an allow list is configured.
+    format!(
+        r#"version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: "{storage}"
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+validation:
+  manifests:
+    urls:
+      allow:
+        - '^https?://'
+http:
+  addr: "{addr}"
+  secret: it-harness-not-a-secret
+"#,
+        storage = storage.display()
+    )
+}

@@ -1,0 +1,137 @@
+//! Independent checks of a store on disk: what any reader (nginx, skopeo) relies on.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{run_with_timeout, sha256_digest};
+
+/// Run the static-registry binary with a timeout (it never needs long on loopback).
+pub fn static_registry(args: &[&str]) -> Output {
+    run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_static-registry")).args(args),
+        Duration::from_secs(120),
+    )
+}
+
+pub fn pool_path(root: &Path, digest: &str) -> PathBuf {
+    root.join(".blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+pub fn repo_blob(root: &Path, repo: &str, digest: &str) -> PathBuf {
+    root.join(repo)
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Every pool file hashes to its name; returns the pool's digests.
+pub fn assert_pool_verified(root: &Path) -> BTreeSet<String> {
+    let mut digests = BTreeSet::new();
+    for entry in fs::read_dir(root.join(".blobs/sha256")).expect("pool exists") {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let bytes = fs::read(entry.path()).unwrap();
+        assert_eq!(
+            sha256_digest(&bytes),
+            format!("sha256:{name}"),
+            "pool file {name} is corrupt"
+        );
+        digests.insert(format!("sha256:{name}"));
+    }
+    digests
+}
+
+/// Repositories in the store (directories holding an index.json).
+pub fn repos(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_entry(|e| !e.file_name().to_string_lossy().starts_with('.') || e.depth() == 0)
+    {
+        let entry = entry.unwrap();
+        if entry.file_name() == "index.json" {
+            let dir = entry.path().parent().unwrap().strip_prefix(root).unwrap();
+            out.push(dir.to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Tags of a repository's index.json with their digests.
+pub fn tags(root: &Path, repo: &str) -> Vec<(String, String)> {
+    let index: Value =
+        serde_json::from_slice(&fs::read(root.join(repo).join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| {
+            let tag = d["annotations"]["org.opencontainers.image.ref.name"].as_str()?;
+            Some((tag.to_owned(), d["digest"].as_str().unwrap().to_owned()))
+        })
+        .collect()
+}
+
+/// The invariant a crash must never break: everything every index.json reaches is
+/// present in that repository's layout, byte-exact, and is the same inode as the pool
+/// copy. Foreign layers (with `urls`) are allowed to be absent.
+pub fn assert_consistent(root: &Path) {
+    assert_pool_verified(root);
+    for repo in repos(root) {
+        let index: Value =
+            serde_json::from_slice(&fs::read(root.join(&repo).join("index.json")).unwrap())
+                .unwrap();
+        for d in index["manifests"].as_array().unwrap() {
+            check_descriptor(root, &repo, d);
+        }
+    }
+}
+
+fn check_descriptor(root: &Path, repo: &str, d: &Value) {
+    let digest = d["digest"].as_str().unwrap();
+    let path = repo_blob(root, repo, digest);
+    if d.get("urls").is_some() && !path.exists() {
+        return;
+    }
+    let meta = fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{repo}: {digest} referenced but missing ({e})"));
+    assert_eq!(
+        meta.len(),
+        d["size"].as_u64().unwrap(),
+        "{repo}: {digest} size"
+    );
+    let pool = fs::metadata(pool_path(root, digest)).unwrap();
+    assert_eq!(
+        meta.ino(),
+        pool.ino(),
+        "{repo}: {digest} is not linked to the pool"
+    );
+    let media_type = d["mediaType"].as_str().unwrap_or_default();
+    if media_type.contains("manifest") || media_type.contains("index") {
+        let body: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let children = body["manifests"]
+            .as_array()
+            .into_iter()
+            .chain(body["layers"].as_array())
+            .flatten()
+            .chain(body.get("config"));
+        for child in children {
+            check_descriptor(root, repo, child);
+        }
+    }
+}
+
+/// No partial downloads left behind.
+pub fn assert_no_partials(root: &Path) {
+    let left: Vec<_> = fs::read_dir(root.join(".tmp"))
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "partial files left in .tmp: {left:?}");
+}
