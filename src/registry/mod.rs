@@ -678,7 +678,8 @@ impl Client {
                 let http_url = registry_url(Scheme::Http, host, path)?;
                 match send(self.build(method, &http_url, headers, authz), &http_url).await {
                     Ok(resp) => {
-                        tracing::warn!(
+                        // Expected for plain-http registries; not worth a warning.
+                        tracing::info!(
                             "{host}: https failed ({e}); using plain http because TLS verification is off"
                         );
                         lock(&self.inner.schemes).insert(host.to_string(), Scheme::Http);

@@ -1,5 +1,7 @@
 //! Atomic file replacement: a reader sees the old file or the new one, never a mix, and
-//! after a crash the new one is either complete or absent.
+//! after a crash the new one is either complete or absent. Temporary files live in the
+//! store's `.tmp/` (same filesystem, so the final rename is atomic), never beside the
+//! target, so a crash leaves nothing stray in the pool or in a repository.
 
 use std::fs::File;
 use std::io::Write;
@@ -7,11 +9,10 @@ use std::path::Path;
 
 use super::{Result, StoreError};
 
-/// Write `bytes` to `path` through a temporary file in the same directory (so the rename
-/// stays on one filesystem), fsync it, rename it over `path`, then fsync the directory so
-/// the rename itself survives a power cut.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = synced_temp(path, bytes)?;
+/// Write `bytes` to `path` through a temporary file in `tmp_dir`, fsync it, rename it over
+/// `path`, then fsync the directory so the rename itself survives a power cut.
+pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = synced_temp(tmp_dir, bytes)?;
     tmp.persist(path)
         .map_err(|e| StoreError::io("rename into place", path)(e.error))?;
     sync_dir(parent(path))
@@ -19,8 +20,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Like `write_atomic`, but an existing `path` wins: for content-addressed files, where
 /// replacing an equal file would break the hardlinks already made to it.
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = synced_temp(path, bytes)?;
+pub fn write_new(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = synced_temp(tmp_dir, bytes)?;
     match tmp.persist_noclobber(path) {
         Ok(_) => sync_dir(parent(path)),
         Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -32,8 +33,7 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-fn synced_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
-    let dir = parent(path);
+fn synced_temp(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
@@ -59,20 +59,20 @@ mod tests {
     fn replaces_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("index.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
+        write_atomic(dir.path(), &p, b"one").unwrap();
+        write_atomic(dir.path(), &p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
-    fn write_new_keeps_the_existing_inode() {
+    fn manifest_stored_twice_keeps_the_inode_repositories_link_to() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("blob");
-        write_new(&p, b"same").unwrap();
+        write_new(dir.path(), &p, b"same").unwrap();
         let ino = std::fs::metadata(&p).unwrap().ino();
-        write_new(&p, b"same").unwrap();
+        write_new(dir.path(), &p, b"same").unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().ino(), ino);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

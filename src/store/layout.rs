@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Result, Store, StoreError, open_lock_file, write_atomic};
+use super::atomic::{sync_dir, write_atomic};
+use super::{Result, Store, StoreError, open_lock_file};
 use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
 use crate::reference::{Digest, validate_tag};
 
@@ -79,13 +80,18 @@ impl Store {
         fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
         let layout = dir.join("oci-layout");
         if !layout.is_file() {
-            write_atomic(&layout, OCI_LAYOUT)?;
+            write_atomic(&self.tmp_dir(), &layout, OCI_LAYOUT)?;
         }
         // index.json is read-modify-write: concurrent fetches into one store serialise
         // here (briefly) so neither loses the other's tags.
         let lock_path = self.root.join(super::INDEX_LOCK_FILE);
         let lock = open_lock_file(&lock_path)?;
         lock.lock().map_err(StoreError::io("lock", &lock_path))?;
+        // Links made since the last publish must be durable before a tag points at them.
+        let blobs = dir.join("blobs").join("sha256");
+        if blobs.is_dir() {
+            sync_dir(&blobs)?;
+        }
         let path = dir.join("index.json");
         let mut index = read_index_file(&path)?;
         for u in updates {
@@ -117,7 +123,7 @@ impl Store {
         });
         let mut body = serde_json::to_vec_pretty(&index).expect("index serialises");
         body.push(b'\n');
-        write_atomic(&path, &body)
+        write_atomic(&self.tmp_dir(), &path, &body)
     }
 }
 

@@ -22,8 +22,8 @@ pub enum LinkKind {
 /// repositories costs its bytes once and `stat` shows it. Reflink (shared extents on
 /// btrfs/XFS) and then a plain copy are the fallbacks for where hardlinks fail (link
 /// count limit, filesystems without them). Fallbacks go through a temporary name and a
-/// rename so `dst` never exists half-written.
-pub fn link_or_copy(src: &Path, dst: &Path) -> Result<LinkKind> {
+/// rename (from `tmp_dir`, on the same filesystem) so `dst` never exists half-written.
+pub fn link_or_copy(tmp_dir: &Path, src: &Path, dst: &Path) -> Result<LinkKind> {
     if dst.is_file() {
         return Ok(LinkKind::Present);
     }
@@ -35,11 +35,10 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> Result<LinkKind> {
             dst.display()
         ),
     }
-    let dir = dst.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(StoreError::io("create temporary file in", dir))?
+        .tempfile_in(tmp_dir)
+        .map_err(StoreError::io("create temporary file in", tmp_dir))?
         .into_temp_path();
     // reflink needs the destination not to exist.
     fs::remove_file(&tmp).map_err(StoreError::io("remove", &tmp))?;
@@ -67,8 +66,14 @@ mod tests {
         let src = dir.path().join("pool");
         fs::write(&src, b"layer").unwrap();
         let dst = dir.path().join("repo");
-        assert_eq!(link_or_copy(&src, &dst).unwrap(), LinkKind::Hardlink);
-        assert_eq!(link_or_copy(&src, &dst).unwrap(), LinkKind::Present);
+        assert_eq!(
+            link_or_copy(dir.path(), &src, &dst).unwrap(),
+            LinkKind::Hardlink
+        );
+        assert_eq!(
+            link_or_copy(dir.path(), &src, &dst).unwrap(),
+            LinkKind::Present
+        );
         assert_eq!(
             fs::metadata(&dst).unwrap().ino(),
             fs::metadata(&src).unwrap().ino()

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use atomic::{write_atomic, write_new};
+use atomic::{write_atomic, write_new};
 pub use blob::{BlobClaim, PartialBlob};
 pub use layout::{ImageIndex, TagUpdate};
 pub use link::LinkKind;
@@ -112,6 +112,17 @@ impl Store {
         ] {
             fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
         }
+        let lock_path = root.join(LOCK_FILE);
+        let lock = open_lock_file(&lock_path)?;
+        if lock.try_lock().is_ok() {
+            // No other writer is running: temp files a killed run left are garbage (the
+            // .part files are kept: they are resumable downloads).
+            remove_stale_temps(&root.join(TMP_DIR))?;
+        }
+        // Converts an exclusive lock taken above, or waits for a prune to finish. Held
+        // shared, it also keeps other openers from removing our temp files.
+        lock.lock_shared()
+            .map_err(StoreError::io("lock", &lock_path))?;
         let marker = root.join(FORMAT_FILE);
         match fs::read(&marker) {
             Ok(bytes) => {
@@ -132,14 +143,10 @@ impl Store {
                     format: FORMAT_VERSION,
                 })
                 .expect("marker serialises");
-                write_atomic(&marker, &body)?;
+                write_atomic(&root.join(TMP_DIR), &marker, &body)?;
             }
             Err(e) => return Err(StoreError::io("read", &marker)(e)),
         }
-        let lock_path = root.join(LOCK_FILE);
-        let lock = open_lock_file(&lock_path)?;
-        lock.lock_shared()
-            .map_err(StoreError::io("lock", &lock_path))?;
         Ok(Store {
             root: root.to_path_buf(),
             _lock: lock,
@@ -186,7 +193,7 @@ impl Store {
         }
         // Concurrent fetches may store the same manifest; the first file stays, so links
         // made to it remain the pool's inode.
-        write_new(&path, bytes)
+        write_new(&self.tmp_dir(), &path, bytes)
     }
 
     /// The directory of a repository's OCI layout, after validating the name so that it
@@ -207,7 +214,7 @@ impl Store {
         let src = self.pool_path(digest)?;
         let dir = self.repo_dir(name)?.join("blobs").join("sha256");
         fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
-        link::link_or_copy(&src, &dir.join(digest.hex()))
+        link::link_or_copy(&self.tmp_dir(), &src, &dir.join(digest.hex()))
     }
 }
 
@@ -223,6 +230,16 @@ pub fn sha256_digest(bytes: &[u8]) -> Digest {
     use sha2::Digest as _;
     let hex = hex::encode(sha2::Sha256::digest(bytes));
     Digest::sha256_from_hex(&hex).expect("sha256 output is valid hex")
+}
+
+fn remove_stale_temps(tmp: &Path) -> Result<()> {
+    for entry in fs::read_dir(tmp).map_err(StoreError::io("read", tmp))? {
+        let path = entry.map_err(StoreError::io("read", tmp))?.path();
+        if path.extension().is_none_or(|e| e != "part") {
+            fs::remove_file(&path).map_err(StoreError::io("remove stale temporary file", &path))?;
+        }
+    }
+    Ok(())
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {
@@ -255,6 +272,23 @@ mod tests {
         ] {
             assert!(store.repo_dir(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn stale_temps_are_removed_only_when_no_other_writer_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join(TMP_DIR);
+        fs::create_dir_all(&tmp).unwrap();
+        fs::write(tmp.join(".tmp-killed"), b"x").unwrap();
+        fs::write(tmp.join("sha256-ab.part"), b"resumable").unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        assert!(!tmp.join(".tmp-killed").exists());
+        assert!(tmp.join("sha256-ab.part").exists());
+        // A temp of a running writer survives a second opener.
+        fs::write(tmp.join(".tmp-live"), b"x").unwrap();
+        let _second = Store::open(dir.path()).unwrap();
+        assert!(tmp.join(".tmp-live").exists());
+        drop(first);
     }
 
     #[test]
