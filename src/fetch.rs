@@ -579,44 +579,68 @@ async fn download(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), Fetch
         .acquire()
         .await
         .expect("semaphore never closed");
-    let store = ctx.store.clone();
-    let (digest, size) = (desc.digest.clone(), desc.size);
-    let mut partial = match blocking(move || store.claim_blob(&digest, size)).await? {
-        BlobClaim::Present => {
-            ctx.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        BlobClaim::Write(w) => *w,
-    };
-    let d = &desc.digest;
-    ctx.reporter.blob_started(d, size, partial.offset());
-    let mut resumes = 0;
+    let result = download_verified(ctx, p, desc).await;
+    ctx.reporter.blob_finished(&desc.digest);
+    result
+}
+
+async fn download_verified(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), FetchError> {
+    let (d, size) = (&desc.digest, desc.size);
+    let mut from_scratch = false;
     loop {
-        let (back, broke) = stream_into(ctx, p, partial).await?;
-        partial = back;
-        if partial.offset() == size {
-            break;
+        let store = ctx.store.clone();
+        let digest = d.clone();
+        let mut partial = match blocking(move || store.claim_blob(&digest, size)).await? {
+            BlobClaim::Present => {
+                ctx.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            BlobClaim::Write(w) => *w,
+        };
+        let resumed = partial.offset() > 0;
+        ctx.reporter.blob_started(d, size, partial.offset());
+        let mut resumes = 0;
+        loop {
+            let (back, broke) = stream_into(ctx, p, partial).await?;
+            partial = back;
+            if partial.offset() == size {
+                break;
+            }
+            if resumes == BLOB_RESUMES {
+                return Err(FetchError::BlobIncomplete {
+                    digest: d.clone(),
+                    got: partial.offset(),
+                    size,
+                    source: broke.map(Box::new),
+                });
+            }
+            resumes += 1;
+            ctx.reporter.warn(&format!(
+                "{}: blob {d} stopped at byte {} of {size}{}; resuming",
+                p.source,
+                partial.offset(),
+                broke.map(|e| format!(" ({e})")).unwrap_or_default()
+            ));
         }
-        if resumes == BLOB_RESUMES {
-            return Err(FetchError::BlobIncomplete {
-                digest: d.clone(),
-                got: partial.offset(),
-                size,
-                source: broke.map(Box::new),
-            });
+        match blocking(move || partial.commit()).await {
+            Ok(()) => {
+                ctx.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Bytes kept from an earlier run may be what was wrong (a different
+            // upstream, a damaged disk); the part is gone now, so one clean try is owed.
+            Err(FetchError::Store(StoreError::DigestMismatch { .. }))
+                if resumed && !from_scratch =>
+            {
+                ctx.reporter.warn(&format!(
+                    "{}: blob {d} resumed from an earlier run did not verify; downloading it again from the start",
+                    p.source
+                ));
+                from_scratch = true;
+            }
+            Err(e) => return Err(e),
         }
-        resumes += 1;
-        ctx.reporter.warn(&format!(
-            "{}: blob {d} stopped at byte {} of {size}{}; resuming",
-            p.source,
-            partial.offset(),
-            broke.map(|e| format!(" ({e})")).unwrap_or_default()
-        ));
     }
-    blocking(move || partial.commit()).await?;
-    ctx.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-    ctx.reporter.blob_finished(d);
-    Ok(())
 }
 
 /// One GET of the blob from `partial`'s offset, written on a blocking thread (file writes

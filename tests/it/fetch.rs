@@ -106,7 +106,14 @@ async fn fetch_stores_every_fixture_exactly_and_once() {
         let linked = fs::metadata(repo_blob(root.path(), repo, &fx.base_layer)).unwrap();
         assert_eq!(linked.ino(), base.ino(), "{repo}");
     }
-    assert!(!repo_blob(root.path(), "foreign/win", &fx.foreign_layer).exists());
+    for m in &fx.manifests {
+        for foreign in &m.foreign_blobs {
+            assert!(
+                !repo_blob(root.path(), &m.repo, foreign).exists(),
+                "{foreign} fetched"
+            );
+        }
+    }
 
     // A whole image copies out of the layout with a real client.
     let src = format!("oci:{}/oci/multi:1.0", root.path().display());
@@ -294,4 +301,58 @@ async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
     for (repo, tag, digest) in fx.all_refs() {
         assert!(tags(root.path(), &repo).contains(&(tag, digest)), "{repo}");
     }
+}
+
+/// Writes the first `len` bytes of `blob` as the partial download a killed run leaves.
+fn plant_partial(root: &Path, digest: &str, bytes: &[u8]) {
+    let tmp = root.join(".tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::write(tmp.join(format!("sha256-{}.part", &digest[7..])), bytes).unwrap();
+}
+
+/// The biggest blob of `repo:tag` and the sum of its blob sizes.
+fn biggest_blob<'a>(fx: &'a Fixtures, repo: &str, tag: &str) -> (&'a str, &'a [u8], usize) {
+    let m = fx.manifest(repo, tag);
+    let big = m.blobs.iter().max_by_key(|d| fx.blob(d).len()).unwrap();
+    let total = m.blobs.iter().map(|d| fx.blob(d).len()).sum();
+    (big, fx.blob(big), total)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_blob_resumes_with_range_where_it_stopped() {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    let root = tempfile::tempdir().unwrap();
+    let (big, bytes, total) = biggest_blob(&fx, "apps/api", "v1");
+    let half = bytes.len() / 2;
+    plant_partial(root.path(), big, &bytes[..half]);
+
+    let summary = fetch_ok(root.path(), &[format!("{}/apps/api:v1", reg.addr())]);
+    assert_eq!(
+        summary["bytes_fetched"].as_u64().unwrap() as usize,
+        total - half
+    );
+    assert_consistent(root.path());
+    assert_no_partials(root.path());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_partial_from_an_earlier_run_is_downloaded_again_not_published() {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    let root = tempfile::tempdir().unwrap();
+    let (big, bytes, total) = biggest_blob(&fx, "apps/api", "v1");
+    let mut wrong = bytes[..bytes.len() / 2].to_vec();
+    wrong[10] ^= 0xff;
+    plant_partial(root.path(), big, &wrong);
+
+    let (code, summary, stderr) = fetch(root.path(), &[format!("{}/apps/api:v1", reg.addr())], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("did not verify"), "{stderr}");
+    assert_eq!(
+        summary["bytes_fetched"].as_u64().unwrap() as usize,
+        total - wrong.len() + bytes.len()
+    );
+    assert_consistent(root.path());
+    assert_no_partials(root.path());
 }

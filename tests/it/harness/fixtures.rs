@@ -76,8 +76,6 @@ pub struct ManifestFixture {
     pub children: Vec<String>,
     /// `os/arch[/variant]` when this manifest is an index child.
     pub platform: Option<String>,
-    /// Digest of the `subject` manifest (artifacts).
-    pub subject: Option<String>,
 }
 
 impl ManifestFixture {
@@ -200,11 +198,6 @@ impl Fixtures {
             .collect();
         v.sort();
         v
-    }
-
-    /// All manifests stored in `repo`, tagged or not.
-    pub fn repo_manifests(&self, repo: &str) -> Vec<&ManifestFixture> {
-        self.manifests.iter().filter(|m| m.repo == repo).collect()
     }
 
     /// All blob digests present in `repo`.
@@ -385,7 +378,6 @@ impl Builder {
             foreign_blobs: foreign,
             children: Vec::new(),
             platform: None,
-            subject: None,
         })
     }
 
@@ -453,7 +445,6 @@ impl Builder {
             foreign_blobs: Vec::new(),
             children,
             platform: None,
-            subject: None,
         })
     }
 
@@ -500,7 +491,6 @@ impl Builder {
             foreign_blobs: Vec::new(),
             children: Vec::new(),
             platform: None,
-            subject: Some(subject.digest.clone()),
         });
         let referrers = serde_json::to_vec(&json!({
             "schemaVersion": 2,

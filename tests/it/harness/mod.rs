@@ -4,9 +4,6 @@
 //! Every child process is killed on `Drop` (also while unwinding from a panic) and
 //! every wait is bounded, so a broken environment fails fast instead of hanging CI.
 
-// Not every test uses every helper; unused ones must not break `-D warnings`.
-#![allow(dead_code)]
-
 pub mod fixtures;
 pub mod nginx;
 pub mod push;

@@ -123,10 +123,6 @@ impl Nginx {
         }
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)

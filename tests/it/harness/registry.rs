@@ -15,7 +15,6 @@ pub struct Registry {
     child: Child,
     addr: String,
     log_path: PathBuf,
-    storage: PathBuf,
     /// `Option` only so `Drop` can `keep()` it when asked to.
     dir: Option<tempfile::TempDir>,
     /// Number of (non-harness) access-log entries hidden by the last `mark()`.
@@ -65,7 +64,6 @@ impl Registry {
                 child,
                 addr,
                 log_path: log_path.clone(),
-                storage: storage.clone(),
                 dir: None,
                 mark: AtomicUsize::new(0),
                 seq: AtomicUsize::new(0),
@@ -132,15 +130,6 @@ impl Registry {
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    /// Root of the registry's filesystem storage driver.
-    pub fn storage_dir(&self) -> &Path {
-        &self.storage
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
     }
 
     /// Last `n` lines of the combined stdout/stderr log, for assertion messages.
