@@ -27,7 +27,8 @@ fn image_line(r: &ImageReport) -> String {
             r.digest.as_deref().unwrap_or("")
         ),
         Status::Unchanged => format!("unchanged {}", r.source),
-        Status::Failed => format!("FAILED    {}: {}", r.source, r.error.join(": ")),
+        // The cause is printed once, in the error list at the end.
+        Status::Failed => format!("failed    {}", r.source),
     }
 }
 

@@ -356,3 +356,28 @@ async fn a_corrupt_partial_from_an_earlier_run_is_downloaded_again_not_published
     assert_consistent(root.path());
     assert_no_partials(root.path());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_failure_names_the_registry_and_the_flag_to_use() {
+    let reg = Registry::start();
+    let root = tempfile::tempdir().unwrap();
+    let image = format!("{}/apps/web:v1", reg.addr());
+    let out = static_registry(&[
+        "fetch",
+        "--retries",
+        "0",
+        "--root",
+        root.path().to_str().unwrap(),
+        &image,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&image) && line.contains("TLS") && line.contains("--tls-verify=false"),
+        "{stderr}"
+    );
+}
