@@ -617,13 +617,8 @@ impl Client {
         let resp = self.with_retries(|| send(make(), &url)).await?;
         let status = resp.status();
         if !status.is_success() {
-            let url_s = resp.url().to_string();
-            let body = read_capped(resp, MAX_ERROR_BODY)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let oci = error::parse_oci_error(&body);
+            let (url_s, _, oci) = read_error(resp).await;
+            let url_s = url_s.to_string();
             return Err(match (status, &cred) {
                 (StatusCode::UNAUTHORIZED, None) => RegistryError::Unauthorized {
                     registry: host.to_string(),
@@ -762,9 +757,8 @@ async fn send(rb: reqwest::RequestBuilder, url: &Url) -> Result<reqwest::Respons
     Ok(resp)
 }
 
-/// Maps a final non-success response to an error, keeping the OCI error body.
-async fn status_error(resp: reqwest::Response, host: &str, repo: &str) -> RegistryError {
-    let status = resp.status();
+/// An error response's URL, (capped) body and the OCI error in it, if any.
+async fn read_error(resp: reqwest::Response) -> (Url, Bytes, Option<OciError>) {
     let url = resp.url().clone();
     let body = read_capped(resp, MAX_ERROR_BODY)
         .await
@@ -772,6 +766,13 @@ async fn status_error(resp: reqwest::Response, host: &str, repo: &str) -> Regist
         .flatten()
         .unwrap_or_default();
     let oci = error::parse_oci_error(&body);
+    (url, body, oci)
+}
+
+/// Maps a final non-success response to an error, keeping the OCI error body.
+async fn status_error(resp: reqwest::Response, host: &str, repo: &str) -> RegistryError {
+    let status = resp.status();
+    let (url, body, oci) = read_error(resp).await;
     if oci.is_none() && !body.is_empty() {
         tracing::debug!(%url, "error body: {}", String::from_utf8_lossy(&body[..body.len().min(500)]));
     }

@@ -37,6 +37,13 @@ fn fetch(root: &Path, refs: &[String], extra: &[&str]) -> (i32, Value, String) {
     (out.status.code().unwrap_or(-1), json, stderr)
 }
 
+/// A registry holding the fixture set, and an empty store root.
+async fn registry_with_fixtures() -> (Registry, Fixtures, tempfile::TempDir) {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    (reg, fx, tempfile::tempdir().unwrap())
+}
+
 fn fetch_ok(root: &Path, refs: &[String]) -> Value {
     let (code, json, stderr) = fetch(root, refs, &[]);
     assert_eq!(code, 0, "fetch failed:\n{stderr}");
@@ -45,9 +52,7 @@ fn fetch_ok(root: &Path, refs: &[String]) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_stores_every_fixture_exactly_and_once() {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    let root = tempfile::tempdir().unwrap();
+    let (reg, fx, root) = registry_with_fixtures().await;
     let refs = all_tag_refs(&reg, &fx);
 
     let summary = fetch_ok(root.path(), &refs);
@@ -126,9 +131,7 @@ async fn fetch_stores_every_fixture_exactly_and_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_refetch_sends_one_head_per_tag_and_no_blob_request() {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    let root = tempfile::tempdir().unwrap();
+    let (reg, fx, root) = registry_with_fixtures().await;
     let refs = all_tag_refs(&reg, &fx);
     fetch_ok(root.path(), &refs);
 
@@ -148,9 +151,7 @@ async fn warm_refetch_sends_one_head_per_tag_and_no_blob_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blob_shared_by_three_repos_is_downloaded_once() {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    let root = tempfile::tempdir().unwrap();
+    let (reg, fx, root) = registry_with_fixtures().await;
     let refs: Vec<String> = BASE_REPOS
         .iter()
         .map(|r| format!("{}/{r}:{}", reg.addr(), fx.tags(r)[0]))
@@ -163,9 +164,7 @@ async fn a_blob_shared_by_three_repos_is_downloaded_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn by_digest_and_failures_are_reported_per_image() {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    let root = tempfile::tempdir().unwrap();
+    let (reg, fx, root) = registry_with_fixtures().await;
     let web = fx.manifest("apps/web", "v1");
     let good = format!("{}/apps/web@{}", reg.addr(), web.digest);
     let missing_tag = format!("{}/apps/web:nope", reg.addr());
@@ -231,9 +230,7 @@ fn bad_references_are_usage_errors_that_name_the_input() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_fetches_into_one_root_at_once_stay_consistent() {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    let root = tempfile::tempdir().unwrap();
+    let (reg, fx, root) = registry_with_fixtures().await;
     let refs = all_tag_refs(&reg, &fx);
     let spawn = |refs: &[String]| {
         Command::new(env!("CARGO_BIN_EXE_static-registry"))
@@ -267,9 +264,7 @@ async fn two_fetches_into_one_root_at_once_stay_consistent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    let root = tempfile::tempdir().unwrap();
+    let (reg, fx, root) = registry_with_fixtures().await;
     let refs = all_tag_refs(&reg, &fx);
     // Kill points spread over a run (which takes well under a second here): each kill
     // lands somewhere in discovery, blob streaming, linking or index.json publishing.
@@ -320,9 +315,7 @@ fn biggest_blob<'a>(fx: &'a Fixtures, repo: &str, tag: &str) -> (&'a str, &'a [u
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_blob_resumes_with_range_where_it_stopped() {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    let root = tempfile::tempdir().unwrap();
+    let (reg, fx, root) = registry_with_fixtures().await;
     let (big, bytes, total) = biggest_blob(&fx, "apps/api", "v1");
     let half = bytes.len() / 2;
     plant_partial(root.path(), big, &bytes[..half]);
@@ -338,9 +331,7 @@ async fn an_interrupted_blob_resumes_with_range_where_it_stopped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_partial_from_an_earlier_run_is_downloaded_again_not_published() {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    let root = tempfile::tempdir().unwrap();
+    let (reg, fx, root) = registry_with_fixtures().await;
     let (big, bytes, total) = biggest_blob(&fx, "apps/api", "v1");
     let mut wrong = bytes[..bytes.len() / 2].to_vec();
     wrong[10] ^= 0xff;
