@@ -404,8 +404,10 @@ async fn fetch_image(ctx: &Ctx, p: &Planned) -> Result<(Status, Digest), FetchEr
         }
     };
     let size = bytes.len() as u64;
-    let media_type =
-        ensure_manifest(ctx, p, digest.clone(), bytes, content_type, Vec::new()).await?;
+    let Stored {
+        media_type,
+        referrers,
+    } = ensure_manifest(ctx, p, digest.clone(), bytes, content_type, Vec::new()).await?;
     let store = ctx.store.clone();
     let name = p.name.clone();
     let update = TagUpdate {
@@ -414,12 +416,19 @@ async fn fetch_image(ctx: &Ctx, p: &Planned) -> Result<(Status, Digest), FetchEr
         digest: digest.clone(),
         size,
     };
-    blocking(move || store.publish(&name, &[update])).await?;
+    blocking(move || store.publish(&name, &[update], &referrers)).await?;
     Ok((Status::Fetched, digest))
 }
 
-/// Store a verified manifest and everything it reaches in the image's repository; returns
-/// its media type. The manifest itself is linked last, after all it needs.
+/// What storing a manifest tree found out.
+struct Stored {
+    media_type: String,
+    /// (subject, referrer descriptor) for every manifest in the tree that has a subject.
+    referrers: Vec<(Digest, Descriptor)>,
+}
+
+/// Store a verified manifest and everything it reaches in the image's repository. The
+/// manifest itself is linked last, after all it needs.
 fn ensure_manifest<'a>(
     ctx: &'a Ctx,
     p: &'a Planned,
@@ -427,7 +436,7 @@ fn ensure_manifest<'a>(
     bytes: Bytes,
     content_type: Option<String>,
     parents: Vec<Digest>,
-) -> BoxFuture<'a, Result<String, FetchError>> {
+) -> BoxFuture<'a, Result<Stored, FetchError>> {
     async move {
         let manifest = Manifest::parse(&bytes, content_type.as_deref()).map_err(|source| {
             FetchError::Manifest {
@@ -435,6 +444,11 @@ fn ensure_manifest<'a>(
                 source,
             }
         })?;
+        let mut referrers = Vec::new();
+        if let Some(subject) = &manifest.subject {
+            let me = manifest.referrer_descriptor(&digest, bytes.len() as u64);
+            referrers.push((subject.digest.clone(), me));
+        }
         match &manifest.kind {
             Kind::Index(children) => {
                 if parents.len() >= MAX_INDEX_DEPTH {
@@ -442,12 +456,13 @@ fn ensure_manifest<'a>(
                 }
                 let mut chain = parents.clone();
                 chain.push(digest.clone());
-                try_join_all(
+                let stored = try_join_all(
                     children
                         .iter()
                         .map(|child| ensure_child(ctx, p, &digest, child, chain.clone())),
                 )
                 .await?;
+                referrers.extend(stored.into_iter().flat_map(|s| s.referrers));
             }
             Kind::Image { config, layers } => {
                 let wanted = std::iter::once(config.as_ref())
@@ -473,7 +488,10 @@ fn ensure_manifest<'a>(
             store.link_blob(&name, &digest)
         })
         .await?;
-        Ok(manifest.media_type)
+        Ok(Stored {
+            media_type: manifest.media_type,
+            referrers,
+        })
     }
     .boxed()
 }
@@ -484,7 +502,7 @@ async fn ensure_child(
     parent: &Digest,
     child: &Descriptor,
     chain: Vec<Digest>,
-) -> Result<(), FetchError> {
+) -> Result<Stored, FetchError> {
     let d = &child.digest;
     if chain.contains(d) {
         return Err(FetchError::IndexCycle {
@@ -509,7 +527,6 @@ async fn ensure_child(
         chain,
     )
     .await
-    .map(drop)
 }
 
 /// A manifest's verified bytes (and the Content-Type it came with), from the pool when a

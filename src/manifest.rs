@@ -81,7 +81,10 @@ pub enum Kind {
 pub struct Manifest {
     pub media_type: String,
     pub kind: Kind,
+    /// The manifest this one refers to (signatures, SBOMs, attestations).
     pub subject: Option<Descriptor>,
+    pub artifact_type: Option<String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +96,9 @@ struct Raw {
     config: Option<Descriptor>,
     layers: Option<Vec<Descriptor>>,
     subject: Option<Descriptor>,
+    artifact_type: Option<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -134,7 +140,27 @@ impl Manifest {
             media_type,
             kind,
             subject: raw.subject,
+            artifact_type: raw.artifact_type,
+            annotations: raw.annotations,
         })
+    }
+
+    /// This manifest's entry in its subject's referrers index: artifactType falls back
+    /// to the config's media type, as the distribution spec says.
+    pub fn referrer_descriptor(&self, digest: &Digest, size: u64) -> Descriptor {
+        let artifact_type = self.artifact_type.clone().or_else(|| match &self.kind {
+            Kind::Image { config, .. } => Some(config.media_type.clone()),
+            Kind::Index(_) => None,
+        });
+        Descriptor {
+            media_type: self.media_type.clone(),
+            digest: digest.clone(),
+            size,
+            urls: Vec::new(),
+            platform: None,
+            artifact_type,
+            annotations: self.annotations.clone(),
+        }
     }
 }
 

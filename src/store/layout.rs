@@ -68,9 +68,15 @@ impl Store {
         read_index_file(&path)
     }
 
-    /// Publish manifests in a repository. Every blob they reach must already be linked
-    /// into the layout: from this rename on, readers can resolve the tag.
-    pub fn publish(&self, name: &str, updates: &[TagUpdate]) -> Result<()> {
+    /// Publish manifests in a repository, and `referrers` (subject digest, referrer
+    /// descriptor) found among them. Every blob they reach must already be linked into
+    /// the layout: from the index.json rename on, readers can resolve the tag.
+    pub fn publish(
+        &self,
+        name: &str,
+        updates: &[TagUpdate],
+        referrers: &[(Digest, Descriptor)],
+    ) -> Result<()> {
         let dir = self.repo_dir(name)?;
         for u in updates {
             if let Some(tag) = &u.tag {
@@ -123,7 +129,11 @@ impl Store {
         });
         let mut body = serde_json::to_vec_pretty(&index).expect("index serialises");
         body.push(b'\n');
-        write_atomic(&self.tmp_dir(), &path, &body)
+        write_atomic(&self.tmp_dir(), &path, &body)?;
+        for (subject, referrer) in referrers {
+            self.add_referrer(name, subject, referrer)?;
+        }
+        self.write_tag_list(name, &index)
     }
 }
 
@@ -157,19 +167,28 @@ mod tests {
     fn retagging_replaces_and_untagged_is_added_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.publish("a/b", &[update(Some("v1"), b"one")]).unwrap();
+        store
+            .publish("a/b", &[update(Some("v1"), b"one")], &[])
+            .unwrap();
         store
             .publish(
                 "a/b",
                 &[update(Some("v1"), b"two"), update(Some("v0"), b"one")],
+                &[],
             )
             .unwrap();
-        store.publish("a/b", &[update(None, b"two")]).unwrap();
+        store.publish("a/b", &[update(None, b"two")], &[]).unwrap();
         let index = store.read_index("a/b").unwrap();
         assert_eq!(index.manifests.len(), 2);
         assert_eq!(index.tag("v1").unwrap().digest, sha256_digest(b"two"));
         assert_eq!(index.tag("v0").unwrap().digest, sha256_digest(b"one"));
         assert!(dir.path().join("a/b/oci-layout").is_file());
+        let served = |p: &str| fs::read_to_string(dir.path().join(".v2").join(p)).unwrap();
+        assert_eq!(
+            served("a/b/_tags.json"),
+            r#"{"name":"a/b","tags":["v0","v1"]}"#
+        );
+        assert_eq!(served("_catalog.json"), r#"{"repositories":["a/b"]}"#);
     }
 
     #[test]
@@ -177,7 +196,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let err = store
-            .publish("x", &[update(Some("a\";} location / { root /;"), b"1")])
+            .publish(
+                "x",
+                &[update(Some("a\";} location / { root /;"), b"1")],
+                &[],
+            )
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidName(_)), "{err}");
         assert!(!dir.path().join("x/index.json").exists());

@@ -9,6 +9,7 @@ mod atomic;
 mod blob;
 mod layout;
 mod link;
+mod served;
 
 use std::fs::{self, File};
 use std::io;
@@ -20,6 +21,7 @@ use atomic::{write_atomic, write_new};
 pub use blob::{BlobClaim, PartialBlob};
 pub use layout::{ImageIndex, TagUpdate};
 pub use link::LinkKind;
+pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
 
 use crate::reference::{self, Digest, ReferenceError};
 

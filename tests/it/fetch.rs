@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::fixtures::{BASE_REPOS, Fixtures, OCI_INDEX, OCI_MANIFEST};
+use crate::harness::fixtures::{BASE_REPOS, Fixtures, OCI_INDEX, OCI_MANIFEST, SBOM_ARTIFACT_TYPE};
 use crate::harness::registry::Registry;
 use crate::harness::sha256_digest;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
@@ -119,6 +119,32 @@ async fn fetch_stores_every_fixture_exactly_and_once() {
             );
         }
     }
+
+    // The documents nginx serves as they are: catalog, tag lists, referrers.
+    let served = |p: &str| -> Value {
+        serde_json::from_slice(&fs::read(root.path().join(".v2").join(p)).unwrap()).unwrap()
+    };
+    let repos: Vec<String> = fx.repos();
+    assert_eq!(
+        served("_catalog.json"),
+        serde_json::json!({ "repositories": repos })
+    );
+    for repo in &repos {
+        let tags = served(&format!("{repo}/_tags.json"));
+        assert_eq!(
+            tags,
+            serde_json::json!({ "name": repo, "tags": fx.tags(repo) })
+        );
+    }
+    let referrers = served(&format!(
+        "apps/web/_referrers/{}.json",
+        &fx.artifact_subject[7..]
+    ));
+    assert_eq!(referrers["manifests"][0]["digest"], fx.artifact.as_str());
+    assert_eq!(
+        referrers["manifests"][0]["artifactType"],
+        SBOM_ARTIFACT_TYPE
+    );
 
     // A whole image copies out of the layout with a real client.
     let src = format!("oci:{}/oci/multi:1.0", root.path().display());
