@@ -22,6 +22,39 @@ pub struct Cli {
 pub enum Command {
     /// Fetch images (every platform, config and layer) into the store under --root.
     Fetch(FetchArgs),
+    /// Print nginx configuration that serves the store as a read-only registry.
+    GenConf(GenConfArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenConfArgs {
+    /// Store directory to serve.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Where nginx sees the store, if not at --root's absolute path: a path, or an nginx
+    /// variable such as '$registry_root' set elsewhere in the nginx configuration.
+    #[arg(long, value_name = "PATH|$VAR")]
+    pub server_root: Option<String>,
+    /// Serve every repository under this prefix: <prefix>/<name>.
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: Option<String>,
+    /// nginx `listen` value: a port or address:port.
+    #[arg(long, default_value = "80", value_name = "ADDR")]
+    pub listen: String,
+    /// nginx `server_name` value.
+    #[arg(long, default_value = "_", value_name = "NAMES")]
+    pub server_name: String,
+    /// Print only the location blocks, to include inside an existing server block; the
+    /// http-level maps they need come from --maps-only.
+    #[arg(long, conflicts_with = "maps_only")]
+    pub locations_only: bool,
+    /// Print only the http-level maps that --locations-only needs.
+    #[arg(long)]
+    pub maps_only: bool,
+    /// Directory of templates replacing the built-in ones (registry.conf.tera,
+    /// maps.conf.tera, locations.conf.tera).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 pub mod fetch;
 pub mod manifest;
+pub mod nginx;
 pub mod reference;
 pub mod registry;
 pub mod store;

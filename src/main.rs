@@ -11,11 +11,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use static_registry::fetch::{self, FetchOptions, Summary};
+use static_registry::nginx;
 use static_registry::reference::Reference;
 use static_registry::registry::{Client, ClientOptions};
 use static_registry::store::Store;
 
-use cli::{Cli, Command, FetchArgs, RegistryArgs};
+use cli::{Cli, Command, FetchArgs, GenConfArgs, RegistryArgs};
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,7 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Fetch(args) => fetch_command(args),
+        Command::GenConf(args) => gen_conf_command(args),
     }
 }
 
@@ -133,6 +135,34 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
+    let part = if args.locations_only {
+        nginx::Part::Locations
+    } else if args.maps_only {
+        nginx::Part::Maps
+    } else {
+        nginx::Part::Server
+    };
+    let opts = nginx::GenConfOptions {
+        root: args.root,
+        server_root: args.server_root,
+        name_prefix: args.name_prefix,
+        listen: args.listen,
+        server_name: args.server_name,
+        part,
+        templates: args.templates,
+    };
+    let rendered = nginx::gen_conf(&opts).map_err(|e| match e {
+        nginx::NginxError::InvalidOption { .. } => anyhow::Error::new(Usage(e.into())),
+        e => anyhow::Error::new(e),
+    })?;
+    for skipped in &rendered.skipped {
+        eprintln!("warning: not served: {skipped}");
+    }
+    print!("{}", rendered.config);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(s: &Summary) {

@@ -137,7 +137,8 @@ impl Store {
     }
 }
 
-fn read_index_file(path: &Path) -> Result<ImageIndex> {
+/// Read an index.json; an absent file reads as an empty index.
+pub fn read_index_file(path: &Path) -> Result<ImageIndex> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::BadIndex {
             path: path.to_owned(),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use atomic::{write_atomic, write_new};
 pub use blob::{BlobClaim, PartialBlob};
-pub use layout::{ImageIndex, TagUpdate};
+pub use layout::{ImageIndex, TagUpdate, read_index_file};
 pub use link::LinkKind;
 pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
 
@@ -198,17 +198,9 @@ impl Store {
         write_new(&self.tmp_dir(), &path, bytes)
     }
 
-    /// The directory of a repository's OCI layout, after validating the name so that it
-    /// can never point outside the root.
+    /// The directory of a repository's OCI layout (see [`repo_path`]).
     pub fn repo_dir(&self, name: &str) -> Result<PathBuf> {
-        reference::validate_repository(name)?;
-        if let Some(component) = name.split('/').skip(1).find(|c| LAYOUT_ENTRIES.contains(c)) {
-            return Err(StoreError::ReservedComponent {
-                name: name.to_owned(),
-                component: component.to_owned(),
-            });
-        }
-        Ok(self.root.join(name))
+        repo_path(&self.root, name)
     }
 
     /// Make `blob` available in repository `name` (link into its layout).
@@ -218,6 +210,19 @@ impl Store {
         fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
         link::link_or_copy(&self.tmp_dir(), &src, &dir.join(digest.hex()))
     }
+}
+
+/// The directory of repository `name`'s OCI layout under `root`, after validating the
+/// name so that it can never point outside the root or into another layout.
+pub fn repo_path(root: &Path, name: &str) -> Result<PathBuf> {
+    reference::validate_repository(name)?;
+    if let Some(component) = name.split('/').skip(1).find(|c| LAYOUT_ENTRIES.contains(c)) {
+        return Err(StoreError::ReservedComponent {
+            name: name.to_owned(),
+            component: component.to_owned(),
+        });
+    }
+    Ok(root.join(name))
 }
 
 fn sha256_only(digest: &Digest) -> Result<()> {

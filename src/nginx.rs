@@ -1,0 +1,421 @@
+//! gen-conf: render nginx configuration that serves a store as a read-only registry.
+//!
+//! Reads only the store (never the registry, never fetch), so a store made by any version
+//! or restored from a bundle renders the same way. Every repository name, tag and digest
+//! is validated against the OCI grammar before it reaches the output; anything else in
+//! the store is skipped with a warning, never rendered.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::manifest::{self, Kind, Manifest, REF_NAME};
+use crate::reference::{self, Digest};
+use crate::store::{self, StoreError};
+
+const TEMPLATE_NAMES: [&str; 3] = [
+    "registry.conf.tera",
+    "maps.conf.tera",
+    "locations.conf.tera",
+];
+const EMBEDDED: [&str; 3] = [
+    include_str!("../templates/registry.conf.tera"),
+    include_str!("../templates/maps.conf.tera"),
+    include_str!("../templates/locations.conf.tera"),
+];
+
+/// The repository-name grammar as an nginx (PCRE) regex.
+const NAME_RE: &str =
+    "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*";
+
+/// Manifest kinds and the Content-Type each is served with; `blob` is the fallback
+/// location for blobs. A kind names an nginx location, so only these fixed words are ever
+/// rendered, never a media type read from the store.
+const KINDS: [(&str, &str); 5] = [
+    ("oci-index", manifest::OCI_INDEX),
+    ("oci-manifest", manifest::OCI_MANIFEST),
+    ("docker-list", manifest::DOCKER_LIST),
+    ("docker-manifest", manifest::DOCKER_MANIFEST),
+    ("blob", "application/octet-stream"),
+];
+
+static SERVER_ROOT_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\A(?:/[A-Za-z0-9._/-]*|\$[A-Za-z_][A-Za-z0-9_]*)\z").expect("valid regex")
+});
+static LISTEN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\A(?:[0-9]{1,5}|[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5})\z")
+        .expect("valid regex")
+});
+static SERVER_NAME_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\A[A-Za-z0-9*._-]+(?: [A-Za-z0-9*._-]+)*\z").expect("valid regex")
+});
+
+#[derive(Debug, thiserror::Error)]
+pub enum NginxError {
+    #[error("invalid {option} {value:?}: {rule}")]
+    InvalidOption {
+        option: &'static str,
+        value: String,
+        rule: &'static str,
+    },
+    #[error(
+        "{0} is not a static-registry store (no .static-registry file); run `static-registry fetch --root {0}` first"
+    )]
+    NotAStore(String),
+    #[error("reading the store")]
+    Store(#[from] StoreError),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("template {name}: {source}")]
+    Template {
+        name: String,
+        #[source]
+        source: tera::Error,
+    },
+}
+
+/// Which part of the configuration to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// Maps (http level) and a complete server block: drop into conf.d/.
+    Server,
+    /// Location blocks, to include inside an existing server block.
+    Locations,
+    /// The http-level maps that `Locations` needs.
+    Maps,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenConfOptions {
+    pub root: PathBuf,
+    /// Where nginx sees the store: an absolute path or an nginx variable (`$name`).
+    /// Default: the absolute path of `root`.
+    pub server_root: Option<String>,
+    /// Serve every repository as `<prefix>/<name>`.
+    pub name_prefix: Option<String>,
+    pub listen: String,
+    pub server_name: String,
+    pub part: Part,
+    /// Directory with replacement templates (same file names).
+    pub templates: Option<PathBuf>,
+}
+
+/// What gen-conf produced.
+#[derive(Debug)]
+pub struct Rendered {
+    pub config: String,
+    /// Entries of the store left out, each with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// What the store holds, restricted to what may be rendered.
+#[derive(Debug, Default)]
+pub struct RouteModel {
+    pub repos: Vec<String>,
+    /// ("name:tag", hex)
+    pub tags: Vec<(String, String)>,
+    /// ("name@hex", kind)
+    pub manifests: Vec<(String, &'static str)>,
+    pub skipped: Vec<String>,
+}
+
+fn kind_of(media_type: &str) -> Option<&'static str> {
+    KINDS
+        .iter()
+        .find(|(kind, mt)| *kind != "blob" && *mt == media_type)
+        .map(|(kind, _)| *kind)
+}
+
+/// Walk the store's repositories (read-only) and collect every servable tag and manifest.
+pub fn scan(root: &Path) -> Result<RouteModel, NginxError> {
+    if !root.join(".static-registry").is_file() {
+        return Err(NginxError::NotAStore(root.display().to_string()));
+    }
+    let mut model = RouteModel::default();
+    let mut names = Vec::new();
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        // Dot entries are the store's own (.blobs, .tmp, .v2); blobs/ are layout content.
+        .filter_entry(|e| {
+            let n = e.file_name().to_string_lossy();
+            !(n.starts_with('.') || e.file_type().is_dir() && n == "blobs")
+        });
+    for entry in walker {
+        let entry = entry.map_err(|e| NginxError::Io {
+            path: root.to_owned(),
+            source: e.into(),
+        })?;
+        if entry.file_name() == "index.json"
+            && let Some(dir) = entry.path().parent()
+            && let Ok(rel) = dir.strip_prefix(root)
+        {
+            names.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    for name in names {
+        match store::repo_path(root, &name) {
+            Ok(dir) => scan_repo(&name, &dir, &mut model)?,
+            Err(e) => model.skipped.push(format!("repository {name:?}: {e}")),
+        }
+    }
+    Ok(model)
+}
+
+fn scan_repo(name: &str, dir: &Path, model: &mut RouteModel) -> Result<(), NginxError> {
+    let index = match store::read_index_file(&dir.join("index.json")) {
+        Ok(index) => index,
+        Err(e) => {
+            model.skipped.push(format!("repository {name}: {e}"));
+            return Ok(());
+        }
+    };
+    let mut kinds: BTreeMap<Digest, &'static str> = BTreeMap::new();
+    let mut tags = BTreeMap::new();
+    let mut pending = Vec::new();
+    for d in &index.manifests {
+        if let Some(tag) = d.annotations.get(REF_NAME) {
+            if let Err(e) = reference::validate_tag(tag) {
+                model.skipped.push(format!("{name}: {e}"));
+                continue;
+            }
+            tags.insert(tag.clone(), d.digest.clone());
+        }
+        pending.push((d.digest.clone(), d.media_type.clone()));
+    }
+    // Children of indexes are manifests too (platform images, referrer artifacts).
+    while let Some((digest, media_type)) = pending.pop() {
+        if kinds.contains_key(&digest) || digest.algorithm() != "sha256" {
+            continue;
+        }
+        let Some(kind) = kind_of(&media_type) else {
+            model.skipped.push(format!(
+                "{name}@{digest}: media type {media_type:?} is not a manifest type this config serves"
+            ));
+            continue;
+        };
+        kinds.insert(digest.clone(), kind);
+        if matches!(kind, "oci-index" | "docker-list") {
+            let path = dir.join("blobs/sha256").join(digest.hex());
+            let bytes = fs::read(&path).map_err(|source| NginxError::Io { path, source })?;
+            match Manifest::parse(&bytes, Some(&media_type)) {
+                Ok(Manifest {
+                    kind: Kind::Index(children),
+                    ..
+                }) => pending.extend(children.into_iter().map(|c| (c.digest, c.media_type))),
+                Ok(_) => {}
+                Err(e) => model.skipped.push(format!("{name}@{digest}: {e}")),
+            }
+        }
+    }
+    for (tag, digest) in tags {
+        if kinds.contains_key(&digest) {
+            model
+                .tags
+                .push((format!("{name}:{tag}"), digest.hex().to_owned()));
+        }
+    }
+    model.manifests.extend(
+        kinds
+            .into_iter()
+            .map(|(d, kind)| (format!("{name}@{}", d.hex()), kind)),
+    );
+    model.repos.push(name.to_owned());
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'a str,
+    hex: &'a str,
+}
+
+#[derive(Serialize)]
+struct KeyKind<'a> {
+    key: &'a str,
+    kind: &'a str,
+}
+
+#[derive(Serialize)]
+struct KindType {
+    kind: &'static str,
+    media_type: &'static str,
+}
+
+fn check(
+    option: &'static str,
+    value: &str,
+    re: &Regex,
+    rule: &'static str,
+) -> Result<(), NginxError> {
+    if re.is_match(value) {
+        Ok(())
+    } else {
+        Err(NginxError::InvalidOption {
+            option,
+            value: value.to_owned(),
+            rule,
+        })
+    }
+}
+
+/// Validate the options, scan the store and render the configuration.
+pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
+    let server_root = match &opts.server_root {
+        Some(r) => r.clone(),
+        None => std::path::absolute(&opts.root)
+            .map_err(|source| NginxError::Io {
+                path: opts.root.clone(),
+                source,
+            })?
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_owned(),
+    };
+    check(
+        "--server-root",
+        &server_root,
+        &SERVER_ROOT_RE,
+        "an absolute path of [A-Za-z0-9._/-] or an nginx variable like $registry_root (pass --server-root when the store's path has other characters)",
+    )?;
+    check(
+        "--listen",
+        &opts.listen,
+        &LISTEN_RE,
+        "a port, or address:port",
+    )?;
+    check(
+        "--server-name",
+        &opts.server_name,
+        &SERVER_NAME_RE,
+        "host names of [A-Za-z0-9*._-] separated by single spaces",
+    )?;
+    if let Some(prefix) = &opts.name_prefix {
+        reference::validate_repository(prefix).map_err(|_| NginxError::InvalidOption {
+            option: "--name-prefix",
+            value: prefix.clone(),
+            rule: "a repository name: lowercase [a-z0-9] components separated by '/', joined inside by '.', '_', '__' or '-'",
+        })?;
+    }
+    let model = scan(&opts.root)?;
+    let tera = templates(opts.templates.as_deref())?;
+
+    let prefix = opts.name_prefix.clone().unwrap_or_default();
+    let longest_key = model
+        .tags
+        .iter()
+        .map(|(k, _)| k.len())
+        .chain(model.manifests.iter().map(|(k, _)| k.len()))
+        .chain(model.repos.iter().map(String::len))
+        .max()
+        .unwrap_or(0);
+    let entries = model.tags.len().max(model.manifests.len()).max(1);
+    let mut ctx = tera::Context::new();
+    ctx.insert("version", env!("CARGO_PKG_VERSION"));
+    ctx.insert("store", &server_root);
+    ctx.insert("root", &server_root);
+    ctx.insert("part", &opts.part);
+    ctx.insert("listen", &opts.listen);
+    ctx.insert("server_name", &opts.server_name);
+    ctx.insert("prefix", &prefix);
+    // The prefix is a validated name: '.' is its only regex metacharacter.
+    ctx.insert(
+        "prefix_re",
+        &if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", prefix.replace('.', "\\."))
+        },
+    );
+    ctx.insert(
+        "prefix_path",
+        &if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        },
+    );
+    ctx.insert("name_re", NAME_RE);
+    ctx.insert("repos", &model.repos);
+    ctx.insert(
+        "tags",
+        &model
+            .tags
+            .iter()
+            .map(|(key, hex)| KeyValue { key, hex })
+            .collect::<Vec<_>>(),
+    );
+    ctx.insert(
+        "manifests",
+        &model
+            .manifests
+            .iter()
+            .map(|(key, kind)| KeyKind { key, kind })
+            .collect::<Vec<_>>(),
+    );
+    ctx.insert(
+        "kinds",
+        &KINDS
+            .iter()
+            .map(|&(kind, media_type)| KindType { kind, media_type })
+            .collect::<Vec<_>>(),
+    );
+    ctx.insert("repo_count", &model.repos.len());
+    ctx.insert("tag_count", &model.tags.len());
+    ctx.insert("manifest_count", &model.manifests.len());
+    ctx.insert("longest_key", &longest_key);
+    // Each map entry needs its key plus a pointer and padding in one bucket.
+    ctx.insert(
+        "bucket_size",
+        &(longest_key + 32).next_power_of_two().max(64),
+    );
+    ctx.insert("max_size", &(entries * 2).next_power_of_two().max(2048));
+
+    let render = |name: &str, ctx: &tera::Context| {
+        tera.render(name, ctx)
+            .map_err(|source| NginxError::Template {
+                name: name.to_owned(),
+                source,
+            })
+    };
+    let maps = render("maps.conf.tera", &ctx)?;
+    let locations = render("locations.conf.tera", &ctx)?;
+    ctx.insert("maps", &maps);
+    ctx.insert("locations", &locations);
+    let config = render("registry.conf.tera", &ctx)?;
+    let skipped = model.skipped;
+    Ok(Rendered { config, skipped })
+}
+
+fn templates(dir: Option<&Path>) -> Result<tera::Tera, NginxError> {
+    let mut tera = tera::Tera::default();
+    // The output is nginx syntax, not HTML; values are validated before rendering.
+    tera.autoescape_on(vec![]);
+    let mut sources = Vec::new();
+    for (name, embedded) in TEMPLATE_NAMES.iter().zip(EMBEDDED) {
+        let body = match dir {
+            Some(dir) => {
+                let path = dir.join(name);
+                fs::read_to_string(&path).map_err(|source| NginxError::Io { path, source })?
+            }
+            None => embedded.to_owned(),
+        };
+        sources.push((*name, body));
+    }
+    tera.add_raw_templates(sources)
+        .map_err(|source| NginxError::Template {
+            name: "templates".to_owned(),
+            source,
+        })?;
+    Ok(tera)
+}
