@@ -146,10 +146,15 @@ pub fn scan(root: &Path) -> Result<RouteModel, NginxError> {
         .min_depth(1)
         .sort_by_file_name()
         .into_iter()
-        // Dot entries are the store's own (.blobs, .tmp, .v2); blobs/ are layout content.
+        // Dot entries are the store's own (.blobs, .tmp, .v2); a layout's blobs/ holds
+        // content, not repositories.
         .filter_entry(|e| {
             let n = e.file_name().to_string_lossy();
-            !(n.starts_with('.') || e.file_type().is_dir() && n == "blobs")
+            let layout_blobs = n == "blobs"
+                && e.path()
+                    .parent()
+                    .is_some_and(|p| p.join("oci-layout").is_file());
+            !(n.starts_with('.') || layout_blobs)
         });
     for entry in walker {
         let entry = entry.map_err(|e| NginxError::Io {

@@ -14,41 +14,9 @@ use crate::harness::registry::Registry;
 use crate::harness::sha256_digest;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{
-    assert_consistent, assert_no_partials, assert_pool_verified, pool_path, repo_blob,
-    static_registry, tags,
+    all_tag_refs, assert_consistent, assert_no_partials, assert_pool_verified, fetch, fetch_ok,
+    pool_path, registry_with_fixtures, repo_blob, static_registry, tags,
 };
-
-/// Every tag of the fixture set as `host/repo:tag`.
-fn all_tag_refs(reg: &Registry, fx: &Fixtures) -> Vec<String> {
-    fx.all_refs()
-        .into_iter()
-        .map(|(repo, tag, _)| format!("{}/{repo}:{tag}", reg.addr()))
-        .collect()
-}
-
-fn fetch(root: &Path, refs: &[String], extra: &[&str]) -> (i32, Value, String) {
-    let root = root.to_str().unwrap();
-    let mut args = vec!["fetch", "--root", root, "--tls-verify=false", "--json"];
-    args.extend_from_slice(extra);
-    args.extend(refs.iter().map(String::as_str));
-    let out = static_registry(&args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json, stderr)
-}
-
-/// A registry holding the fixture set, and an empty store root.
-async fn registry_with_fixtures() -> (Registry, Fixtures, tempfile::TempDir) {
-    let reg = Registry::start();
-    let fx = Fixtures::push(&reg).await;
-    (reg, fx, tempfile::tempdir().unwrap())
-}
-
-fn fetch_ok(root: &Path, refs: &[String]) -> Value {
-    let (code, json, stderr) = fetch(root, refs, &[]);
-    assert_eq!(code, 0, "fetch failed:\n{stderr}");
-    json
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_stores_every_fixture_exactly_and_once() {

@@ -1,5 +1,6 @@
 //! Integration tests: one binary so the harness is compiled once.
 
 mod fetch;
+mod genconf;
 mod harness;
 mod harness_selftest;

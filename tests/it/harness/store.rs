@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::fixtures::Fixtures;
+use super::registry::Registry;
+
 use super::{run_with_timeout, sha256_digest};
 
 /// Run the static-registry binary with a timeout (it never needs long on loopback).
@@ -139,4 +142,36 @@ pub fn assert_no_partials(root: &Path) {
         .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "partial files left in .tmp: {left:?}");
+}
+
+/// Every tag of the fixture set as `host/repo:tag`.
+pub fn all_tag_refs(reg: &Registry, fx: &Fixtures) -> Vec<String> {
+    fx.all_refs()
+        .into_iter()
+        .map(|(repo, tag, _)| format!("{}/{repo}:{tag}", reg.addr()))
+        .collect()
+}
+
+pub fn fetch(root: &Path, refs: &[String], extra: &[&str]) -> (i32, Value, String) {
+    let root = root.to_str().unwrap();
+    let mut args = vec!["fetch", "--root", root, "--tls-verify=false", "--json"];
+    args.extend_from_slice(extra);
+    args.extend(refs.iter().map(String::as_str));
+    let out = static_registry(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+/// A registry holding the fixture set, and an empty store root.
+pub async fn registry_with_fixtures() -> (Registry, Fixtures, tempfile::TempDir) {
+    let reg = Registry::start();
+    let fx = Fixtures::push(&reg).await;
+    (reg, fx, tempfile::tempdir().unwrap())
+}
+
+pub fn fetch_ok(root: &Path, refs: &[String]) -> Value {
+    let (code, json, stderr) = fetch(root, refs, &[]);
+    assert_eq!(code, 0, "fetch failed:\n{stderr}");
+    json
 }

@@ -1,0 +1,414 @@
+//! `static-registry gen-conf` served by a real nginx, pulled from by real clients.
+
+use std::fs;
+use std::path::Path;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::fixtures::{FOREIGN_URL, Fixtures, OCI_INDEX, SBOM_ARTIFACT_TYPE};
+use crate::harness::nginx::Nginx;
+use crate::harness::sha256_digest;
+use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
+use crate::harness::store::{all_tag_refs, fetch_ok, registry_with_fixtures, static_registry};
+
+/// A port placeholder gen-conf accepts; the harness substitutes its free port.
+const LISTEN: &str = "127.0.0.1:65000";
+
+fn gen_conf(root: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "gen-conf",
+        "--root",
+        root.to_str().unwrap(),
+        "--listen",
+        LISTEN,
+    ];
+    args.extend_from_slice(extra);
+    let out = static_registry(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "gen-conf failed:\n{stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+fn serve(config: &str) -> Nginx {
+    Nginx::start(&config.replace(&format!("listen {LISTEN};"), "listen 127.0.0.1:{{PORT}};"))
+}
+
+/// A store holding every fixture tag, fetched from a real registry.
+async fn fetched_store() -> (Fixtures, tempfile::TempDir) {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    fetch_ok(root.path(), &all_tag_refs(&reg, &fx));
+    (fx, root)
+}
+
+async fn request(method: Method, url: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    let resp = reqwest::Client::new()
+        .request(method, url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    (status, headers, resp.bytes().await.unwrap().to_vec())
+}
+
+fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).map(|v| v.to_str().unwrap()).unwrap_or_default()
+}
+
+async fn skopeo_blocking(args: Vec<String>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        skopeo(&args).stdout
+    })
+    .await
+    .unwrap()
+}
+
+/// Every manifest of the fixture set, tag and digest, pulls through nginx byte for
+/// byte with skopeo, with the right headers on GET and HEAD; every image copies whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_tag_and_digest_pulls_through_nginx_byte_exact() {
+    let (fx, root) = fetched_store().await;
+    let (config, warnings) = gen_conf(root.path(), &[]);
+    assert!(warnings.is_empty(), "{warnings}");
+    let nginx = serve(&config);
+    let addr = nginx.addr();
+
+    for (repo, tag, digest) in fx.all_refs() {
+        let m = fx.by_digest(&repo, &digest);
+        for reference in [format!(":{tag}"), format!("@{digest}")] {
+            let target = format!("docker://{addr}/{repo}{reference}");
+            let raw = tokio::task::spawn_blocking(move || {
+                skopeo_inspect_raw(&target, &["--tls-verify=false"])
+            })
+            .await
+            .unwrap();
+            assert_eq!(sha256_digest(&raw), digest, "{repo}{reference}");
+        }
+        for method in [Method::GET, Method::HEAD] {
+            let url = format!("{}/v2/{repo}/manifests/{tag}", nginx.url());
+            let (status, h, body) = request(method.clone(), &url).await;
+            assert_eq!(status, StatusCode::OK, "{method} {url}");
+            assert_eq!(
+                header(&h, "docker-content-digest"),
+                digest,
+                "{method} {url}"
+            );
+            assert_eq!(header(&h, "content-type"), m.media_type, "{method} {url}");
+            assert_eq!(header(&h, "content-length"), m.bytes.len().to_string());
+            assert_eq!(
+                header(&h, "docker-distribution-api-version"),
+                "registry/2.0"
+            );
+            if method == Method::GET {
+                assert_eq!(body, m.bytes);
+            }
+        }
+    }
+    // Index children by digest too.
+    for m in fx.manifests.iter().filter(|m| m.tags.is_empty()) {
+        let url = format!("{}/v2/{}/manifests/{}", nginx.url(), m.repo, m.digest);
+        let (status, h, body) = request(Method::GET, &url).await;
+        assert_eq!(status, StatusCode::OK, "{url}");
+        assert_eq!(header(&h, "content-type"), m.media_type, "{url}");
+        assert_eq!(body, m.bytes, "{url}");
+    }
+
+    // Whole images copy out with skopeo (foreign layers live at FOREIGN_URL, not here).
+    let dest = tempfile::tempdir().unwrap();
+    for repo in fx.repos().iter().filter(|r| *r != "foreign/win") {
+        let tag = &fx.tags(repo)[0];
+        let out = format!(
+            "oci:{}/{}:{tag}",
+            dest.path().display(),
+            repo.replace('/', "_")
+        );
+        skopeo_blocking(vec![
+            "copy".into(),
+            "--all".into(),
+            "--src-tls-verify=false".into(),
+            format!("docker://{addr}/{repo}:{tag}"),
+            out,
+        ])
+        .await;
+    }
+    assert!(!config.contains(FOREIGN_URL));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_support_range_and_stay_in_their_repository() {
+    let (fx, root) = fetched_store().await;
+    let nginx = serve(&gen_conf(root.path(), &[]).0);
+    let base = &fx.base_layer;
+    let bytes = fx.blob(base);
+    let url = format!("{}/v2/apps/web/blobs/{base}", nginx.url());
+    let (status, h, body) = request(Method::GET, &url).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, bytes);
+    assert_eq!(header(&h, "docker-content-digest"), base.as_str());
+    assert_eq!(header(&h, "content-type"), "application/octet-stream");
+
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header("Range", "bytes=10-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &bytes[10..]);
+
+    // The base layer is not part of a/b/c: a repository serves only its own blobs.
+    let other = format!("{}/v2/a/b/c/blobs/{base}", nginx.url());
+    let (status, _, body) = request(Method::GET, &other).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "BLOB_UNKNOWN");
+}
+
+fn error_code(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
+    v["errors"][0]["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_catalog_and_referrers_match_the_store() {
+    let (fx, root) = fetched_store().await;
+    let nginx = serve(&gen_conf(root.path(), &[]).0);
+    let get_json = |path: String| {
+        let url = format!("{}{path}", nginx.url());
+        async move {
+            let (status, h, body) = request(Method::GET, &url).await;
+            assert_eq!(status, StatusCode::OK, "{url}");
+            (
+                header(&h, "content-type").to_owned(),
+                serde_json::from_slice::<Value>(&body).unwrap(),
+            )
+        }
+    };
+    let (ct, catalog) = get_json("/v2/_catalog".into()).await;
+    assert_eq!(ct, "application/json");
+    assert_eq!(catalog, json!({ "repositories": fx.repos() }));
+    for repo in fx.repos() {
+        let (_, tags) = get_json(format!("/v2/{repo}/tags/list")).await;
+        assert_eq!(tags, json!({ "name": repo, "tags": fx.tags(&repo) }));
+    }
+    let (ct, referrers) = get_json(format!("/v2/apps/web/referrers/{}", fx.artifact_subject)).await;
+    assert_eq!(ct, OCI_INDEX);
+    assert_eq!(referrers["manifests"][0]["digest"], fx.artifact.as_str());
+    assert_eq!(
+        referrers["manifests"][0]["artifactType"],
+        SBOM_ARTIFACT_TYPE
+    );
+    // A manifest nothing refers to has an empty referrers index, not an error.
+    let api = &fx.manifest("apps/api", "v1").digest;
+    let (ct, empty) = get_json(format!("/v2/apps/api/referrers/{api}")).await;
+    assert_eq!(ct, OCI_INDEX);
+    assert_eq!(empty["manifests"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_oci_json_with_the_right_status_and_code() {
+    let (fx, root) = fetched_store().await;
+    let nginx = serve(&gen_conf(root.path(), &[]).0);
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let cases = [
+        ("/v2/apps/web/manifests/nope", 404, "MANIFEST_UNKNOWN"),
+        (
+            &format!("/v2/apps/web/manifests/{unknown}") as &str,
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            &format!("/v2/apps/web/blobs/{unknown}"),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        // A blob digest is not a manifest.
+        (
+            &format!("/v2/apps/web/manifests/{}", fx.base_layer),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        ("/v2/no/such/manifests/1", 404, "NAME_UNKNOWN"),
+        ("/v2/no/such/tags/list", 404, "NAME_UNKNOWN"),
+        (&format!("/v2/no/such/blobs/{unknown}"), 404, "NAME_UNKNOWN"),
+        ("/v2/apps/web/manifests/sha256:abc", 400, "DIGEST_INVALID"),
+        ("/v2/apps/web/blobs/md5:abc", 400, "DIGEST_INVALID"),
+        ("/v2/Apps/Web/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/apps/-web/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/apps/web_/blobs/sha256:abc", 400, "NAME_INVALID"),
+    ];
+    for (path, status, code) in cases {
+        let url = format!("{}{path}", nginx.url());
+        let (got, h, body) = request(Method::GET, &url).await;
+        assert_eq!(
+            got.as_u16(),
+            status,
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(header(&h, "content-type"), "application/json", "{path}");
+        assert_eq!(error_code(&body), code, "{path}");
+    }
+    for method in [Method::PUT, Method::POST, Method::PATCH, Method::DELETE] {
+        for path in [
+            "/v2/",
+            "/v2/apps/web/manifests/v1",
+            "/v2/apps/web/blobs/uploads/",
+        ] {
+            let url = format!("{}{path}", nginx.url());
+            let (got, h, body) = request(method.clone(), &url).await;
+            assert_eq!(got, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(header(&h, "allow"), "GET, HEAD", "{method} {path}");
+            assert_eq!(error_code(&body), "UNSUPPORTED", "{method} {path}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn name_prefix_and_server_root_variable_serve_the_same_images() {
+    let (fx, root) = fetched_store().await;
+    let root_path = root.path().to_str().unwrap().to_owned();
+    let (config, _) = gen_conf(
+        root.path(),
+        &[
+            "--name-prefix",
+            "mirror/hub",
+            "--server-root",
+            "$registry_root",
+        ],
+    );
+    assert!(
+        !config.contains(&root_path),
+        "the variable replaces the path"
+    );
+    // After the generated maps: nginx wants map_hash_* set before the first map.
+    let config = format!("{config}\nmap $host $registry_root {{ default \"{root_path}\"; }}\n");
+    let nginx = serve(&config);
+    let addr = nginx.addr();
+
+    let web = fx.manifest("oci/multi", "1.0");
+    let target = format!("docker://{addr}/mirror/hub/oci/multi:1.0");
+    let raw =
+        tokio::task::spawn_blocking(move || skopeo_inspect_raw(&target, &["--tls-verify=false"]))
+            .await
+            .unwrap();
+    assert_eq!(sha256_digest(&raw), web.digest);
+    let dest = tempfile::tempdir().unwrap();
+    skopeo_blocking(vec![
+        "copy".into(),
+        "--all".into(),
+        "--src-tls-verify=false".into(),
+        format!("docker://{addr}/mirror/hub/apps/api:v1"),
+        format!("oci:{}/api:v1", dest.path().display()),
+    ])
+    .await;
+
+    let url = |p: &str| format!("{}{p}", nginx.url());
+    let (_, _, body) = request(Method::GET, &url("/v2/_catalog")).await;
+    let names: Vec<String> = fx
+        .repos()
+        .iter()
+        .map(|r| format!("mirror/hub/{r}"))
+        .collect();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({ "repositories": names })
+    );
+    let (_, _, body) = request(Method::GET, &url("/v2/mirror/hub/many/tags/tags/list")).await;
+    let tags: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        tags,
+        json!({ "name": "mirror/hub/many/tags", "tags": fx.tags("many/tags") })
+    );
+    // Without the prefix the names are unknown.
+    let (status, _, body) = request(Method::GET, &url("/v2/apps/api/manifests/v1")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "NAME_UNKNOWN");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locations_only_drop_into_an_existing_server_block() {
+    let (fx, root) = fetched_store().await;
+    let (maps, _) = gen_conf(root.path(), &["--maps-only"]);
+    let (locations, _) = gen_conf(root.path(), &["--locations-only"]);
+    assert!(!maps.contains("server {") && !maps.contains("location ~"));
+    assert!(!locations.contains("server {") && !locations.contains("map "));
+    let nginx = Nginx::start(&format!(
+        "{maps}\nserver {{\n    listen 127.0.0.1:{{{{PORT}}}};\n    location = /healthz {{ return 200 'ok'; }}\n{locations}\n}}\n"
+    ));
+    let m = fx.manifest("docker/multi", "v1");
+    let (status, h, body) = request(
+        Method::GET,
+        &format!("{}/v2/docker/multi/manifests/v1", nginx.url()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&h, "content-type"), m.media_type);
+    assert_eq!(body, m.bytes);
+    let (status, _, _) = request(Method::GET, &format!("{}/healthz", nginx.url())).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A store edited by hand (or by a malicious upstream, were fetch not to validate):
+/// nothing outside the OCI grammar may reach the config or a path.
+#[test]
+fn hostile_names_and_tags_never_reach_the_config() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let digest = |body: &str| sha256_digest(body.as_bytes());
+    let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1},"layers":[]}"#;
+    let d = digest(manifest);
+    let evil_tag = "x\";} location / { root /;";
+    let index = |tag: &str, media_type: &str| {
+        json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": media_type, "digest": d, "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag}
+        }]})
+        .to_string()
+    };
+    fs::write(r.join(".static-registry"), r#"{"format":1}"#).unwrap();
+    fs::create_dir_all(r.join("good")).unwrap();
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    for (name, tag, media_type) in [
+        ("good/repo", "v1", oci),
+        ("good/evil-tag", evil_tag, oci),
+        ("good/evil-type", "v1", "text/plain\"; } server {"),
+        ("Upper/Case", "v1", oci),
+        ("semi;colon", "v1", oci),
+        ("good/blobs/nested", "v1", oci),
+    ] {
+        let dir = r.join(name);
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::write(dir.join("index.json"), index(tag, media_type)).unwrap();
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        fs::write(dir.join("blobs/sha256").join(&d[7..]), manifest).unwrap();
+    }
+    let (config, warnings) = gen_conf(r, &[]);
+    for bad in [
+        evil_tag,
+        "text/plain",
+        "Upper",
+        "semi;colon",
+        "good/blobs",
+        "good/evil-type@",
+    ] {
+        assert!(!config.contains(bad), "{bad:?} reached the config");
+    }
+    for named in [
+        "good/evil-tag",
+        "good/evil-type",
+        "Upper/Case",
+        "semi;colon",
+        "good/blobs/nested",
+    ] {
+        assert!(
+            warnings.contains(named),
+            "no warning names {named}:\n{warnings}"
+        );
+    }
+    assert!(config.contains("\"good/repo:v1\""));
+    // And the result is a config nginx accepts.
+    drop(serve(&config));
+}
