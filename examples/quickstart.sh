@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end quick start on a fresh Debian machine, offline apart from package mirrors:
 # start a throwaway docker-registry on loopback, push the bundled image (examples/hello,
-# an OCI layout with linux/amd64 and linux/arm64), fetch it into ./images, and read it back.
+# an OCI layout with linux/amd64 and linux/arm64), fetch it into ./images, generate the
+# nginx configuration, serve ./images with stock nginx, and pull the image back through
+# it with skopeo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${ROOT:-images}
@@ -30,7 +32,12 @@ http:
 YAML
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 registry_pid=$!
-trap 'kill $registry_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+nginx_pid=""
+cleanup() {
+    kill $registry_pid $nginx_pid 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
 for _ in $(seq 50); do
     curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
     sleep 0.1
@@ -45,8 +52,40 @@ echo "== fetching into ./$root"
 echo "== fetching again (unchanged: one HEAD request, no blob traffic)"
 "$bin" fetch --root "$root" --tls-verify=false "127.0.0.1:$port/demo/hello:1.0"
 
-echo "== reading it back with skopeo"
-skopeo inspect --raw "oci:$root/demo/hello:1.0" | sha256sum
-skopeo inspect --raw --tls-verify=false "docker://127.0.0.1:$port/demo/hello:1.0" | sha256sum
-skopeo copy --all "oci:$root/demo/hello:1.0" "oci:$work/copy:1.0" >/dev/null
-echo "ok: ./$root/demo/hello holds the image byte for byte"
+echo "== generating the nginx configuration"
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$bin" gen-conf --root "$root" --listen "127.0.0.1:$nginx_port" >"$work/registry.conf"
+user=""; [ "$(id -u)" -ne 0 ] || user="user root;"   # workers must read ./images
+cat >"$work/nginx.conf" <<NGINX
+$user
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events {}
+http {
+    access_log $work/nginx-access.log;
+    client_body_temp_path $work/client_body;
+    proxy_temp_path $work/proxy;
+    fastcgi_temp_path $work/fastcgi;
+    uwsgi_temp_path $work/uwsgi;
+    scgi_temp_path $work/scgi;
+    include $work/registry.conf;
+}
+NGINX
+nginx -t -q -p "$work" -c "$work/nginx.conf"
+nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
+nginx_pid=$!
+for _ in $(seq 50); do
+    curl -fsS "http://127.0.0.1:$nginx_port/v2/" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+echo "== pulling it back through nginx with skopeo (127.0.0.1:$nginx_port)"
+from_registry=$(skopeo inspect --raw --tls-verify=false "docker://127.0.0.1:$port/demo/hello:1.0" | sha256sum)
+from_nginx=$(skopeo inspect --raw --tls-verify=false "docker://127.0.0.1:$nginx_port/demo/hello:1.0" | sha256sum)
+echo "registry: $from_registry"
+echo "nginx:    $from_nginx"
+[ "$from_registry" = "$from_nginx" ]
+skopeo copy --all --src-tls-verify=false "docker://127.0.0.1:$nginx_port/demo/hello:1.0" "oci:$work/copy:1.0"
+curl -fsS "http://127.0.0.1:$nginx_port/v2/demo/hello/tags/list"; echo
+echo "ok: nginx serves ./$root as a registry; the image came back byte for byte"

@@ -412,3 +412,39 @@ fn hostile_names_and_tags_never_reach_the_config() {
     // And the result is a config nginx accepts.
     drop(serve(&config));
 }
+
+/// The container's helper script renders the same config, atomically, from env settings.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_helper_renders_a_config_nginx_serves() {
+    let (fx, root) = fetched_store().await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let conf = out_dir.path().join("static-registry.conf");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_static-registry"))
+        .parent()
+        .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/static-registry-nginx");
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new(script)
+        .args(["start", "true"])
+        .env("PATH", path)
+        .env("STATIC_REGISTRY_ROOT", root.path())
+        .env("STATIC_REGISTRY_LISTEN", LISTEN)
+        .env("STATIC_REGISTRY_NAME_PREFIX", "mirror")
+        .env("STATIC_REGISTRY_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nginx = serve(&fs::read_to_string(&conf).unwrap());
+    let m = fx.manifest("a/b/c", "1");
+    let (status, _, body) = request(
+        Method::GET,
+        &format!("{}/v2/mirror/a/b/c/manifests/1", nginx.url()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, m.bytes);
+}
