@@ -6,6 +6,7 @@ use std::path::Path;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::harness::clients::{Containerd, podman_pull};
 use crate::harness::fixtures::{FOREIGN_URL, Fixtures, OCI_INDEX, SBOM_ARTIFACT_TYPE};
 use crate::harness::nginx::Nginx;
 use crate::harness::sha256_digest;
@@ -447,4 +448,38 @@ async fn container_helper_renders_a_config_nginx_serves() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, m.bytes);
+}
+
+/// podman and containerd pull every manifest shape (Docker v2s2 and list, OCI manifest
+/// and index, nested names) through nginx, by tag and by digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_and_containerd_pull_through_nginx() {
+    let (fx, root) = fetched_store().await;
+    let nginx = serve(&gen_conf(root.path(), &[]).0);
+    let addr = nginx.addr();
+    let images: Vec<String> = [
+        ("base/alpine", "latest"),
+        ("docker/multi", "v1"),
+        ("oci/multi", "1.0"),
+        ("a/b/c", "1"),
+    ]
+    .iter()
+    .flat_map(|(repo, tag)| {
+        let digest = &fx.manifest(repo, tag).digest;
+        [
+            format!("{addr}/{repo}:{tag}"),
+            format!("{addr}/{repo}@{digest}"),
+        ]
+    })
+    .collect();
+    tokio::task::spawn_blocking(move || {
+        let podman = tempfile::tempdir().unwrap();
+        let containerd = Containerd::start();
+        for image in &images {
+            podman_pull(podman.path(), image);
+            containerd.pull(image);
+        }
+    })
+    .await
+    .unwrap();
 }
