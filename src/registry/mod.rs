@@ -56,6 +56,10 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 10;
 const MAX_ERROR_BODY: u64 = 64 << 10;
 const MAX_TOKEN_BODY: u64 = 1 << 20;
+/// One page of tags; 64 MiB is over a million tags.
+const MAX_TAG_LIST_BYTES: u64 = 64 << 20;
+/// Bounds a registry whose `Link` headers never end.
+const MAX_TAG_PAGES: usize = 10_000;
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
@@ -338,6 +342,51 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Every tag of a repository, following `Link: <...>; rel="next"` pagination (some
+    /// registries hold tens of thousands of tags). Tags are returned as the registry sent
+    /// them; the caller validates them before they touch a path.
+    pub async fn list_tags(&self, host: &str, repo: &str) -> Result<Vec<String>, RegistryError> {
+        validate_host(host)?;
+        validate_repo(repo)?;
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut path = format!("/v2/{repo}/tags/list");
+        let mut tags = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let resp = self
+                .registry_request(Method::GET, host, repo, &path, HeaderMap::new())
+                .await?;
+            if !resp.status().is_success() {
+                return Err(status_error(resp, host, repo).await);
+            }
+            let next = next_page(resp.headers(), resp.url())?;
+            let url = resp.url().to_string();
+            let body = read_capped(resp, MAX_TAG_LIST_BYTES)
+                .await?
+                .ok_or_else(|| RegistryError::Status {
+                    url: url.clone(),
+                    status: 200,
+                    oci: None,
+                })?;
+            let page: TagList = serde_json::from_slice(&body).map_err(|e| RegistryError::Body {
+                url: url.clone(),
+                cause: format!("not a tag list: {e}"),
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(p) if p != path => path = p,
+                _ => return Ok(tags),
+            }
+        }
+        Err(RegistryError::Body {
+            url: registry_url(Scheme::Https, host, &path)?.to_string(),
+            cause: format!("more than {MAX_TAG_PAGES} pages of tags; refusing to follow further"),
+        })
     }
 
     /// GET /v2/<repo>/blobs/<digest>, from byte `offset` (Range request) when
@@ -894,6 +943,43 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
     header_string(h, header::CONTENT_LENGTH.as_str())?
         .parse()
         .ok()
+}
+
+/// The path and query of the `rel="next"` page in a `Link` header. Only the same host is
+/// followed: credentials belong to it alone.
+fn next_page(h: &HeaderMap, current: &Url) -> Result<Option<String>, RegistryError> {
+    let Some(link) = header_string(h, header::LINK.as_str()) else {
+        return Ok(None);
+    };
+    for part in link.split(',') {
+        let Some((target, params)) = part.trim().split_once(';') else {
+            continue;
+        };
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().trim_start_matches("rel=").trim_matches('"') == "next");
+        let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+        if !is_next {
+            continue;
+        }
+        let next = current.join(target).map_err(|e| RegistryError::Body {
+            url: current.to_string(),
+            cause: format!("invalid Link header {link:?}: {e}"),
+        })?;
+        if next.host_str() != current.host_str() || next.port() != current.port() {
+            return Err(RegistryError::Body {
+                url: current.to_string(),
+                cause: format!("Link header points to another host ({next}); refusing to follow"),
+            });
+        }
+        let mut path = next.path().to_owned();
+        if let Some(q) = next.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        return Ok(Some(path));
+    }
+    Ok(None)
 }
 
 /// First byte position of `Content-Range: bytes <first>-<last>/<total>`.

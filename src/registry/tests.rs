@@ -735,3 +735,29 @@ fn options_debug_hides_password() {
     assert_eq!(o.retries, 3);
     assert!(o.tls_verify);
 }
+
+#[tokio::test]
+async fn tag_list_follows_link_pagination_on_the_same_host_only() {
+    let reg = Mock::start(|req| {
+        if req.path.contains("last=b") {
+            return Resp::new(200).body(r#"{"name":"a","tags":["c"]}"#);
+        }
+        Resp::new(200)
+            .header("Link", r#"</v2/a/tags/list?n=2&last=b>; rel="next""#)
+            .body(r#"{"name":"a","tags":["a","b"]}"#)
+    });
+    let c = client(insecure());
+    let tags = c.list_tags(&reg.host(), "a").await.unwrap();
+    assert_eq!(tags, ["a", "b", "c"]);
+
+    let elsewhere = Mock::start(|_| {
+        Resp::new(200)
+            .header(
+                "Link",
+                r#"<http://example.invalid/v2/a/tags/list?last=b>; rel="next""#,
+            )
+            .body(r#"{"name":"a","tags":["a"]}"#)
+    });
+    let err = c.list_tags(&elsewhere.host(), "a").await.unwrap_err();
+    assert!(err.to_string().contains("another host"), "{err}");
+}
