@@ -24,6 +24,18 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Print nginx configuration that serves the store as a read-only registry.
     GenConf(GenConfArgs),
+    /// List the repositories, tags, digests and sizes in a store.
+    Ls(LsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Store directory.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,9 +14,9 @@ use static_registry::fetch::{self, FetchOptions, Summary};
 use static_registry::nginx;
 use static_registry::reference::Reference;
 use static_registry::registry::{Client, ClientOptions};
-use static_registry::store::Store;
+use static_registry::store::{Store, inventory};
 
-use cli::{Cli, Command, FetchArgs, GenConfArgs, RegistryArgs};
+use cli::{Cli, Command, FetchArgs, GenConfArgs, LsArgs, RegistryArgs};
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Fetch(args) => fetch_command(args),
         Command::GenConf(args) => gen_conf_command(args),
+        Command::Ls(args) => ls_command(args),
     }
 }
 
@@ -163,6 +164,68 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
     }
     print!("{}", rendered.config);
     Ok(ExitCode::SUCCESS)
+}
+
+fn ls_command(args: LsArgs) -> Result<ExitCode> {
+    if !inventory::is_store(&args.root) {
+        anyhow::bail!(
+            "{} is not a static-registry store; fetch into it first",
+            args.root.display()
+        );
+    }
+    let (repos, skipped) = inventory::list(&args.root)
+        .with_context(|| format!("reading the store at {}", args.root.display()))?;
+    for s in &skipped {
+        eprintln!("warning: {s}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&repos)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 4]> = repos
+        .iter()
+        .flat_map(|r| {
+            r.tags.iter().map(|t| {
+                [
+                    r.name.clone(),
+                    t.tag.clone(),
+                    t.digest.to_string(),
+                    human_bytes(t.size),
+                ]
+            })
+        })
+        .collect();
+    let header = ["REPOSITORY", "TAG", "DIGEST", "SIZE"].map(String::from);
+    let mut widths = [0; 4];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        println!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        n if n < 1e3 => format!("{n} B"),
+        n if n < 1e6 => format!("{:.1} kB", n / 1e3),
+        n if n < 1e9 => format!("{:.1} MB", n / 1e6),
+        n => format!("{:.2} GB", n / 1e9),
+    }
 }
 
 fn print_summary(s: &Summary) {

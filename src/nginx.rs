@@ -137,37 +137,11 @@ fn kind_of(media_type: &str) -> Option<&'static str> {
 
 /// Walk the store's repositories (read-only) and collect every servable tag and manifest.
 pub fn scan(root: &Path) -> Result<RouteModel, NginxError> {
-    if !root.join(".static-registry").is_file() {
+    if !store::inventory::is_store(root) {
         return Err(NginxError::NotAStore(root.display().to_string()));
     }
     let mut model = RouteModel::default();
-    let mut names = Vec::new();
-    let walker = walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter()
-        // Dot entries are the store's own (.blobs, .tmp, .v2); a layout's blobs/ holds
-        // content, not repositories.
-        .filter_entry(|e| {
-            let n = e.file_name().to_string_lossy();
-            let layout_blobs = n == "blobs"
-                && e.path()
-                    .parent()
-                    .is_some_and(|p| p.join("oci-layout").is_file());
-            !(n.starts_with('.') || layout_blobs)
-        });
-    for entry in walker {
-        let entry = entry.map_err(|e| NginxError::Io {
-            path: root.to_owned(),
-            source: e.into(),
-        })?;
-        if entry.file_name() == "index.json"
-            && let Some(dir) = entry.path().parent()
-            && let Ok(rel) = dir.strip_prefix(root)
-        {
-            names.push(rel.to_string_lossy().into_owned());
-        }
-    }
+    let names = store::inventory::repository_names(root)?;
     for name in names {
         match store::repo_path(root, &name) {
             Ok(dir) => scan_repo(&name, &dir, &mut model)?,

@@ -7,6 +7,7 @@
 
 mod atomic;
 mod blob;
+pub mod inventory;
 mod layout;
 mod link;
 mod served;

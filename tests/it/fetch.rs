@@ -88,6 +88,30 @@ async fn fetch_stores_every_fixture_exactly_and_once() {
         }
     }
 
+    // `ls --json` lists exactly the fixture tags.
+    let out = static_registry(&["ls", "--json", "--root", root.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut from_ls: Vec<(String, String, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let name = r["name"].as_str().unwrap().to_owned();
+            r["tags"].as_array().unwrap().iter().map(move |t| {
+                (
+                    name.clone(),
+                    t["tag"].as_str().unwrap().to_owned(),
+                    t["digest"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect();
+    from_ls.sort();
+    let mut expected_refs = fx.all_refs();
+    expected_refs.sort();
+    assert_eq!(from_ls, expected_refs);
+
     // The documents nginx serves as they are: catalog, tag lists, referrers.
     let served = |p: &str| -> Value {
         serde_json::from_slice(&fs::read(root.path().join(".v2").join(p)).unwrap()).unwrap()
