@@ -26,6 +26,18 @@ pub enum Command {
     GenConf(GenConfArgs),
     /// List the repositories, tags, digests and sizes in a store.
     Ls(LsArgs),
+    /// Check a store: every blob hashes to its name, every tag reaches only stored blobs.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Store directory.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

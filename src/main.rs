@@ -16,7 +16,7 @@ use static_registry::reference::Reference;
 use static_registry::registry::{Client, ClientOptions};
 use static_registry::store::{Store, inventory};
 
-use cli::{Cli, Command, FetchArgs, GenConfArgs, LsArgs, RegistryArgs};
+use cli::{Cli, Command, FetchArgs, GenConfArgs, LsArgs, RegistryArgs, VerifyArgs};
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fetch(args) => fetch_command(args),
         Command::GenConf(args) => gen_conf_command(args),
         Command::Ls(args) => ls_command(args),
+        Command::Verify(args) => verify_command(args),
     }
 }
 
@@ -216,6 +217,42 @@ fn ls_command(args: LsArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
+    if !inventory::is_store(&args.root) {
+        anyhow::bail!("{} is not a static-registry store", args.root.display());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let report = static_registry::store::verify::verify(&args.root, threads)
+        .with_context(|| format!("verifying the store at {}", args.root.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for note in &report.notes {
+            eprintln!("note: {note}");
+        }
+        for problem in &report.problems {
+            eprintln!("PROBLEM: {problem}");
+        }
+        eprintln!(
+            "{}: {} blobs ({}) hashed, {} repositories checked, {} problems",
+            if report.is_clean() {
+                "clean"
+            } else {
+                "NOT CLEAN"
+            },
+            report.blobs_checked,
+            human_bytes(report.bytes_checked),
+            report.repositories,
+            report.problems.len()
+        );
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn human_bytes(n: u64) -> String {

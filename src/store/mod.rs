@@ -11,6 +11,7 @@ pub mod inventory;
 mod layout;
 mod link;
 mod served;
+pub mod verify;
 
 use std::fs::{self, File};
 use std::io;

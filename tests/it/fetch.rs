@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -306,6 +306,14 @@ async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
         let _ = child.kill();
         let _ = child.wait();
         assert_consistent(root.path());
+        if root.path().join(".static-registry").exists() {
+            let out = static_registry(&["verify", "--root", root.path().to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "verify after a kill at {delay_ms} ms:\n{stderr}"
+            );
+        }
     }
     let summary = fetch_ok(root.path(), &refs);
     assert_eq!(summary["images_failed"], 0);
@@ -388,5 +396,47 @@ async fn tls_failure_names_the_registry_and_the_flag_to_use() {
     assert!(
         line.contains(&image) && line.contains("TLS") && line.contains("--tls-verify=false"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_a_corrupt_blob_and_a_missing_link() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    fetch_ok(root.path(), &[format!("{}/apps/api:v1", reg.addr())]);
+    let verify = || {
+        let out = static_registry(&["verify", "--json", "--root", root.path().to_str().unwrap()]);
+        (
+            out.status.code(),
+            serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        )
+    };
+    let (code, report) = verify();
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]));
+
+    let (big, _, _) = biggest_blob(&fx, "apps/api", "v1");
+    let pool = pool_path(root.path(), big);
+    let mut bytes = fs::read(&pool).unwrap();
+    bytes[0] ^= 1;
+    // Rewrite in place (same inode) as disk corruption would.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pool)
+        .unwrap()
+        .write_all_at(&bytes, 0)
+        .unwrap();
+    let config = &fx.manifest("apps/api", "v1").blobs[0];
+    fs::remove_file(repo_blob(root.path(), "apps/api", config)).unwrap();
+
+    let (code, report) = verify();
+    assert_eq!(code, Some(1));
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains(&format!("{big} is corrupt")),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("{config} is referenced but missing")),
+        "{problems}"
     );
 }

@@ -1,0 +1,204 @@
+//! `verify`: check a store against its invariants without changing it. Every pool blob
+//! hashes to its name; everything every index.json reaches is in that repository's
+//! layout with the right size and content; nothing is left half-written.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use super::inventory::repository_names;
+use super::{POOL_DIR, Result, StoreError, TMP_DIR, read_index_file, repo_path};
+use crate::manifest::{Descriptor, Kind, Manifest};
+
+/// What `verify` found. `problems` make the store unfit to serve; `notes` do not.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    pub repositories: usize,
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Check the store at `root`, hashing every pool blob on `threads` threads.
+pub fn verify(root: &Path, threads: usize) -> Result<Report> {
+    let mut report = Report::default();
+    let pool = root.join(POOL_DIR).join("sha256");
+    let mut blobs: Vec<PathBuf> = match fs::read_dir(&pool) {
+        Ok(rd) => rd
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(StoreError::io("list", &pool))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(StoreError::io("list", &pool)(e)),
+    };
+    blobs.sort();
+    report.blobs_checked = blobs.len();
+    let chunks: Vec<&[PathBuf]> = blobs
+        .chunks(blobs.len().div_ceil(threads.max(1)).max(1))
+        .collect();
+    let results: Vec<(u64, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|chunk| s.spawn(move || check_pool_files(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("hashing thread panicked"))
+            .collect()
+    });
+    for (bytes, problems) in results {
+        report.bytes_checked += bytes;
+        report.problems.extend(problems);
+    }
+
+    for name in repository_names(root)? {
+        let dir = match repo_path(root, &name) {
+            Ok(dir) => dir,
+            Err(e) => {
+                report.problems.push(format!("repository {name:?}: {e}"));
+                continue;
+            }
+        };
+        report.repositories += 1;
+        match read_index_file(&dir.join("index.json")) {
+            Ok(index) => {
+                let mut seen = HashSet::new();
+                for d in &index.manifests {
+                    check_reachable(root, &name, &dir, d, &mut seen, &mut report);
+                }
+            }
+            Err(e) => report.problems.push(format!("{name}: {e}")),
+        }
+    }
+
+    let tmp = root.join(TMP_DIR);
+    if let Ok(rd) = fs::read_dir(&tmp) {
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".part") {
+                report.notes.push(format!(
+                    "partial download {name} (the next fetch resumes it)"
+                ));
+            } else {
+                report.notes.push(format!(
+                    "stale temporary file .tmp/{name} (removed by the next fetch or prune)"
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn check_pool_files(paths: &[PathBuf]) -> (u64, Vec<String>) {
+    let mut bytes = 0;
+    let mut problems = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for path in paths {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        match hash_file(path, &mut buf) {
+            Ok((hex, n)) => {
+                bytes += n;
+                if hex != name {
+                    problems.push(format!(
+                        "pool blob sha256:{name} is corrupt: its content hashes to sha256:{hex}"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("pool blob {}: {e}", path.display())),
+        }
+    }
+    (bytes, problems)
+}
+
+fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<(String, u64)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut total = 0;
+    loop {
+        let n = file.read(buf)?;
+        if n == 0 {
+            return Ok((hex::encode(hasher.finalize()), total));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// A descriptor reached from index.json: present in the layout, sized as described, the
+/// pool's bytes; manifests are followed to their children, configs and layers.
+fn check_reachable(
+    root: &Path,
+    name: &str,
+    dir: &Path,
+    d: &Descriptor,
+    seen: &mut HashSet<String>,
+    report: &mut Report,
+) {
+    let key = d.digest.to_string();
+    if !seen.insert(key.clone()) || d.digest.algorithm() != "sha256" {
+        return;
+    }
+    let path = dir.join("blobs/sha256").join(d.digest.hex());
+    let meta = match fs::metadata(&path) {
+        Ok(m) => m,
+        Err(_) if d.is_foreign() => return,
+        Err(_) => {
+            report.problems.push(format!(
+                "{name}: {key} is referenced but missing from the layout"
+            ));
+            return;
+        }
+    };
+    if meta.len() != d.size {
+        report.problems.push(format!(
+            "{name}: {key} is {} bytes, its descriptor says {}",
+            meta.len(),
+            d.size
+        ));
+    }
+    let pool = root.join(POOL_DIR).join("sha256").join(d.digest.hex());
+    match fs::metadata(&pool) {
+        Ok(p) if p.ino() == meta.ino() && p.dev() == meta.dev() => {}
+        Ok(_) => {
+            // A copy or reflink (where hardlinks failed): its bytes must still match.
+            let mut buf = vec![0u8; 1 << 20];
+            match hash_file(&path, &mut buf) {
+                Ok((hex, _)) if hex == d.digest.hex() => {}
+                _ => report
+                    .problems
+                    .push(format!("{name}: the layout's copy of {key} is corrupt")),
+            }
+        }
+        Err(_) => report.notes.push(format!(
+            "{name}: {key} is in the layout but not in the pool"
+        )),
+    }
+    if !(d.media_type.contains("manifest") || d.media_type.contains("index")) {
+        return;
+    }
+    let Ok(bytes) = fs::read(&path) else { return };
+    match Manifest::parse(&bytes, Some(&d.media_type)) {
+        Ok(m) => {
+            let children: Vec<Descriptor> = match m.kind {
+                Kind::Index(children) => children,
+                Kind::Image { config, layers } => std::iter::once(*config).chain(layers).collect(),
+            };
+            for child in &children {
+                check_reachable(root, name, dir, child, seen, report);
+            }
+        }
+        Err(e) => report.problems.push(format!("{name}: manifest {key}: {e}")),
+    }
+}
