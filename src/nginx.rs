@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::manifest::{self, Kind, Manifest, REF_NAME};
+use crate::manifest::{self, REF_NAME};
 use crate::reference::{self, Digest};
 use crate::store::{self, StoreError};
 
@@ -159,9 +159,7 @@ fn scan_repo(name: &str, dir: &Path, model: &mut RouteModel) -> Result<(), Nginx
             return Ok(());
         }
     };
-    let mut kinds: BTreeMap<Digest, &'static str> = BTreeMap::new();
     let mut tags = BTreeMap::new();
-    let mut pending = Vec::new();
     for d in &index.manifests {
         if let Some(tag) = d.annotations.get(REF_NAME) {
             if let Err(e) = reference::validate_tag(tag) {
@@ -170,33 +168,20 @@ fn scan_repo(name: &str, dir: &Path, model: &mut RouteModel) -> Result<(), Nginx
             }
             tags.insert(tag.clone(), d.digest.clone());
         }
-        pending.push((d.digest.clone(), d.media_type.clone()));
-    }
-    // Children of indexes are manifests too (platform images, referrer artifacts).
-    while let Some((digest, media_type)) = pending.pop() {
-        if kinds.contains_key(&digest) || digest.algorithm() != "sha256" {
-            continue;
-        }
-        let Some(kind) = kind_of(&media_type) else {
+        if kind_of(&d.media_type).is_none() {
             model.skipped.push(format!(
-                "{name}@{digest}: media type {media_type:?} is not a manifest type this config serves"
+                "{name}@{}: media type {:?} is not a manifest type this config serves",
+                d.digest, d.media_type
             ));
-            continue;
-        };
-        kinds.insert(digest.clone(), kind);
-        if matches!(kind, "oci-index" | "docker-list") {
-            let path = dir.join("blobs/sha256").join(digest.hex());
-            let bytes = fs::read(&path).map_err(|source| NginxError::Io { path, source })?;
-            match Manifest::parse(&bytes, Some(&media_type)) {
-                Ok(Manifest {
-                    kind: Kind::Index(children),
-                    ..
-                }) => pending.extend(children.into_iter().map(|c| (c.digest, c.media_type))),
-                Ok(_) => {}
-                Err(e) => model.skipped.push(format!("{name}@{digest}: {e}")),
-            }
         }
     }
+    // Children of indexes are manifests too (platform images, referrer artifacts);
+    // configs and layers have no kind and are served as blobs.
+    let kinds: BTreeMap<Digest, &'static str> = store::inventory::reachable(dir, &index.manifests)
+        .into_iter()
+        .filter(|d| d.digest.algorithm() == "sha256")
+        .filter_map(|d| Some((d.digest, kind_of(&d.media_type)?)))
+        .collect();
     for (tag, digest) in tags {
         if kinds.contains_key(&digest) {
             model

@@ -7,7 +7,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{FORMAT_FILE, Result, StoreError, read_index_file, repo_path};
-use crate::manifest::{Kind, Manifest, REF_NAME};
+use std::collections::HashSet;
+
+use crate::manifest::{Descriptor, Kind, Manifest, REF_NAME};
 use crate::reference::Digest;
 
 /// Whether `root` holds a store (its format marker).
@@ -84,8 +86,10 @@ pub fn list(root: &Path) -> Result<(Vec<RepoInfo>, Vec<String>)> {
             let Some(tag) = d.annotations.get(REF_NAME) else {
                 continue;
             };
-            let mut seen = std::collections::HashSet::new();
-            let size = reach_size(&dir, &d.digest, d.size, &d.media_type, &mut seen);
+            let size = reachable(&dir, std::slice::from_ref(d))
+                .iter()
+                .map(|r| r.size)
+                .sum();
             tags.push(TagInfo {
                 tag: tag.clone(),
                 digest: d.digest.clone(),
@@ -99,32 +103,34 @@ pub fn list(root: &Path) -> Result<(Vec<RepoInfo>, Vec<String>)> {
     Ok((repos, skipped))
 }
 
-/// Size of a manifest and all it reaches, reading manifests from the repository's layout.
-fn reach_size(
-    dir: &Path,
-    digest: &Digest,
-    size: u64,
-    media_type: &str,
-    seen: &mut std::collections::HashSet<Digest>,
-) -> u64 {
-    if !seen.insert(digest.clone()) {
-        return 0;
+/// Everything reachable from `roots` in the layout at `dir`, each digest once, roots
+/// first: manifests are read from the layout to find their children, configs and layers.
+/// A manifest that is missing or unreadable ends its branch (callers that care check
+/// each descriptor's file).
+pub fn reachable(dir: &Path, roots: &[Descriptor]) -> Vec<Descriptor> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut stack: Vec<Descriptor> = roots.iter().rev().cloned().collect();
+    while let Some(d) = stack.pop() {
+        if !seen.insert(d.digest.clone()) {
+            continue;
+        }
+        let children = if d.media_type.contains("manifest") || d.media_type.contains("index") {
+            fs::read(dir.join("blobs/sha256").join(d.digest.hex()))
+                .ok()
+                .and_then(|bytes| Manifest::parse(&bytes, Some(&d.media_type)).ok())
+                .map(|m| match m.kind {
+                    Kind::Index(children) => children,
+                    Kind::Image { config, layers } => {
+                        std::iter::once(*config).chain(layers).collect()
+                    }
+                })
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        stack.extend(children.into_iter().rev());
+        out.push(d);
     }
-    let Ok(bytes) = fs::read(dir.join("blobs/sha256").join(digest.hex())) else {
-        return size;
-    };
-    let Ok(m) = Manifest::parse(&bytes, Some(media_type)) else {
-        return size;
-    };
-    size + match m.kind {
-        Kind::Index(children) => children
-            .iter()
-            .map(|c| reach_size(dir, &c.digest, c.size, &c.media_type, seen))
-            .sum(),
-        Kind::Image { config, layers } => std::iter::once(config.as_ref())
-            .chain(layers.iter())
-            .filter(|d| seen.insert(d.digest.clone()))
-            .map(|d| d.size)
-            .sum::<u64>(),
-    }
+    out
 }

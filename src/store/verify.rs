@@ -2,7 +2,6 @@
 //! hashes to its name; everything every index.json reaches is in that repository's
 //! layout with the right size and content; nothing is left half-written.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -11,9 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use super::inventory::repository_names;
+use super::inventory::{reachable, repository_names};
 use super::{POOL_DIR, Result, StoreError, TMP_DIR, read_index_file, repo_path};
-use crate::manifest::{Descriptor, Kind, Manifest};
+use crate::manifest::{Descriptor, Manifest};
 
 /// What `verify` found. `problems` make the store unfit to serve; `notes` do not.
 #[derive(Debug, Default, Serialize)]
@@ -73,12 +72,7 @@ pub fn verify(root: &Path, threads: usize) -> Result<Report> {
         };
         report.repositories += 1;
         match read_index_file(&dir.join("index.json")) {
-            Ok(index) => {
-                let mut seen = HashSet::new();
-                for d in &index.manifests {
-                    check_reachable(root, &name, &dir, d, &mut seen, &mut report);
-                }
-            }
+            Ok(index) => check_repository(root, &name, &dir, &index.manifests, &mut report),
             Err(e) => report.problems.push(format!("{name}: {e}")),
         }
     }
@@ -136,69 +130,58 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<(String, u64)> {
     }
 }
 
-/// A descriptor reached from index.json: present in the layout, sized as described, the
-/// pool's bytes; manifests are followed to their children, configs and layers.
-fn check_reachable(
+/// Everything index.json reaches: present in the layout (foreign layers excepted), sized
+/// as described, the pool's inode or the same bytes, and manifests parse.
+fn check_repository(
     root: &Path,
     name: &str,
     dir: &Path,
-    d: &Descriptor,
-    seen: &mut HashSet<String>,
+    roots: &[Descriptor],
     report: &mut Report,
 ) {
-    let key = d.digest.to_string();
-    if !seen.insert(key.clone()) || d.digest.algorithm() != "sha256" {
-        return;
-    }
-    let path = dir.join("blobs/sha256").join(d.digest.hex());
-    let meta = match fs::metadata(&path) {
-        Ok(m) => m,
-        Err(_) if d.is_foreign() => return,
-        Err(_) => {
-            report.problems.push(format!(
-                "{name}: {key} is referenced but missing from the layout"
-            ));
-            return;
+    let mut buf = vec![0u8; 1 << 20];
+    for d in reachable(dir, roots) {
+        if d.digest.algorithm() != "sha256" {
+            continue;
         }
-    };
-    if meta.len() != d.size {
-        report.problems.push(format!(
-            "{name}: {key} is {} bytes, its descriptor says {}",
-            meta.len(),
-            d.size
-        ));
-    }
-    let pool = root.join(POOL_DIR).join("sha256").join(d.digest.hex());
-    match fs::metadata(&pool) {
-        Ok(p) if p.ino() == meta.ino() && p.dev() == meta.dev() => {}
-        Ok(_) => {
+        let key = &d.digest;
+        let path = dir.join("blobs/sha256").join(d.digest.hex());
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(_) if d.is_foreign() => continue,
+            Err(_) => {
+                report.problems.push(format!(
+                    "{name}: {key} is referenced but missing from the layout"
+                ));
+                continue;
+            }
+        };
+        if meta.len() != d.size {
+            report.problems.push(format!(
+                "{name}: {key} is {} bytes, its descriptor says {}",
+                meta.len(),
+                d.size
+            ));
+        }
+        let pool = root.join(POOL_DIR).join("sha256").join(d.digest.hex());
+        match fs::metadata(&pool) {
+            Ok(p) if p.ino() == meta.ino() && p.dev() == meta.dev() => {}
             // A copy or reflink (where hardlinks failed): its bytes must still match.
-            let mut buf = vec![0u8; 1 << 20];
-            match hash_file(&path, &mut buf) {
+            Ok(_) => match hash_file(&path, &mut buf) {
                 Ok((hex, _)) if hex == d.digest.hex() => {}
                 _ => report
                     .problems
                     .push(format!("{name}: the layout's copy of {key} is corrupt")),
-            }
+            },
+            Err(_) => report.notes.push(format!(
+                "{name}: {key} is in the layout but not in the pool"
+            )),
         }
-        Err(_) => report.notes.push(format!(
-            "{name}: {key} is in the layout but not in the pool"
-        )),
-    }
-    if !(d.media_type.contains("manifest") || d.media_type.contains("index")) {
-        return;
-    }
-    let Ok(bytes) = fs::read(&path) else { return };
-    match Manifest::parse(&bytes, Some(&d.media_type)) {
-        Ok(m) => {
-            let children: Vec<Descriptor> = match m.kind {
-                Kind::Index(children) => children,
-                Kind::Image { config, layers } => std::iter::once(*config).chain(layers).collect(),
-            };
-            for child in &children {
-                check_reachable(root, name, dir, child, seen, report);
-            }
+        if (d.media_type.contains("manifest") || d.media_type.contains("index"))
+            && let Ok(bytes) = fs::read(&path)
+            && let Err(e) = Manifest::parse(&bytes, Some(&d.media_type))
+        {
+            report.problems.push(format!("{name}: manifest {key}: {e}"));
         }
-        Err(e) => report.problems.push(format!("{name}: manifest {key}: {e}")),
     }
 }
