@@ -28,6 +28,21 @@ pub enum Command {
     Ls(LsArgs),
     /// Check a store: every blob hashes to its name, every tag reaches only stored blobs.
     Verify(VerifyArgs),
+    /// Remove blobs no tag reaches any more and stale temporary files.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Store directory.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

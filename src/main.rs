@@ -16,7 +16,7 @@ use static_registry::reference::Reference;
 use static_registry::registry::{Client, ClientOptions};
 use static_registry::store::{Store, inventory};
 
-use cli::{Cli, Command, FetchArgs, GenConfArgs, LsArgs, RegistryArgs, VerifyArgs};
+use cli::{Cli, Command, FetchArgs, GenConfArgs, LsArgs, PruneArgs, RegistryArgs, VerifyArgs};
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::GenConf(args) => gen_conf_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
+        Command::Prune(args) => prune_command(args),
     }
 }
 
@@ -253,6 +254,32 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn prune_command(args: PruneArgs) -> Result<ExitCode> {
+    if !inventory::is_store(&args.root) {
+        anyhow::bail!("{} is not a static-registry store", args.root.display());
+    }
+    let report = static_registry::store::prune::prune(&args.root, args.dry_run)
+        .with_context(|| format!("pruning the store at {}", args.root.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let verb = if report.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for path in &report.removed {
+            eprintln!("{verb} {}", path.display());
+        }
+        eprintln!(
+            "{verb} {} files, {} of blobs and temporary files",
+            report.removed.len(),
+            human_bytes(report.bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn human_bytes(n: u64) -> String {

@@ -10,6 +10,7 @@ mod blob;
 pub mod inventory;
 mod layout;
 mod link;
+pub mod prune;
 mod served;
 pub mod verify;
 
@@ -71,6 +72,10 @@ pub enum StoreError {
     },
     #[error("unsupported digest algorithm {0:?}: the store keeps sha256 blobs only")]
     UnsupportedAlgorithm(String),
+    #[error(
+        "another static-registry process is writing to {0} (fetch holds its .lock); run prune when it has finished"
+    )]
+    Busy(PathBuf),
     #[error("{path} is not a valid OCI index: {source}")]
     BadIndex {
         path: PathBuf,

@@ -440,3 +440,60 @@ async fn verify_names_a_corrupt_blob_and_a_missing_link() {
         "{problems}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_removes_what_a_retag_left_unreachable_and_nothing_else() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    let r = root.path().to_str().unwrap();
+    let t000 = fx.manifest("many/tags", "t000");
+    let other = fx
+        .manifests
+        .iter()
+        .find(|m| m.repo == "many/tags" && m.digest != t000.digest)
+        .unwrap();
+    let refs = [
+        format!("{}/many/tags:t000", reg.addr()),
+        format!("{}/base/alpine:latest", reg.addr()),
+    ];
+    fetch_ok(root.path(), &refs);
+    let before = assert_pool_verified(root.path());
+
+    // Upstream moves the tag; the next fetch follows it.
+    reg.push_manifest("many/tags", "t000", &other.media_type, &other.bytes)
+        .await;
+    fetch_ok(root.path(), &refs);
+
+    let out = static_registry(&["prune", "--dry-run", "--json", "--root", r]);
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(assert_pool_verified(root.path()), {
+        let mut b = before.clone();
+        b.extend(other.blobs.iter().cloned());
+        b.insert(other.digest.clone());
+        b
+    });
+    let listed = dry["removed"].to_string();
+    assert!(listed.contains(&t000.digest[7..]), "{listed}");
+
+    let out = static_registry(&["prune", "--json", "--root", r]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = assert_pool_verified(root.path());
+    assert!(!pool.contains(&t000.digest));
+    assert!(pool.contains(&other.digest));
+    for blob in t000.blobs.iter().filter(|b| !other.blobs.contains(b)) {
+        assert!(!pool.contains(blob), "{blob} should be gone");
+    }
+    assert_consistent(root.path());
+    let out = static_registry(&["verify", "--root", r]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Everything still pulls: a warm fetch is unchanged.
+    let summary = fetch_ok(root.path(), &refs);
+    assert_eq!(summary["images_unchanged"], 2);
+}
