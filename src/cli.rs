@@ -151,4 +151,10 @@ pub struct RegistryArgs {
     /// Retries for 429, 5xx and connection failures.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub retries: u32,
+    /// Fail a response (and resume a blob) after this many seconds without a byte.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub stall_timeout: u64,
+    /// Largest manifest accepted, in bytes (real ones are a few KiB).
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    pub max_manifest_size: u64,
 }

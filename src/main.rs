@@ -85,8 +85,9 @@ fn client_options(args: &RegistryArgs) -> Result<ClientOptions> {
         creds,
         authfile: args.authfile.clone(),
         retries: args.retries,
+        stall_timeout: std::time::Duration::from_secs(args.stall_timeout),
+        max_manifest_bytes: args.max_manifest_size,
         user_agent: concat!("static-registry/", env!("CARGO_PKG_VERSION")).to_owned(),
-        ..ClientOptions::default()
     })
 }
 

@@ -168,7 +168,7 @@ pub enum RegistryError {
     },
 
     #[error(
-        "timed out talking to {url}: {cause}; no connection within 30 s or no data for 60 s — the registry or network is overloaded or unreachable, retry later"
+        "timed out talking to {url}: {cause}; no connection within 30 s, or no data for --stall-timeout seconds (default 60): the registry or network is overloaded or unreachable, retry later"
     )]
     Timeout { url: String, cause: String },
 

@@ -51,8 +51,8 @@ application/vnd.docker.distribution.manifest.v2+json";
 pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Per-read stall timeout instead of a total one: blobs can take hours.
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default per-read stall timeout, instead of a total one: blobs can take hours.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 10;
 const MAX_ERROR_BODY: u64 = 64 << 10;
 const MAX_TOKEN_BODY: u64 = 1 << 20;
@@ -82,6 +82,8 @@ pub struct ClientOptions {
     pub user_agent: String,
     pub max_manifest_bytes: u64,
     pub retries: u32,
+    /// A response that sends no byte for this long fails (and a blob resumes).
+    pub stall_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -95,6 +97,7 @@ impl Default for ClientOptions {
             user_agent: concat!("static-registry/", env!("CARGO_PKG_VERSION")).to_string(),
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             retries: 3,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -111,6 +114,7 @@ impl fmt::Debug for ClientOptions {
             .field("user_agent", &self.user_agent)
             .field("max_manifest_bytes", &self.max_manifest_bytes)
             .field("retries", &self.retries)
+            .field("stall_timeout", &self.stall_timeout)
             .finish()
     }
 }
@@ -225,7 +229,7 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(STALL_TIMEOUT)
+            .read_timeout(opts.stall_timeout)
             // reqwest already drops Authorization (and cookies) when a redirect
             // changes host, port or scheme (redirect::remove_sensitive_headers,
             // applied whatever the policy), so tokens never reach blob storage

@@ -4,3 +4,4 @@ mod fetch;
 mod genconf;
 mod harness;
 mod harness_selftest;
+mod hostile;

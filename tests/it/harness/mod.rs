@@ -5,6 +5,7 @@
 //! every wait is bounded, so a broken environment fails fast instead of hanging CI.
 
 pub mod clients;
+pub mod fault;
 pub mod fixtures;
 pub mod nginx;
 pub mod push;
