@@ -151,9 +151,14 @@ impl PartialBlob {
             self.discard();
             return Err(err);
         }
-        self.file
-            .write_all(chunk)
-            .map_err(StoreError::io("write", &self.path))?;
+        if let Err(e) = self.file.write_all(chunk) {
+            let err = StoreError::io("write", &self.path)(e);
+            if err.is_disk_full() {
+                // Keeping the part would only hold on to the space that ran out.
+                self.discard();
+            }
+            return Err(err);
+        }
         self.hasher.update(chunk);
         self.written = total;
         Ok(())
@@ -177,9 +182,13 @@ impl PartialBlob {
             self.discard();
             return Err(StoreError::DigestMismatch { expected, actual });
         }
-        self.file
-            .sync_all()
-            .map_err(StoreError::io("sync", &self.path))?;
+        if let Err(e) = self.file.sync_all() {
+            let err = StoreError::io("sync", &self.path)(e);
+            if err.is_disk_full() {
+                self.discard();
+            }
+            return Err(err);
+        }
         fs::rename(&self.path, &self.pool)
             .map_err(StoreError::io("rename into pool", &self.pool))?;
         sync_dir(self.pool.parent().expect("pool path has a parent"))

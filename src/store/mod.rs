@@ -73,6 +73,10 @@ pub enum StoreError {
     #[error("unsupported digest algorithm {0:?}: the store keeps sha256 blobs only")]
     UnsupportedAlgorithm(String),
     #[error(
+        "no space left on the device holding {path}: free space there, or fetch into a --root on a larger filesystem (`static-registry prune` removes unreferenced blobs); nothing was published"
+    )]
+    DiskFull { path: PathBuf },
+    #[error(
         "another static-registry process is writing to {0} (fetch holds its .lock); run prune when it has finished"
     )]
     Busy(PathBuf),
@@ -86,11 +90,23 @@ pub enum StoreError {
 
 impl StoreError {
     fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-        move |source| StoreError::Io {
-            action,
-            path: path.to_owned(),
-            source,
+        move |source| {
+            if source.kind() == io::ErrorKind::StorageFull {
+                StoreError::DiskFull {
+                    path: path.to_owned(),
+                }
+            } else {
+                StoreError::Io {
+                    action,
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
     }
 }
 

@@ -497,3 +497,53 @@ async fn prune_removes_what_a_retag_left_unreachable_and_nothing_else() {
     let summary = fetch_ok(root.path(), &refs);
     assert_eq!(summary["images_unchanged"], 2);
 }
+
+/// A tmpfs too small for the image, mounted for the test and unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a small tmpfs for the disk-full test needs root (CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_fails_cleanly_removes_temps_and_publishes_nothing() {
+    let (reg, fx, tmp) = registry_with_fixtures().await;
+    let root = tmp.path().join("small");
+    fs::create_dir(&root).unwrap();
+    // apps/api has a ~300 KiB layer; a/b/c is a few KiB and still fits.
+    let _disk = SmallDisk::mount(&root, "160k");
+    let (code, summary, stderr) = fetch(
+        &root,
+        &[
+            format!("{}/apps/api:v1", reg.addr()),
+            format!("{}/a/b/c:1", reg.addr()),
+        ],
+        &["--jobs", "1"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no space left"), "{stderr}");
+    assert_eq!(summary["images_fetched"], 1, "{stderr}");
+    assert!(!root.join("apps/api/index.json").exists());
+    assert_eq!(tags(&root, "a/b/c").len(), fx.tags("a/b/c").len());
+    assert_consistent(&root);
+    let left: Vec<_> = fs::read_dir(root.join(".tmp")).unwrap().collect();
+    assert!(left.is_empty(), "temps left after a full disk: {left:?}");
+}
