@@ -108,6 +108,15 @@ pub struct FetchArgs {
     /// Blob downloads in flight at once.
     #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
+    /// Blob downloads in flight at once from one registry host.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs_per_host: u16,
+    /// Stop at the first image that fails (by default the others still complete).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Give up after this many seconds in all (0: no limit); nothing partial is published.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub timeout: u64,
     /// Store images as <host>/<name> (a port becomes -port) instead of <name>.
     #[arg(long)]
     pub keep_host: bool,

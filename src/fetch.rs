@@ -31,6 +31,10 @@ pub struct FetchOptions {
     pub keep_host: bool,
     /// Download foreign (non-distributable) layers from their `urls` registry copy.
     pub include_foreign: bool,
+    /// Blob downloads in flight at once from one registry host.
+    pub jobs_per_host: usize,
+    /// Stop at the first image that fails.
+    pub fail_fast: bool,
 }
 
 impl Default for FetchOptions {
@@ -39,6 +43,8 @@ impl Default for FetchOptions {
             jobs: 8,
             keep_host: false,
             include_foreign: false,
+            jobs_per_host: 8,
+            fail_fast: false,
         }
     }
 }
@@ -246,6 +252,8 @@ struct Ctx {
     opts: FetchOptions,
     reporter: Arc<dyn Reporter>,
     downloads: Semaphore,
+    /// Per registry host, so one slow registry cannot take every download slot.
+    host_downloads: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
     /// One claimant per blob in this process; other images wanting it wait for it.
     blobs: OncePerDigest<()>,
     /// Likewise per manifest: many tags and indexes share manifests.
@@ -267,6 +275,7 @@ pub async fn execute(
         client,
         store,
         downloads: Semaphore::new(opts.jobs.max(1)),
+        host_downloads: std::sync::Mutex::new(HashMap::new()),
         opts,
         reporter,
         blobs: OncePerDigest::new(),
@@ -276,8 +285,9 @@ pub async fn execute(
     // Discovery of every image starts at once (bounded), and blob downloads overlap
     // with it; the download semaphore is what bounds the heavy traffic.
     let width = (ctx.opts.jobs * 4).max(16);
-    let images: Vec<ImageReport> = futures::stream::iter(planned)
-        .map(|p| {
+    let total = planned.len();
+    let mut reports = futures::stream::iter(planned.into_iter().enumerate())
+        .map(|(i, p)| {
             let ctx = ctx.clone();
             async move {
                 let source = p.source.to_string();
@@ -301,12 +311,26 @@ pub async fn execute(
                     },
                 };
                 ctx.reporter.image_finished(&report);
-                report
+                (i, report)
             }
         })
-        .buffered(width)
-        .collect()
-        .await;
+        .buffer_unordered(width);
+    let mut images = Vec::with_capacity(total);
+    while let Some((i, report)) = reports.next().await {
+        let failed = report.status == Status::Failed;
+        images.push((i, report));
+        if failed && ctx.opts.fail_fast {
+            // Dropping the stream cancels the images in flight; none is half-published.
+            ctx.reporter.warn(&format!(
+                "stopping after the first failure (--fail-fast); {} of {total} images not finished",
+                total - images.len()
+            ));
+            break;
+        }
+    }
+    drop(reports);
+    images.sort_by_key(|(i, _)| *i);
+    let images: Vec<ImageReport> = images.into_iter().map(|(_, r)| r).collect();
     let count = |s| images.iter().filter(|i| i.status == s).count();
     Summary {
         images_fetched: count(Status::Fetched),
@@ -591,6 +615,14 @@ async fn ensure_blob(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), Fe
 
 /// Download one blob into the pool, resuming with Range after a broken or short body.
 async fn download(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), FetchError> {
+    let host = ctx
+        .host_downloads
+        .lock()
+        .expect("host limiter lock")
+        .entry(p.source.api_host().to_owned())
+        .or_insert_with(|| Arc::new(Semaphore::new(ctx.opts.jobs_per_host.max(1))))
+        .clone();
+    let _host_permit = host.acquire().await.expect("semaphore never closed");
     let _permit = ctx
         .downloads
         .acquire()

@@ -101,6 +101,8 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
         jobs: args.jobs.into(),
         keep_host: args.keep_host,
         include_foreign: args.include_foreign,
+        jobs_per_host: args.jobs_per_host.into(),
+        fail_fast: args.fail_fast,
     };
     let planned = fetch::plan(&refs, &opts).map_err(|e| Usage(e.into()))?;
     let client =
@@ -113,17 +115,27 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let deadline = async {
+        match args.timeout {
+            0 => std::future::pending().await,
+            secs => tokio::time::sleep(std::time::Duration::from_secs(secs)).await,
+        }
+    };
     let summary = runtime.block_on(async {
         tokio::select! {
-            s = fetch::execute(client, Arc::new(store), planned, opts, reporter) => Some(s),
-            _ = tokio::signal::ctrl_c() => None,
+            s = fetch::execute(client, Arc::new(store), planned, opts, reporter) => Ok(s),
+            _ = tokio::signal::ctrl_c() => Err("interrupted"),
+            () = deadline => Err("timed out (--timeout)"),
         }
     });
-    let Some(summary) = summary else {
-        eprintln!(
-            "interrupted: nothing partial was published; partial downloads resume on the next fetch"
-        );
-        return Ok(ExitCode::from(130));
+    let summary = match summary {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!(
+                "{why}: images not finished were not published; partial downloads resume on the next fetch"
+            );
+            return Ok(ExitCode::from(if why == "interrupted" { 130 } else { 1 }));
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

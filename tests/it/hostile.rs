@@ -91,3 +91,34 @@ async fn hostile_upstreams_fail_cleanly_and_the_rest_of_the_run_completes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_deadline_and_fail_fast_stop_without_publishing_half_an_image() {
+    let reg = FaultRegistry::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let drip = format!("{}/fault/slow-drip:1", reg.addr());
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = fetch(root.path(), &[drip], &["--timeout", "1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("timed out (--timeout)"), "{stderr}");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "the deadline did not stop the drip"
+    );
+    assert!(!root.path().join("fault/slow-drip/index.json").exists());
+    assert_consistent(root.path());
+
+    let refs = [
+        format!("{}/fault/blob-digest:1", reg.addr()),
+        format!("{}/fault/slow-drip:1", reg.addr()),
+    ];
+    let (code, summary, stderr) = fetch(
+        root.path(),
+        &refs,
+        &["--fail-fast", "--stall-timeout", "60"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--fail-fast"), "{stderr}");
+    assert_eq!(summary["images"].as_array().unwrap().len(), 1, "{summary}");
+    assert_consistent(root.path());
+}
