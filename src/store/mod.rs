@@ -343,3 +343,56 @@ mod tests {
         assert_eq!(store.read_blob(&d).unwrap(), b"hello");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::path::Component;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Characters that would change the meaning of an nginx config line (or a shell
+    /// word) if a name or tag carried them into one.
+    const CONFIG_METACHARACTERS: &[char] = &[
+        ' ', '\t', '\n', '\r', '\0', ';', '{', '}', '"', '\'', '$', '\\', '#', '`', '(', ')', '*',
+        '?', '^', '|', '[', ']', '<', '>', '&', ',', ':', '@', '=', '+', '%', '~',
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Whatever a registry sends as a repository name, an accepted one is a relative
+        /// path of plain components inside the root.
+        #[test]
+        fn accepted_names_stay_inside_the_root(name in "[a-z0-9._/ -]{0,12}|\\PC{0,40}|(\\.\\./|/|[a-z]{1,3}/){1,4}[a-z.]{0,4}") {
+            let root = Path::new("/store");
+            if let Ok(path) = repo_path(root, &name) {
+                prop_assert!(path.starts_with(root));
+                let rel = path.strip_prefix(root).unwrap();
+                prop_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
+                prop_assert!(!name.contains(CONFIG_METACHARACTERS));
+                prop_assert!(!name.split('/').any(|c| c.starts_with('.') || c.starts_with('_')));
+            }
+        }
+
+        /// An accepted tag is a single safe path component and config token.
+        #[test]
+        fn accepted_tags_are_inert(tag in "[A-Za-z0-9._-]{0,10}|\\PC{0,140}|[a-z]{1,3}[\";{} $/]{1,3}") {
+            if reference::validate_tag(&tag).is_ok() {
+                prop_assert!(!tag.contains(CONFIG_METACHARACTERS));
+                prop_assert!(!tag.contains('/') && !tag.starts_with('.') && !tag.starts_with('-'));
+                prop_assert!(tag.len() <= 128);
+            }
+        }
+
+        /// Digests accepted anywhere are exactly algorithm:lowercase-hex.
+        #[test]
+        fn accepted_digests_are_hex(s in "sha256:[0-9a-fA-F./]{60,68}|\\PC{0,80}") {
+            if let Ok(d) = s.parse::<Digest>() {
+                prop_assert!(d.hex().bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+                prop_assert_eq!(d.to_string(), s);
+            }
+        }
+    }
+}
