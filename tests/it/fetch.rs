@@ -5,7 +5,6 @@ use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -282,12 +281,10 @@ async fn two_fetches_into_one_root_at_once_stay_consistent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
-    let (reg, fx, root) = registry_with_fixtures().await;
+    let (reg, fx, scratch) = registry_with_fixtures().await;
     let refs = all_tag_refs(&reg, &fx);
-    // Kill points spread over a run (which takes well under a second here): each kill
-    // lands somewhere in discovery, blob streaming, linking or index.json publishing.
-    for delay_ms in [5, 15, 30, 50, 80, 120, 200] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_static-registry"))
+    let spawn = |root: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_static-registry"))
             .args([
                 "fetch",
                 "--quiet",
@@ -296,13 +293,25 @@ async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
                 "2",
                 "--root",
             ])
-            .arg(root.path())
+            .arg(root)
             .args(&refs)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+            .unwrap()
+    };
+    // How long a cold fetch of the fixture set takes here, to spread the kills over it.
+    let started = std::time::Instant::now();
+    assert!(spawn(scratch.path()).wait().unwrap().success());
+    let cold = started.elapsed();
+    // Each kill lands in a cold run from an empty store: start-up, discovery, blob
+    // streaming, linking or index.json publishing, depending on the point.
+    const KILL_POINTS: u32 = 16;
+    for i in 0..KILL_POINTS {
+        let root = tempfile::tempdir().unwrap();
+        let at = cold * i / KILL_POINTS;
+        let mut child = spawn(root.path());
+        std::thread::sleep(at);
         let _ = child.kill();
         let _ = child.wait();
         assert_consistent(root.path());
@@ -311,16 +320,24 @@ async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(
                 out.status.success(),
-                "verify after a kill at {delay_ms} ms:\n{stderr}"
+                "verify after a kill at {at:?}:\n{stderr}"
             );
         }
-    }
-    let summary = fetch_ok(root.path(), &refs);
-    assert_eq!(summary["images_failed"], 0);
-    assert_consistent(root.path());
-    assert_no_partials(root.path());
-    for (repo, tag, digest) in fx.all_refs() {
-        assert!(tags(root.path(), &repo).contains(&(tag, digest)), "{repo}");
+        let summary = fetch_ok(root.path(), &refs);
+        assert_eq!(summary["images_failed"], 0);
+        assert_consistent(root.path());
+        assert_no_partials(root.path());
+        for (repo, tag, digest) in fx.all_refs() {
+            assert!(
+                tags(root.path(), &repo).contains(&(tag, digest)),
+                "{repo} after a kill at {at:?}"
+            );
+        }
+        // No blob stored twice: the pool holds exactly what the complete run holds.
+        assert_eq!(
+            assert_pool_verified(root.path()),
+            assert_pool_verified(scratch.path())
+        );
     }
 }
 
