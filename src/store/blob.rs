@@ -6,7 +6,7 @@
 //! writer of that blob across all processes sharing the store.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -15,6 +15,8 @@ use sha2::{Digest as _, Sha256};
 use super::atomic::sync_dir;
 use super::{Result, Store, StoreError};
 use crate::reference::Digest;
+
+const WRITE_BUFFER: usize = 1 << 20;
 
 /// What `Store::claim_blob` found.
 #[derive(Debug)]
@@ -28,7 +30,8 @@ pub enum BlobClaim {
 /// An exclusive, resumable writer of one blob.
 #[derive(Debug)]
 pub struct PartialBlob {
-    file: File,
+    /// Buffered: network chunks are small, and one write per chunk costs system time.
+    file: BufWriter<File>,
     path: PathBuf,
     pool: PathBuf,
     digest: Digest,
@@ -72,7 +75,7 @@ impl Store {
                 return Ok(BlobClaim::Present);
             }
             let mut partial = PartialBlob {
-                file,
+                file: BufWriter::with_capacity(WRITE_BUFFER, file),
                 path,
                 pool,
                 digest: digest.clone(),
@@ -98,8 +101,8 @@ impl PartialBlob {
 
     /// Re-hash what an earlier attempt left so the download can continue with Range.
     fn resume(&mut self) -> Result<()> {
-        let len = self
-            .file
+        let file = self.file.get_mut();
+        let len = file
             .metadata()
             .map_err(StoreError::io("stat", &self.path))?
             .len();
@@ -110,12 +113,10 @@ impl PartialBlob {
             return self.restart();
         }
         let mut buf = vec![0u8; 1 << 20];
-        self.file
-            .seek(SeekFrom::Start(0))
+        file.seek(SeekFrom::Start(0))
             .map_err(StoreError::io("seek", &self.path))?;
         loop {
-            let n = self
-                .file
+            let n = file
                 .read(&mut buf)
                 .map_err(StoreError::io("read", &self.path))?;
             if n == 0 {
@@ -130,8 +131,10 @@ impl PartialBlob {
 
     /// Throw away what was written (the server ignored our Range request).
     pub fn restart(&mut self) -> Result<()> {
+        // Flushing what is buffered first keeps the file position and length in step.
         self.file
-            .set_len(0)
+            .flush()
+            .and_then(|()| self.file.get_ref().set_len(0))
             .and_then(|()| self.file.seek(SeekFrom::Start(0)).map(drop))
             .map_err(StoreError::io("truncate", &self.path))?;
         self.hasher = Sha256::new();
@@ -182,7 +185,7 @@ impl PartialBlob {
             self.discard();
             return Err(StoreError::DigestMismatch { expected, actual });
         }
-        if let Err(e) = self.file.sync_all() {
+        if let Err(e) = self.file.flush().and_then(|()| self.file.get_ref().sync_all()) {
             let err = StoreError::io("sync", &self.path)(e);
             if err.is_disk_full() {
                 self.discard();
