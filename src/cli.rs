@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Fetch images (every platform, config and layer) into the store under --root.
     Fetch(FetchArgs),
+    /// Show what `fetch --config` would fetch, with sizes; nothing is written.
+    Plan(PlanArgs),
     /// Print nginx configuration that serves the store as a read-only registry.
     GenConf(GenConfArgs),
     /// List the repositories, tags, digests and sizes in a store.
@@ -66,6 +68,21 @@ pub struct LsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Mirror configuration (our YAML format or skopeo sync's).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// A store to compare with: sizes still to download exclude blobs it holds.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct GenConfArgs {
     /// Store directory to serve.
     #[arg(long, default_value = "images", value_name = "DIR")]
@@ -100,8 +117,15 @@ pub struct GenConfArgs {
 pub struct FetchArgs {
     /// Image references: [host[:port]/]name[:tag][@digest]; Docker Hub shorthand like
     /// `alpine` means docker.io/library/alpine:latest.
-    #[arg(required = true, value_name = "REFERENCE")]
+    #[arg(
+        required_unless_present = "config",
+        conflicts_with = "config",
+        value_name = "REFERENCE"
+    )]
     pub references: Vec<String>,
+    /// Mirror configuration (our YAML format or skopeo sync's) naming what to fetch.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Store directory (created if missing).
     #[arg(long, default_value = "images", value_name = "DIR")]
     pub root: PathBuf,

@@ -3,6 +3,7 @@
 //! concurrently, each blob once, and publishes each image only when all of it is stored.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -13,10 +14,11 @@ use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
+use crate::config::ImageSpec;
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
-use crate::reference::{Digest, Reference, ReferenceError, validate_repository};
+use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
-use crate::store::{BlobClaim, PartialBlob, Store, StoreError, TagUpdate, sha256_digest};
+use crate::store::{self, BlobClaim, PartialBlob, Store, StoreError, TagUpdate, sha256_digest};
 
 /// Index nesting deeper than this is refused (real images use one level).
 const MAX_INDEX_DEPTH: usize = 4;
@@ -169,6 +171,213 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+/// The registry client for each registry: the default one, and others where a config
+/// gives a registry its own TLS settings or credentials.
+#[derive(Clone)]
+pub struct Clients {
+    default: Client,
+    by_registry: HashMap<String, Client>,
+}
+
+impl Clients {
+    pub fn new(default: Client) -> Clients {
+        Clients {
+            default,
+            by_registry: HashMap::new(),
+        }
+    }
+
+    /// Use `client` for `registry` (as in `Reference::registry`, e.g. "docker.io").
+    pub fn insert(&mut self, registry: &str, client: Client) {
+        self.by_registry.insert(registry.to_owned(), client);
+    }
+
+    pub fn get(&self, registry: &str) -> &Client {
+        self.by_registry.get(registry).unwrap_or(&self.default)
+    }
+}
+
+/// Turn a mirror configuration into images to fetch: list tags where a selector needs
+/// them, keep what the selectors select, add digests. Tags the registry lists that are
+/// not valid tag names are dropped with a warning (they never reach a path). Repositories
+/// whose tags cannot be listed come back as failed reports.
+pub async fn resolve(
+    clients: &Clients,
+    specs: &[ImageSpec],
+    reporter: &dyn Reporter,
+) -> (Vec<Planned>, Vec<ImageReport>) {
+    let listed = futures::future::join_all(specs.iter().map(|spec| async move {
+        if !spec.tags.needs_listing() {
+            return Ok(Vec::new());
+        }
+        let r = &spec.source;
+        clients
+            .get(&r.registry)
+            .list_tags(r.api_host(), &r.repository)
+            .await
+    }))
+    .await;
+    let mut planned = Vec::new();
+    let mut failed = Vec::new();
+    for (spec, listed) in specs.iter().zip(listed) {
+        let source = format!("{}/{}", spec.source.registry, spec.source.repository);
+        let remote = match listed {
+            Ok(tags) => tags,
+            Err(e) => {
+                failed.push(ImageReport {
+                    source,
+                    name: spec.target.clone(),
+                    tag: None,
+                    digest: None,
+                    status: Status::Failed,
+                    error: error_chain(&FetchError::from(e)),
+                });
+                continue;
+            }
+        };
+        let valid: Vec<String> = remote
+            .into_iter()
+            .filter(|t| match validate_tag(t) {
+                Ok(()) => true,
+                Err(e) => {
+                    reporter.warn(&format!(
+                        "{source}: ignoring a tag the registry listed: {e}"
+                    ));
+                    false
+                }
+            })
+            .collect();
+        let image = |tag: Option<String>, digest: Option<Digest>| Planned {
+            source: Reference {
+                tag,
+                digest,
+                ..spec.source.clone()
+            },
+            name: spec.target.clone(),
+        };
+        planned.extend(
+            spec.tags
+                .select(&valid)
+                .into_iter()
+                .map(|t| image(Some(t), None)),
+        );
+        planned.extend(spec.digests.iter().map(|d| image(None, Some(d.clone()))));
+    }
+    (planned, failed)
+}
+
+impl Summary {
+    /// Count images that failed before they could be fetched (their tags could not be
+    /// listed).
+    pub fn add_failed(&mut self, reports: Vec<ImageReport>) {
+        self.images_failed += reports.len();
+        self.images.extend(reports);
+    }
+}
+
+/// What fetching one image would bring, for `plan`.
+#[derive(Debug, Serialize)]
+pub struct PlanRow {
+    pub source: String,
+    pub name: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    /// Bytes of the manifests, configs and layers the image reaches, each once.
+    pub size: u64,
+    /// Of those, bytes the store does not hold yet.
+    pub to_download: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub error: Vec<String>,
+}
+
+/// Read (never write) what each planned image reaches: its manifests from the registry,
+/// sizes from their descriptors; with `root`, what the store lacks.
+pub async fn survey(clients: &Clients, planned: &[Planned], root: Option<&Path>) -> Vec<PlanRow> {
+    futures::stream::iter(planned)
+        .map(|p| async move {
+            let mut row = PlanRow {
+                source: p.source.to_string(),
+                name: p.name.clone(),
+                tag: p.source.tag.clone(),
+                digest: None,
+                size: 0,
+                to_download: 0,
+                error: Vec::new(),
+            };
+            match survey_image(clients, p, root, &mut row).await {
+                Ok(()) => {}
+                Err(e) => row.error = error_chain(&e),
+            }
+            row
+        })
+        .buffered(16)
+        .collect()
+        .await
+}
+
+async fn survey_image(
+    clients: &Clients,
+    p: &Planned,
+    root: Option<&Path>,
+    row: &mut PlanRow,
+) -> Result<(), FetchError> {
+    let r = &p.source;
+    let client = clients.get(&r.registry);
+    let mut pending = vec![(r.manifest_reference(), None::<String>, r.digest.clone())];
+    let mut seen = std::collections::HashSet::new();
+    let lacks = |d: &Digest| root.is_none_or(|root| !store::inventory::has_blob(root, d));
+    while let Some((reference, media_type, expected)) = pending.pop() {
+        let body = client
+            .get_manifest(r.api_host(), &r.repository, &reference)
+            .await?;
+        let digest = sha256_digest(&body.bytes);
+        if let Some(exp) = &expected
+            && exp != &digest
+        {
+            return Err(FetchError::ManifestDigest {
+                reference: format!("{}/{}@{exp}", r.registry, r.repository),
+                expected: exp.to_string(),
+                actual: digest,
+                origin: "the digest asked for",
+            });
+        }
+        if row.digest.is_none() {
+            row.digest = Some(digest.to_string());
+        }
+        let size = body.bytes.len() as u64;
+        row.size += size;
+        if lacks(&digest) {
+            row.to_download += size;
+        }
+        let content_type = media_type.or(body.media_type);
+        let manifest = Manifest::parse(&body.bytes, content_type.as_deref()).map_err(|source| {
+            FetchError::Manifest {
+                digest: digest.to_string(),
+                source,
+            }
+        })?;
+        match manifest.kind {
+            Kind::Index(children) => pending.extend(
+                children
+                    .into_iter()
+                    .map(|c| (c.digest.to_string(), Some(c.media_type), Some(c.digest))),
+            ),
+            Kind::Image { config, layers } => {
+                for d in std::iter::once(*config).chain(layers) {
+                    if d.is_foreign() || !seen.insert(d.digest.clone()) {
+                        continue;
+                    }
+                    row.size += d.size;
+                    if lacks(&d.digest) {
+                        row.to_download += d.size;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One image to fetch and the repository it goes to.
 #[derive(Debug, Clone)]
 pub struct Planned {
@@ -247,7 +456,7 @@ impl<T> OncePerDigest<T> {
 }
 
 struct Ctx {
-    client: Client,
+    clients: Clients,
     store: Arc<Store>,
     opts: FetchOptions,
     reporter: Arc<dyn Reporter>,
@@ -264,7 +473,7 @@ struct Ctx {
 /// Fetch every planned image. Each image succeeds or fails on its own; the summary says
 /// which.
 pub async fn execute(
-    client: Client,
+    clients: Clients,
     store: Arc<Store>,
     planned: Vec<Planned>,
     opts: FetchOptions,
@@ -272,7 +481,7 @@ pub async fn execute(
 ) -> Summary {
     let started = Instant::now();
     let ctx = Arc::new(Ctx {
-        client,
+        clients,
         store,
         downloads: Semaphore::new(opts.jobs.max(1)),
         host_downloads: std::sync::Mutex::new(HashMap::new()),
@@ -374,7 +583,11 @@ async fn fetch_image(ctx: &Ctx, p: &Planned) -> Result<(Status, Digest), FetchEr
     match (&r.tag, &r.digest) {
         (Some(tag), None) => {
             // One HEAD decides whether anything changed since the last fetch.
-            let head = ctx.client.head_manifest(host, &r.repository, tag).await?;
+            let head = ctx
+                .clients
+                .get(&r.registry)
+                .head_manifest(host, &r.repository, tag)
+                .await?;
             if let Some(d) = head.digest.and_then(|d| d.parse::<Digest>().ok()) {
                 if index.tag(tag).is_some_and(|t| t.digest == d) && ctx.store.has_blob(&d)? {
                     return Ok((Status::Unchanged, d));
@@ -409,7 +622,8 @@ async fn fetch_image(ctx: &Ctx, p: &Planned) -> Result<(Status, Digest), FetchEr
         None => {
             let reference = r.manifest_reference();
             let body = ctx
-                .client
+                .clients
+                .get(&r.registry)
                 .get_manifest(host, &r.repository, &reference)
                 .await?;
             ctx.stats.manifests_fetched.fetch_add(1, Ordering::Relaxed);
@@ -573,7 +787,8 @@ async fn manifest_by_digest(
     let fetched = cell
         .get_or_try_init(|| async {
             let body = ctx
-                .client
+                .clients
+                .get(&p.source.registry)
                 .get_manifest(
                     p.source.api_host(),
                     &p.source.repository,
@@ -701,7 +916,8 @@ async fn stream_into(
     mut partial: PartialBlob,
 ) -> Result<(PartialBlob, Option<RegistryError>), FetchError> {
     let resp = ctx
-        .client
+        .clients
+        .get(&p.source.registry)
         .get_blob(
             p.source.api_host(),
             &p.source.repository,

@@ -1,9 +1,11 @@
 //! static-registry: mirror container images into a content-addressed tree that stock
 //! nginx serves as a read-only OCI distribution (pull) API.
 
+pub mod config;
 pub mod fetch;
 pub mod manifest;
 pub mod nginx;
 pub mod reference;
 pub mod registry;
+pub mod select;
 pub mod store;

@@ -10,13 +10,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use static_registry::config::{self, MirrorConfig};
 use static_registry::fetch::{self, FetchOptions, Summary};
 use static_registry::nginx;
 use static_registry::reference::Reference;
 use static_registry::registry::{Client, ClientOptions};
 use static_registry::store::{Store, inventory};
 
-use cli::{Cli, Command, FetchArgs, GenConfArgs, LsArgs, PruneArgs, RegistryArgs, VerifyArgs};
+use cli::{
+    Cli, Command, FetchArgs, GenConfArgs, LsArgs, PlanArgs, PruneArgs, RegistryArgs, VerifyArgs,
+};
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,7 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Fetch(args) => fetch_command(args),
+        Command::Plan(args) => plan_command(args),
         Command::GenConf(args) => gen_conf_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
@@ -91,12 +95,57 @@ fn client_options(args: &RegistryArgs) -> Result<ClientOptions> {
     })
 }
 
+/// Clients for a configuration: the command line's options, overridden per registry
+/// by the file's TLS settings and credentials.
+fn clients_for(config: &MirrorConfig, base: &ClientOptions) -> Result<fetch::Clients> {
+    let mut clients =
+        fetch::Clients::new(Client::new(base.clone()).context("setting up the HTTP client")?);
+    for (registry, settings) in &config.registries {
+        let opts = ClientOptions {
+            tls_verify: settings.tls_verify && base.tls_verify,
+            cert_dir: settings.cert_dir.clone().or_else(|| base.cert_dir.clone()),
+            creds: settings.credentials.clone().or_else(|| base.creds.clone()),
+            ..base.clone()
+        };
+        let client = Client::new(opts)
+            .with_context(|| format!("setting up the HTTP client for {registry}"))?;
+        clients.insert(registry, client);
+    }
+    Ok(clients)
+}
+
+fn load_config(path: &std::path::Path) -> Result<MirrorConfig> {
+    let config = config::load(path).map_err(|e| Usage(e.into()))?;
+    // Not built yet (issue #5): refuse rather than silently fetch more than asked.
+    for image in &config.images {
+        if !image.platforms.is_empty() {
+            return Err(Usage(anyhow::anyhow!(
+                "{}: `platforms` for {} is not supported yet; remove it to mirror every platform",
+                path.display(),
+                image.source
+            ))
+            .into());
+        }
+        if image.referrers {
+            return Err(Usage(anyhow::anyhow!(
+                "{}: `referrers` for {} is not supported yet; remove it (referrers stored under the sha256-<digest> tag schema are fetched as tags)",
+                path.display(),
+                image.source
+            ))
+            .into());
+        }
+    }
+    Ok(config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
-    let refs = args
-        .references
-        .iter()
-        .map(|s| s.parse::<Reference>().map_err(|e| Usage(e.into())))
-        .collect::<Result<Vec<_>, _>>()?;
     let opts = FetchOptions {
         jobs: args.jobs.into(),
         keep_host: args.keep_host,
@@ -104,17 +153,30 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
         jobs_per_host: args.jobs_per_host.into(),
         fail_fast: args.fail_fast,
     };
-    let planned = fetch::plan(&refs, &opts).map_err(|e| Usage(e.into()))?;
-    let client =
-        Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
+    let base = client_options(&args.registry)?;
+    let reporter: Arc<dyn fetch::Reporter> = Arc::from(progress::reporter(args.quiet));
+    let runtime = runtime()?;
+    let (clients, planned, unresolved) = match &args.config {
+        Some(path) => {
+            let config = load_config(path)?;
+            let clients = clients_for(&config, &base)?;
+            let (planned, unresolved) =
+                runtime.block_on(fetch::resolve(&clients, &config.images, reporter.as_ref()));
+            (clients, planned, unresolved)
+        }
+        None => {
+            let refs = args
+                .references
+                .iter()
+                .map(|s| s.parse::<Reference>().map_err(|e| Usage(e.into())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let planned = fetch::plan(&refs, &opts).map_err(|e| Usage(e.into()))?;
+            let client = Client::new(base).context("setting up the HTTP client")?;
+            (fetch::Clients::new(client), planned, Vec::new())
+        }
+    };
     let store = Store::open(&args.root)
         .with_context(|| format!("opening the store at {}", args.root.display()))?;
-    let reporter: Arc<dyn fetch::Reporter> = Arc::from(progress::reporter(args.quiet));
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let deadline = async {
         match args.timeout {
             0 => std::future::pending().await,
@@ -123,12 +185,12 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     };
     let summary = runtime.block_on(async {
         tokio::select! {
-            s = fetch::execute(client, Arc::new(store), planned, opts, reporter) => Ok(s),
+            s = fetch::execute(clients, Arc::new(store), planned, opts, reporter) => Ok(s),
             _ = tokio::signal::ctrl_c() => Err("interrupted"),
             () = deadline => Err("timed out (--timeout)"),
         }
     });
-    let summary = match summary {
+    let mut summary = match summary {
         Ok(s) => s,
         Err(why) => {
             eprintln!(
@@ -137,6 +199,7 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(if why == "interrupted" { 130 } else { 1 }));
         }
     };
+    summary.add_failed(unresolved);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
@@ -151,6 +214,79 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn plan_command(args: PlanArgs) -> Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let clients = clients_for(&config, &client_options(&args.registry)?)?;
+    let reporter = progress::reporter(false);
+    let rows = runtime()?.block_on(async {
+        let (planned, unresolved) =
+            fetch::resolve(&clients, &config.images, reporter.as_ref()).await;
+        for failed in &unresolved {
+            eprintln!("error: {}: {}", failed.source, failed.error.join(": "));
+        }
+        let rows = fetch::survey(&clients, &planned, args.root.as_deref()).await;
+        (rows, unresolved.is_empty())
+    });
+    let (rows, all_resolved) = rows;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let table: Vec<[String; 5]> = rows
+            .iter()
+            .map(|r| {
+                [
+                    r.source.clone(),
+                    r.name.clone(),
+                    r.digest.clone().unwrap_or_else(|| "-".into()),
+                    human_bytes(r.size),
+                    human_bytes(r.to_download),
+                ]
+            })
+            .collect();
+        print_table(
+            ["SOURCE", "STORED AS", "DIGEST", "SIZE", "TO DOWNLOAD"],
+            &table,
+        );
+        let total: u64 = rows.iter().map(|r| r.to_download).sum();
+        eprintln!("{} images, {} to download", rows.len(), human_bytes(total));
+    }
+    for r in rows.iter().filter(|r| !r.error.is_empty()) {
+        eprintln!("error: {}: {}", r.source, r.error.join(": "));
+    }
+    let ok = all_resolved && rows.iter().all(|r| r.error.is_empty());
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Left-aligned columns, the last right-aligned (sizes).
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let header = header.map(String::from);
+    let mut widths = [0; N];
+    for row in std::iter::once(&header).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i + 1 == N {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        println!("{}", cells.join("  "));
+    }
 }
 
 fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
@@ -210,26 +346,7 @@ fn ls_command(args: LsArgs) -> Result<ExitCode> {
             })
         })
         .collect();
-    let header = ["REPOSITORY", "TAG", "DIGEST", "SIZE"].map(String::from);
-    let mut widths = [0; 4];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        println!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3]
-        );
-    }
+    print_table(["REPOSITORY", "TAG", "DIGEST", "SIZE"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

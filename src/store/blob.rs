@@ -185,7 +185,11 @@ impl PartialBlob {
             self.discard();
             return Err(StoreError::DigestMismatch { expected, actual });
         }
-        if let Err(e) = self.file.flush().and_then(|()| self.file.get_ref().sync_all()) {
+        if let Err(e) = self
+            .file
+            .flush()
+            .and_then(|()| self.file.get_ref().sync_all())
+        {
             let err = StoreError::io("sync", &self.path)(e);
             if err.is_disk_full() {
                 self.discard();

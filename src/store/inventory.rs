@@ -17,6 +17,17 @@ pub fn is_store(root: &Path) -> bool {
     root.join(FORMAT_FILE).is_file()
 }
 
+/// Whether the store at `root` already holds a blob (read-only: no lock, nothing
+/// created).
+pub fn has_blob(root: &Path, digest: &Digest) -> bool {
+    digest.algorithm() == "sha256"
+        && root
+            .join(super::POOL_DIR)
+            .join("sha256")
+            .join(digest.hex())
+            .is_file()
+}
+
 /// Repository names under `root`, sorted, as found on disk: directories holding an
 /// index.json. Names are *not* validated here; callers check them with [`repo_path`].
 pub fn repository_names(root: &Path) -> Result<Vec<String>> {

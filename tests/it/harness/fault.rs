@@ -246,6 +246,28 @@ async fn handle(State((shared, me)): State<(Arc<Shared>, String)>, req: Request)
     let Some(rest) = path.strip_prefix("/v2/") else {
         return status(StatusCode::NOT_FOUND);
     };
+    if rest == "fault/good/tags/list" {
+        // Names no registry should send: none may reach a path or a config.
+        let hostile = [
+            "1",
+            "../../etc",
+            "a/b",
+            "x\";} location / { root /;",
+            "nul\0",
+            "line\nbreak",
+            ".hidden",
+            "-dash",
+            "{{x}}",
+        ];
+        let long = "a".repeat(129);
+        let tags: Vec<&str> = hostile.iter().copied().chain([long.as_str()]).collect();
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"name": "fault/good", "tags": tags}).to_string(),
+            ))
+            .unwrap();
+    }
     let (name, kind, reference) =
         match (rest.rsplit_once("/manifests/"), rest.rsplit_once("/blobs/")) {
             (Some((n, r)), _) => (n, "manifests", r),

@@ -1,0 +1,225 @@
+//! `fetch --config` and `plan --config` against the real registry fixtures: both YAML
+//! formats, every selector kind, and config errors reported before any request.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::harness::fault::FaultRegistry;
+use crate::harness::store::{assert_consistent, registry_with_fixtures, static_registry, tags};
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn run(args: &[&str]) -> (i32, Value, String) {
+    let out = static_registry(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn tag_names(root: &Path, repo: &str) -> Vec<String> {
+    let mut t: Vec<String> = tags(root, repo).into_iter().map(|(t, _)| t).collect();
+    t.sort();
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_format_selects_by_list_regex_semver_latest_and_digest() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    let work = tempfile::tempdir().unwrap();
+    let a = reg.addr();
+    let web = &fx.manifest("apps/web", "v1").digest;
+    let config = write(
+        work.path(),
+        "mirror.yaml",
+        &format!(
+            r#"
+prefix: mirror
+registries:
+  "{a}": {{tls-verify: false}}
+images:
+  - source: {a}/many/tags
+    target: renamed/many
+    allow: ['t00[0-4]']
+    deny: ['t003']
+  - source: {a}/base/alpine
+    semver: ">=3"
+  - source: {a}/oci/multi
+    tags: ["1.0"]
+  - source: {a}/docker/multi
+    all-tags: true
+    latest: 1
+  - source: {a}/apps/web
+    digests: ["{web}"]
+"#
+        ),
+    );
+    let r = root.path().to_str().unwrap();
+    // plan writes nothing and sizes everything.
+    let (code, rows, stderr) = run(&["plan", "--config", &config, "--json", "--root", r]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !root.path().join(".static-registry").exists(),
+        "plan wrote to the store"
+    );
+    let rows = rows.as_array().unwrap();
+    // many/tags 4, base/alpine 1, oci/multi 1, docker/multi 1, apps/web by digest 1.
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    assert!(rows.iter().all(|r| r["to_download"].as_u64().unwrap() > 0));
+
+    let (code, summary, stderr) = run(&["fetch", "--config", &config, "--root", r, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["images_failed"], 0);
+    assert_eq!(
+        tag_names(root.path(), "mirror/renamed/many"),
+        ["t000", "t001", "t002", "t004"]
+    );
+    assert_eq!(tag_names(root.path(), "mirror/base/alpine"), ["3.19"]);
+    assert_eq!(tag_names(root.path(), "mirror/oci/multi"), ["1.0"]);
+    // docker/multi has one tag, v1: `latest` counts versions, and v1 is 1.0.0.
+    assert_eq!(tag_names(root.path(), "mirror/docker/multi"), ["v1"]);
+    assert!(
+        root.path()
+            .join("mirror/apps/web/blobs/sha256")
+            .join(&web[7..])
+            .is_file()
+    );
+    assert_consistent(root.path());
+
+    // Once fetched, plan says nothing is left to download.
+    let (code, rows, _) = run(&["plan", "--config", &config, "--json", "--root", r]);
+    assert_eq!(code, 0);
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["to_download"] == 0),
+        "{rows}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_sync_yaml_is_accepted_unchanged() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    let work = tempfile::tempdir().unwrap();
+    let a = reg.addr();
+    let config = write(
+        work.path(),
+        "sync.yml",
+        &format!(
+            r#"{a}:
+  tls-verify: false
+  images:
+    a/b/c: []
+    apps/web:
+      - v1
+  images-by-tag-regex:
+    many/tags: ^t05
+  images-by-semver:
+    base/alpine: ">= 3.0.0"
+"#
+        ),
+    );
+    let r = root.path().to_str().unwrap();
+    let (code, _, stderr) = run(&["fetch", "--config", &config, "--root", r]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(tag_names(root.path(), "a/b/c"), fx.tags("a/b/c"));
+    assert_eq!(tag_names(root.path(), "apps/web"), ["v1"]);
+    assert_eq!(
+        tag_names(root.path(), "many/tags"),
+        ["t050", "t051", "t052", "t053", "t054"]
+    );
+    assert_eq!(tag_names(root.path(), "base/alpine"), ["3.19"]);
+    assert_consistent(root.path());
+}
+
+#[test]
+fn config_errors_name_file_field_and_fix_before_any_request() {
+    let work = tempfile::tempdir().unwrap();
+    let config = write(
+        work.path(),
+        "bad.yaml",
+        r#"
+images:
+  - source: 127.0.0.1:1/x
+    allow: ['(']
+  - source: 127.0.0.1:1/y
+    semver: "not a range"
+    colour: blue
+  - source: 127.0.0.1:1/z
+    target: ../escape
+    tags: ["ok", "bad tag"]
+"#,
+    );
+    let root = work.path().join("root");
+    let (code, _, stderr) = run(&[
+        "fetch",
+        "--config",
+        &config,
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    for needle in [
+        "bad.yaml",
+        "images[0].allow",
+        "images[1]",
+        "colour",
+        "images[2].target",
+        "bad tag",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
+    }
+    assert!(
+        !root.exists(),
+        "nothing may be written for an invalid config"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_tag_names_from_upstream_are_dropped_with_a_warning() {
+    let reg = FaultRegistry::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let a = reg.addr();
+    let config = write(
+        work.path(),
+        "m.yaml",
+        &format!(
+            "registries:\n  \"{a}\": {{tls-verify: false}}\nimages:\n  - source: {a}/fault/good\n    all-tags: true\n"
+        ),
+    );
+    let root = work.path().join("root");
+    let (code, _, stderr) = run(&[
+        "fetch",
+        "--config",
+        &config,
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(tag_names(&root, "fault/good"), ["1"]);
+    assert!(stderr.contains("ignoring a tag"), "{stderr}");
+    assert!(stderr.contains("../../etc"), "{stderr}");
+    assert_consistent(&root);
+    let config_text =
+        String::from_utf8(static_registry(&["gen-conf", "--root", root.to_str().unwrap()]).stdout)
+            .unwrap();
+    assert!(config_text.contains("\"fault/good:1\""));
+    for hostile in [
+        "../../etc",
+        "location / { root /",
+        "line\nbreak",
+        ".hidden",
+        "{{x}}",
+    ] {
+        assert!(
+            !config_text.contains(hostile),
+            "{hostile:?} reached the nginx config"
+        );
+    }
+}
