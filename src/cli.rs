@@ -59,9 +59,26 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Store directory.
+    /// A remote repository ([host[:port]/]name) whose tags to list instead of a store.
+    #[arg(value_name = "REPOSITORY")]
+    pub repository: Option<String>,
+    /// Store directory (when no REPOSITORY is given).
     #[arg(long, default_value = "images", value_name = "DIR")]
     pub root: PathBuf,
+    /// Remote tags: keep those matching this regex (whole tag); may be repeated.
+    #[arg(long, value_name = "REGEX", requires = "repository")]
+    pub allow: Vec<String>,
+    /// Remote tags: drop those matching this regex (whole tag); may be repeated.
+    #[arg(long, value_name = "REGEX", requires = "repository")]
+    pub deny: Vec<String>,
+    /// Remote tags: keep versions inside this range, e.g. ">=1.2, <2".
+    #[arg(long, value_name = "RANGE", requires = "repository")]
+    pub semver: Option<String>,
+    /// Remote tags: keep the N highest versions.
+    #[arg(long, value_name = "N", requires = "repository")]
+    pub latest: Option<usize>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Print JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -15,6 +15,7 @@ use static_registry::fetch::{self, FetchOptions, Summary};
 use static_registry::nginx;
 use static_registry::reference::Reference;
 use static_registry::registry::{Client, ClientOptions};
+use static_registry::select;
 use static_registry::store::{Store, inventory};
 
 use cli::{
@@ -317,7 +318,77 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Tags of a remote repository, filtered like a config's selectors.
+fn ls_remote(args: &LsArgs, repository: &str) -> Result<ExitCode> {
+    let r: Reference = repository
+        .parse()
+        .map_err(|e| Usage(anyhow::Error::from(e)))?;
+    if r.digest.is_some()
+        || repository
+            .rsplit('/')
+            .next()
+            .is_some_and(|l| l.contains(':'))
+    {
+        return Err(Usage(anyhow::anyhow!(
+            "ls takes a repository without tag or digest, e.g. {}/{}",
+            r.registry,
+            r.repository
+        ))
+        .into());
+    }
+    let usage = |e: select::SelectError| Usage(e.into());
+    let selector = select::TagSelector {
+        tags: None,
+        allow: args
+            .allow
+            .iter()
+            .map(|a| select::compile_regex(a, true))
+            .collect::<Result<_, _>>()
+            .map_err(usage)?,
+        deny: args
+            .deny
+            .iter()
+            .map(|d| select::compile_regex(d, true))
+            .collect::<Result<_, _>>()
+            .map_err(usage)?,
+        semver: args
+            .semver
+            .as_deref()
+            .map(select::parse_semver_range)
+            .transpose()
+            .map_err(usage)?,
+        latest: args.latest,
+    };
+    let client =
+        Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
+    let listed = runtime()?
+        .block_on(client.list_tags(r.api_host(), &r.repository))
+        .with_context(|| format!("listing the tags of {}/{}", r.registry, r.repository))?;
+    let valid: Vec<String> = listed
+        .into_iter()
+        .filter(|t| match static_registry::reference::validate_tag(t) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("warning: ignoring a tag the registry listed: {e}");
+                false
+            }
+        })
+        .collect();
+    let tags = selector.select(&valid);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&tags)?);
+    } else {
+        for tag in &tags {
+            println!("{tag}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn ls_command(args: LsArgs) -> Result<ExitCode> {
+    if let Some(repository) = &args.repository {
+        return ls_remote(&args, repository);
+    }
     if !inventory::is_store(&args.root) {
         anyhow::bail!(
             "{} is not a static-registry store; fetch into it first",

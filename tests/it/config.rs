@@ -223,3 +223,25 @@ async fn hostile_tag_names_from_upstream_are_dropped_with_a_warning() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ls_lists_remote_tags_with_the_same_filters() {
+    let (reg, fx, _root) = registry_with_fixtures().await;
+    let repo = format!("{}/many/tags", reg.addr());
+    let ls = |extra: &[&str]| {
+        let mut args = vec!["ls", repo.as_str(), "--tls-verify=false", "--json"];
+        args.extend_from_slice(extra);
+        let (code, json, stderr) = run(&args);
+        assert_eq!(code, 0, "{stderr}");
+        json
+    };
+    let mut all: Vec<String> = serde_json::from_value(ls(&[])).unwrap();
+    all.sort();
+    assert_eq!(all, fx.tags("many/tags"));
+    assert_eq!(
+        ls(&["--allow", "t00[0-2]", "--deny", "t001"]),
+        serde_json::json!(["t000", "t002"])
+    );
+    let (code, _, stderr) = run(&["ls", &format!("{repo}:t000"), "--tls-verify=false"]);
+    assert_eq!(code, 2, "{stderr}");
+}
