@@ -197,6 +197,23 @@ impl Clients {
     }
 }
 
+/// The tags a registry listed that are valid tag names; the others are dropped with a
+/// warning naming them, so they never reach a path or a config.
+pub fn valid_tags(listed: Vec<String>, source: &str, reporter: &dyn Reporter) -> Vec<String> {
+    listed
+        .into_iter()
+        .filter(|t| match validate_tag(t) {
+            Ok(()) => true,
+            Err(e) => {
+                reporter.warn(&format!(
+                    "{source}: ignoring a tag the registry listed: {e}"
+                ));
+                false
+            }
+        })
+        .collect()
+}
+
 /// Turn a mirror configuration into images to fetch: list tags where a selector needs
 /// them, keep what the selectors select, add digests. Tags the registry lists that are
 /// not valid tag names are dropped with a warning (they never reach a path). Repositories
@@ -235,18 +252,7 @@ pub async fn resolve(
                 continue;
             }
         };
-        let valid: Vec<String> = remote
-            .into_iter()
-            .filter(|t| match validate_tag(t) {
-                Ok(()) => true,
-                Err(e) => {
-                    reporter.warn(&format!(
-                        "{source}: ignoring a tag the registry listed: {e}"
-                    ));
-                    false
-                }
-            })
-            .collect();
+        let valid = valid_tags(remote, &source, reporter);
         let image = |tag: Option<String>, digest: Option<Digest>| Planned {
             source: Reference {
                 tag,

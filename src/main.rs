@@ -364,16 +364,8 @@ fn ls_remote(args: &LsArgs, repository: &str) -> Result<ExitCode> {
     let listed = runtime()?
         .block_on(client.list_tags(r.api_host(), &r.repository))
         .with_context(|| format!("listing the tags of {}/{}", r.registry, r.repository))?;
-    let valid: Vec<String> = listed
-        .into_iter()
-        .filter(|t| match static_registry::reference::validate_tag(t) {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!("warning: ignoring a tag the registry listed: {e}");
-                false
-            }
-        })
-        .collect();
+    let source = format!("{}/{}", r.registry, r.repository);
+    let valid = fetch::valid_tags(listed, &source, progress::reporter(false).as_ref());
     let tags = selector.select(&valid);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&tags)?);
