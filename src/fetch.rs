@@ -109,6 +109,8 @@ pub enum FetchError {
         #[source]
         source: ReferenceError,
     },
+    #[error("publishing into {name}: {cause}")]
+    Publish { name: String, cause: String },
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -467,6 +469,8 @@ struct Ctx {
     opts: FetchOptions,
     reporter: Arc<dyn Reporter>,
     downloads: Semaphore,
+    /// Index updates per repository, written in batches (see `publish`).
+    publish: std::sync::Mutex<HashMap<String, PublishQueue>>,
     /// Per registry host, so one slow registry cannot take every download slot.
     host_downloads: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
     /// One claimant per blob in this process; other images wanting it wait for it.
@@ -491,6 +495,7 @@ pub async fn execute(
         store,
         downloads: Semaphore::new(opts.jobs.max(1)),
         host_downloads: std::sync::Mutex::new(HashMap::new()),
+        publish: std::sync::Mutex::new(HashMap::new()),
         opts,
         reporter,
         blobs: OncePerDigest::new(),
@@ -577,7 +582,7 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await??)
 }
 
-async fn fetch_image(ctx: &Ctx, p: &Planned) -> Result<(Status, Digest), FetchError> {
+async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<(Status, Digest), FetchError> {
     let r = &p.source;
     let host = r.api_host();
     let store = ctx.store.clone();
@@ -652,16 +657,88 @@ async fn fetch_image(ctx: &Ctx, p: &Planned) -> Result<(Status, Digest), FetchEr
         media_type,
         referrers,
     } = ensure_manifest(ctx, p, digest.clone(), bytes, content_type, Vec::new()).await?;
-    let store = ctx.store.clone();
-    let name = p.name.clone();
     let update = TagUpdate {
         tag: r.tag.clone(),
         media_type,
         digest: digest.clone(),
         size,
     };
-    blocking(move || store.publish(&name, &[update], &referrers)).await?;
+    publish(ctx, &p.name, update, referrers).await?;
     Ok((Status::Fetched, digest))
+}
+
+/// Write everything queued for `name`, again and again until its queue is empty.
+async fn flush_publishes(ctx: Arc<Ctx>, name: String) {
+    loop {
+        let (updates, referrers, waiters) = {
+            let mut queues = ctx.publish.lock().expect("publish queue lock");
+            let q = queues.get_mut(&name).expect("queue exists while flushing");
+            if q.waiters.is_empty() {
+                q.flushing = false;
+                return;
+            }
+            (
+                std::mem::take(&mut q.updates),
+                std::mem::take(&mut q.referrers),
+                std::mem::take(&mut q.waiters),
+            )
+        };
+        let store = ctx.store.clone();
+        let repo = name.clone();
+        let result = blocking(move || store.publish(&repo, &updates, &referrers))
+            .await
+            .map_err(|e| error_chain(&e).join(": "));
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// Updates waiting to be written into one repository's index.json, and who waits.
+#[derive(Default)]
+struct PublishQueue {
+    updates: Vec<TagUpdate>,
+    referrers: Vec<(Digest, Descriptor)>,
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    flushing: bool,
+}
+
+/// Publish one image's tag. Every publish rewrites the repository's whole index.json,
+/// so publishes are coalesced: the first caller starts a writer that takes everything
+/// queued for the repository (again, until the queue is empty), and every caller waits
+/// for the write that holds its update. A repository with 10k tags costs a handful of
+/// rewrites, not 10k.
+async fn publish(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    update: TagUpdate,
+    referrers: Vec<(Digest, Descriptor)>,
+) -> Result<(), FetchError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let leader = {
+        let mut queues = ctx.publish.lock().expect("publish queue lock");
+        let q = queues.entry(name.to_owned()).or_default();
+        q.updates.push(update);
+        q.referrers.extend(referrers);
+        q.waiters.push(tx);
+        !std::mem::replace(&mut q.flushing, true)
+    };
+    if leader {
+        // A task of its own: cancelling this image (--fail-fast) must not strand the
+        // others waiting on the same write.
+        tokio::spawn(flush_publishes(ctx.clone(), name.to_owned()));
+    }
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(cause)) => Err(FetchError::Publish {
+            name: name.to_owned(),
+            cause,
+        }),
+        Err(_) => Err(FetchError::Publish {
+            name: name.to_owned(),
+            cause: "the run stopped before the index was written".into(),
+        }),
+    }
 }
 
 /// What storing a manifest tree found out.
