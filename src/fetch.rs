@@ -18,7 +18,9 @@ use crate::config::ImageSpec;
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
-use crate::store::{self, BlobClaim, PartialBlob, Store, StoreError, TagUpdate, sha256_digest};
+use crate::store::{
+    self, BlobClaim, ImageIndex, PartialBlob, Store, StoreError, TagUpdate, sha256_digest,
+};
 
 /// Index nesting deeper than this is refused (real images use one level).
 const MAX_INDEX_DEPTH: usize = 4;
@@ -445,21 +447,17 @@ struct Stats {
     bytes_fetched: AtomicU64,
 }
 
-/// Work done at most once per digest in a run; later askers wait for the first.
-struct OncePerDigest<T>(Mutex<HashMap<Digest, Arc<OnceCell<T>>>>);
+/// Work done at most once per key (a digest, a repository) in a run; later askers wait
+/// for the first.
+struct OncePer<K, T>(Mutex<HashMap<K, Arc<OnceCell<T>>>>);
 
-impl<T> OncePerDigest<T> {
+impl<K: std::hash::Hash + Eq + Clone, T> OncePer<K, T> {
     fn new() -> Self {
-        OncePerDigest(Mutex::new(HashMap::new()))
+        OncePer(Mutex::new(HashMap::new()))
     }
 
-    async fn cell(&self, digest: &Digest) -> Arc<OnceCell<T>> {
-        self.0
-            .lock()
-            .await
-            .entry(digest.clone())
-            .or_default()
-            .clone()
+    async fn cell(&self, key: &K) -> Arc<OnceCell<T>> {
+        self.0.lock().await.entry(key.clone()).or_default().clone()
     }
 }
 
@@ -474,9 +472,12 @@ struct Ctx {
     /// Per registry host, so one slow registry cannot take every download slot.
     host_downloads: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
     /// One claimant per blob in this process; other images wanting it wait for it.
-    blobs: OncePerDigest<()>,
+    blobs: OncePer<Digest, ()>,
     /// Likewise per manifest: many tags and indexes share manifests.
-    manifests: OncePerDigest<(Bytes, Option<String>)>,
+    manifests: OncePer<Digest, (Bytes, Option<String>)>,
+    /// Each repository's index.json as the run found it, read once (not once per tag:
+    /// that is quadratic for repositories with thousands of tags).
+    indexes: OncePer<String, Arc<ImageIndex>>,
     stats: Stats,
 }
 
@@ -498,8 +499,9 @@ pub async fn execute(
         publish: std::sync::Mutex::new(HashMap::new()),
         opts,
         reporter,
-        blobs: OncePerDigest::new(),
-        manifests: OncePerDigest::new(),
+        blobs: OncePer::new(),
+        manifests: OncePer::new(),
+        indexes: OncePer::new(),
         stats: Stats::default(),
     });
     // Discovery of every image starts at once (bounded), and blob downloads overlap
@@ -585,9 +587,14 @@ async fn blocking<T: Send + 'static>(
 async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<(Status, Digest), FetchError> {
     let r = &p.source;
     let host = r.api_host();
-    let store = ctx.store.clone();
-    let name = p.name.clone();
-    let index = blocking(move || store.read_index(&name)).await?;
+    let cell = ctx.indexes.cell(&p.name).await;
+    let index = cell
+        .get_or_try_init(|| {
+            let store = ctx.store.clone();
+            let name = p.name.clone();
+            async move { blocking(move || store.read_index(&name).map(Arc::new)).await }
+        })
+        .await?;
 
     // What the manifest must hash to, when known before downloading it.
     let mut expected = r.digest.clone();
