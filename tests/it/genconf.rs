@@ -483,3 +483,56 @@ async fn podman_and_containerd_pull_through_nginx() {
     .await
     .unwrap();
 }
+
+/// nginx sized the maps too small once ("could not build optimal map_hash" from a few
+/// hundred tags on); a store with thousands of tags must pass `nginx -t` without it.
+#[test]
+fn thousands_of_tags_build_the_maps_without_a_hash_warning() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    fs::write(r.join(".static-registry"), r#"{"format":1}"#).unwrap();
+    let repo = r.join("bench/big");
+    fs::create_dir_all(repo.join("blobs/sha256")).unwrap();
+    fs::write(repo.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut manifests = Vec::new();
+    for i in 0..3000 {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"x","digest":"sha256:{}","size":1}},"layers":[],"annotations":{{"i":"{i}"}}}}"#,
+            "1".repeat(64)
+        );
+        let digest = sha256_digest(body.as_bytes());
+        fs::write(repo.join("blobs/sha256").join(&digest[7..]), &body).unwrap();
+        manifests.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": body.len(),
+            "annotations": {"org.opencontainers.image.ref.name": format!("t{i:05}")}
+        }));
+    }
+    fs::write(
+        repo.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": manifests}).to_string(),
+    )
+    .unwrap();
+    let (config, _) = gen_conf(r, &[]);
+    let prefix = tempfile::tempdir().unwrap();
+    let p = prefix.path();
+    fs::write(
+        p.join("nginx.conf"),
+        format!(
+            "pid {0}/nginx.pid;\nerror_log {0}/error.log;\nevents {{}}\nhttp {{\n{config}\n}}\n",
+            p.display()
+        ),
+    )
+    .unwrap();
+    let out = crate::harness::run_with_timeout(
+        std::process::Command::new(crate::harness::require_bin("nginx", "nginx"))
+            .args(["-t", "-e", "stderr", "-p"])
+            .arg(p)
+            .arg("-c")
+            .arg(p.join("nginx.conf")),
+        std::time::Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("map_hash"), "{stderr}");
+}
