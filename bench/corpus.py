@@ -21,10 +21,11 @@ produces the same digests):
             Docker v2s2 and OCI manifests sharing a ~100 KiB base layer, a Docker
             manifest list, an OCI index with 3 platforms, a nested name, a zstd layer
             and a repository with 56 tags on 4 manifests.
-  default   ~340 MB: a 30 MiB base layer shared by 5 repositories (one of them has
-            300 tags on 40 manifests), a 200 MiB layer in its own repository and 3
+  default   ~365 MB: a 12 MiB base layer shared by 5 repositories (one of them has
+            300 tags on 40 manifests), a 240 MiB layer in its own repository and 3
             repositories with amd64+arm64 OCI indexes of ~10 MiB per platform.
-  large     the default shape scaled up ~3x.
+  large     ~1 GB: the default shape with 3x the repositories, a 700 MiB big layer
+            and a 24 MiB base (see SCALED).
 
 Layers are real tar archives (gzip, compresslevel=1, of mostly random bytes so that
 compression is quick and the sizes are predictable). The `tar+zstd` layer is a valid
@@ -78,11 +79,13 @@ def canonical_json(doc):
 
 
 def human(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+    """Bytes as a short binary-unit string."""
+    if n < KiB:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n} B"
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
 
 
 # --- layer content ----------------------------------------------------------------------
@@ -137,8 +140,7 @@ class Layer:
 
     def __init__(self, name, size, seed, compression="gzip"):
         self.name, self.size, self.seed, self.compression = name, size, seed, compression
-        self.blob = None
-        self.diff_id = None
+        self.blob = self.digest = self.diff_id = None
 
     def build(self):
         tar = make_tar(self.seed, self.size, self.name)
@@ -157,12 +159,12 @@ class Corpus:
     """Images, indexes and tags, plus the blobs and manifests each repository needs."""
 
     def __init__(self):
-        self.layers = []        # every Layer, built lazily by build_layers()
-        self.blobs = {}         # digest -> bytes (configs and layers)
-        self.manifests = {}     # digest -> (media type, bytes)
-        self.repo_blobs = {}    # repo -> [digest] in first-use order
-        self.repo_children = {} # repo -> [manifest digest] pushed by digest (index children)
-        self.repo_tags = {}     # repo -> [(tag, manifest digest)]
+        self.layers = []         # every Layer, built together by build_layers()
+        self.blobs = {}          # digest -> bytes (configs and layers)
+        self.manifests = {}      # digest -> (media type, bytes)
+        self.repo_blobs = {}     # repo -> [digest] in first-use order
+        self.repo_children = {}  # repo -> [manifest digest] pushed by digest (index children)
+        self.repo_tags = {}      # repo -> [(tag, manifest digest)]
 
     def layer(self, name, size, seed, compression="gzip"):
         layer = Layer(name, size, seed, compression)
@@ -293,27 +295,45 @@ def build_fixtures():
     return c
 
 
-def build_scaled(scale):
-    """The `default` shape; `scale` multiplies repository counts and layer sizes."""
+# Shape parameters of the default and large presets. Sizes in bytes.
+#
+# The base layer is shared by the `svc` repositories and by many/tags, and a skopeo dir
+# destination stores every tag with a full copy of its layers, so base x many_tags is
+# what dominates skopeo's time and disk. The plan had a 30 MiB base; it is 12 MiB so
+# that `bench/run --preset default --reps 2` stays near 5 minutes on 2 shared cores
+# (skopeo writes ~4 GB per sync), and the big layer grew from 200 to 240 MiB to keep
+# the corpus at ~350 MB. `large` scales repository counts and the big layer more than
+# that product, so each of its skopeo runs stays well inside bench/run's timeout.
+SCALED = {
+    "default": dict(base=12 * MiB, svc_repos=4, svc_layer=4 * MiB,
+                    many_tags=300, many_manifests=40, many_layer=512 * KiB,
+                    big_layer=240 * MiB, multi_repos=3, multi_layer=10 * MiB),
+    "large": dict(base=24 * MiB, svc_repos=12, svc_layer=4 * MiB,
+                  many_tags=300, many_manifests=40, many_layer=512 * KiB,
+                  big_layer=700 * MiB, multi_repos=9, multi_layer=10 * MiB),
+}
+
+
+def build_scaled(base, svc_repos, svc_layer, many_tags, many_manifests, many_layer,
+                 big_layer, multi_repos, multi_layer):
+    """The default/large shape: a base layer shared by svc/app-* and many/tags, one big
+    layer in its own repository, and amd64+arm64 OCI indexes in multi/app-*."""
     c = Corpus()
-    n_svc = 4 * scale            # + many/tags = the repositories sharing the base layer
-    n_multi = 3 * scale
-    n_many_manifests = 40
-    n_many_tags = 300
-    base = c.layer("base", 30 * MiB * scale, 100)
-    svc = [c.layer(f"svc-{i}", 4 * MiB, 200 + i) for i in range(n_svc)]
-    many = [c.layer(f"many-{i}", 512 * KiB, 300 + i) for i in range(n_many_manifests)]
-    big = c.layer("big", 200 * MiB * scale, 400)
-    multi = [(c.layer(f"multi-{i}-amd64", 10 * MiB, 500 + 2 * i),
-              c.layer(f"multi-{i}-arm64", 10 * MiB, 501 + 2 * i)) for i in range(n_multi)]
+    base_l = c.layer("base", base, 100)
+    svc = [c.layer(f"svc-{i}", svc_layer, 1000 + i) for i in range(svc_repos)]
+    many = [c.layer(f"many-{i}", many_layer, 2000 + i) for i in range(many_manifests)]
+    big = c.layer("big", big_layer, 3000)
+    multi = [(c.layer(f"multi-{i}-amd64", multi_layer, 4000 + 2 * i),
+              c.layer(f"multi-{i}-arm64", multi_layer, 4001 + 2 * i))
+             for i in range(multi_repos)]
     c.build_layers()
 
     for i, layer in enumerate(svc):
-        c.tag_image(f"svc/app-{i}", ["v1", "latest"], [base, layer], f"svc/app-{i}")
-    # Tags t0000..t0299 spread round-robin over the 40 manifests.
+        c.tag_image(f"svc/app-{i}", ["v1", "latest"], [base_l, layer], f"svc/app-{i}")
+    # Tags t0000.. spread round-robin over the many/tags manifests.
     for k, layer in enumerate(many):
-        tags = [f"t{i:04d}" for i in range(n_many_tags) if i % n_many_manifests == k]
-        c.tag_image("many/tags", tags, [base, layer], f"many/tags #{k}")
+        tags = [f"t{i:04d}" for i in range(many_tags) if i % many_manifests == k]
+        c.tag_image("many/tags", tags, [base_l, layer], f"many/tags #{k}")
     c.tag_image("big/blob", ["1"], [big], "big/blob")
     for i, (amd, arm) in enumerate(multi):
         c.tag_index(f"multi/app-{i}", ["1.0", "latest"], [(AMD64, [amd]), (ARM64, [arm])],
@@ -323,8 +343,8 @@ def build_scaled(scale):
 
 PRESETS = {
     "fixtures": build_fixtures,
-    "default": lambda: build_scaled(1),
-    "large": lambda: build_scaled(3),
+    "default": lambda: build_scaled(**SCALED["default"]),
+    "large": lambda: build_scaled(**SCALED["large"]),
 }
 
 
