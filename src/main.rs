@@ -337,20 +337,16 @@ fn ls_remote(args: &LsArgs, repository: &str) -> Result<ExitCode> {
         .into());
     }
     let usage = |e: select::SelectError| Usage(e.into());
+    let regexes = |list: &[String]| {
+        list.iter()
+            .map(|r| select::compile_regex(r, true))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(usage)
+    };
     let selector = select::TagSelector {
         tags: None,
-        allow: args
-            .allow
-            .iter()
-            .map(|a| select::compile_regex(a, true))
-            .collect::<Result<_, _>>()
-            .map_err(usage)?,
-        deny: args
-            .deny
-            .iter()
-            .map(|d| select::compile_regex(d, true))
-            .collect::<Result<_, _>>()
-            .map_err(usage)?,
+        allow: regexes(&args.allow)?,
+        deny: regexes(&args.deny)?,
         semver: args
             .semver
             .as_deref()

@@ -198,16 +198,21 @@ fn scan_repo(name: &str, dir: &Path, model: &mut RouteModel) -> Result<(), Nginx
     Ok(())
 }
 
+/// One map entry: `"key" value;`.
 #[derive(Serialize)]
-struct KeyValue<'a> {
+struct MapEntry<'a> {
     key: &'a str,
-    hex: &'a str,
+    value: &'a str,
 }
 
-#[derive(Serialize)]
-struct KeyKind<'a> {
-    key: &'a str,
-    kind: &'a str,
+fn map_entries<'a>(pairs: &'a [(String, impl AsRef<str>)]) -> Vec<MapEntry<'a>> {
+    pairs
+        .iter()
+        .map(|(key, value)| MapEntry {
+            key,
+            value: value.as_ref(),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -311,22 +316,8 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     );
     ctx.insert("name_re", NAME_RE);
     ctx.insert("repos", &model.repos);
-    ctx.insert(
-        "tags",
-        &model
-            .tags
-            .iter()
-            .map(|(key, hex)| KeyValue { key, hex })
-            .collect::<Vec<_>>(),
-    );
-    ctx.insert(
-        "manifests",
-        &model
-            .manifests
-            .iter()
-            .map(|(key, kind)| KeyKind { key, kind })
-            .collect::<Vec<_>>(),
-    );
+    ctx.insert("tags", &map_entries(&model.tags));
+    ctx.insert("manifests", &map_entries(&model.manifests));
     ctx.insert(
         "kinds",
         &KINDS

@@ -22,6 +22,16 @@ fn run(args: &[&str]) -> (i32, Value, String) {
     (out.status.code().unwrap_or(-1), json, stderr)
 }
 
+fn fetch_config(config: &str, root: &Path) -> (i32, Value, String) {
+    run(&[
+        "fetch",
+        "--config",
+        config,
+        "--root",
+        root.to_str().unwrap(),
+    ])
+}
+
 fn tag_names(root: &Path, repo: &str) -> Vec<String> {
     let mut t: Vec<String> = tags(root, repo).into_iter().map(|(t, _)| t).collect();
     t.sort();
@@ -125,8 +135,7 @@ async fn skopeo_sync_yaml_is_accepted_unchanged() {
 "#
         ),
     );
-    let r = root.path().to_str().unwrap();
-    let (code, _, stderr) = run(&["fetch", "--config", &config, "--root", r]);
+    let (code, _, stderr) = fetch_config(&config, root.path());
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(tag_names(root.path(), "a/b/c"), fx.tags("a/b/c"));
     assert_eq!(tag_names(root.path(), "apps/web"), ["v1"]);
@@ -157,13 +166,7 @@ images:
 "#,
     );
     let root = work.path().join("root");
-    let (code, _, stderr) = run(&[
-        "fetch",
-        "--config",
-        &config,
-        "--root",
-        root.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = fetch_config(&config, &root);
     assert_eq!(code, 2, "{stderr}");
     for needle in [
         "bad.yaml",
@@ -194,13 +197,7 @@ async fn hostile_tag_names_from_upstream_are_dropped_with_a_warning() {
         ),
     );
     let root = work.path().join("root");
-    let (code, _, stderr) = run(&[
-        "fetch",
-        "--config",
-        &config,
-        "--root",
-        root.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = fetch_config(&config, &root);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(tag_names(&root, "fault/good"), ["1"]);
     assert!(stderr.contains("ignoring a tag"), "{stderr}");
