@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use static_registry::select::PlatformSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -164,6 +165,14 @@ pub struct FetchArgs {
     /// Also fetch foreign (non-distributable) layers instead of skipping them.
     #[arg(long)]
     pub include_foreign: bool,
+    /// Keep only this platform of multi-platform images (os/arch[/variant], e.g.
+    /// linux/arm64); may be repeated. A cut index gets a new digest (the run says so).
+    #[arg(long, value_name = "PLATFORM", conflicts_with = "config")]
+    pub platform: Vec<PlatformSpec>,
+    /// Also fetch the signatures, SBOMs and attestations that refer to each image
+    /// (referrers API, else the sha256-<hex> tag schema; cosign's .sig/.att/.sbom tags).
+    #[arg(long, conflicts_with = "config")]
+    pub referrers: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// No progress output; errors are still printed.

@@ -2,7 +2,7 @@
 //! references and where each will be stored (no network); `execute` fetches every image
 //! concurrently, each blob once, and publishes each image only when all of it is stored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,9 +15,10 @@ use serde::Serialize;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::config::ImageSpec;
-use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
+use crate::manifest::{Descriptor, Kind, Manifest, ManifestError, OCI_INDEX};
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
+use crate::select::{KEPT_PLATFORMS, PlatformCut, PlatformSpec, UPSTREAM_DIGEST, cut_index};
 use crate::store::{
     self, BlobClaim, ImageIndex, PartialBlob, Store, StoreError, TagUpdate, sha256_digest,
 };
@@ -39,6 +40,10 @@ pub struct FetchOptions {
     pub jobs_per_host: usize,
     /// Stop at the first image that fails.
     pub fail_fast: bool,
+    /// Keep only these platforms of multi-platform images (empty: all).
+    pub platforms: Vec<PlatformSpec>,
+    /// Also fetch the signatures, SBOMs and attestations that refer to each image.
+    pub referrers: bool,
 }
 
 impl Default for FetchOptions {
@@ -49,6 +54,8 @@ impl Default for FetchOptions {
             include_foreign: false,
             jobs_per_host: 8,
             fail_fast: false,
+            platforms: Vec::new(),
+            referrers: false,
         }
     }
 }
@@ -111,6 +118,12 @@ pub enum FetchError {
         #[source]
         source: ReferenceError,
     },
+    #[error("{reference} has none of the platforms asked for ({wanted}); it offers {available}")]
+    NoPlatform {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
     #[error("publishing into {name}: {cause}")]
     Publish { name: String, cause: String },
     #[error("internal task failed: {0}")]
@@ -157,6 +170,12 @@ pub struct ImageReport {
     pub tag: Option<String>,
     pub digest: Option<String>,
     pub status: Status,
+    /// The registry's digest, where a platform cut made the stored index differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_digest: Option<String>,
+    /// Signatures, SBOMs and attestations newly stored for it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub referrers: usize,
     /// The error chain, one cause per element.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub error: Vec<String>,
@@ -173,6 +192,10 @@ pub struct Summary {
     pub manifests_fetched: u64,
     pub bytes_fetched: u64,
     pub seconds: f64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The registry client for each registry: the default one, and others where a config
@@ -245,14 +268,13 @@ pub async fn resolve(
         let remote = match listed {
             Ok(tags) => tags,
             Err(e) => {
-                failed.push(ImageReport {
+                failed.push(ImageReport::failed(
                     source,
-                    name: spec.target.clone(),
-                    tag: None,
-                    digest: None,
-                    status: Status::Failed,
-                    error: error_chain(&FetchError::from(e)),
-                });
+                    spec.target.clone(),
+                    None,
+                    None,
+                    &FetchError::from(e),
+                ));
                 continue;
             }
         };
@@ -264,6 +286,8 @@ pub async fn resolve(
                 ..spec.source.clone()
             },
             name: spec.target.clone(),
+            platforms: spec.platforms.clone(),
+            referrers: spec.referrers,
         };
         planned.extend(
             spec.tags
@@ -274,6 +298,27 @@ pub async fn resolve(
         planned.extend(spec.digests.iter().map(|d| image(None, Some(d.clone()))));
     }
     (planned, failed)
+}
+
+impl ImageReport {
+    fn failed(
+        source: String,
+        name: String,
+        tag: Option<String>,
+        digest: Option<String>,
+        error: &FetchError,
+    ) -> ImageReport {
+        ImageReport {
+            source,
+            name,
+            tag,
+            digest,
+            status: Status::Failed,
+            upstream_digest: None,
+            referrers: 0,
+            error: error_chain(error),
+        }
+    }
 }
 
 impl Summary {
@@ -336,6 +381,8 @@ async fn survey_image(
     let mut pending = vec![(r.manifest_reference(), None::<String>, r.digest.clone())];
     let mut seen = std::collections::HashSet::new();
     let lacks = |d: &Digest| root.is_none_or(|root| !store::inventory::has_blob(root, d));
+    // A platform list cuts the top index only, as fetch does.
+    let mut top = true;
     while let Some((reference, media_type, expected)) = pending.pop() {
         let body = client
             .get_manifest(r.api_host(), &r.repository, &reference)
@@ -370,6 +417,12 @@ async fn survey_image(
             Kind::Index(children) => pending.extend(
                 children
                     .into_iter()
+                    .filter(|c| {
+                        !top || p.platforms.is_empty()
+                            || c.platform
+                                .as_ref()
+                                .is_some_and(|pl| p.platforms.iter().any(|k| k.matches(pl)))
+                    })
                     .map(|c| (c.digest.to_string(), Some(c.media_type), Some(c.digest))),
             ),
             Kind::Image { config, layers } => {
@@ -384,6 +437,7 @@ async fn survey_image(
                 }
             }
         }
+        top = false;
     }
     Ok(())
 }
@@ -393,6 +447,10 @@ async fn survey_image(
 pub struct Planned {
     pub source: Reference,
     pub name: String,
+    /// Keep only these platforms of a multi-platform image (empty: all).
+    pub platforms: Vec<PlatformSpec>,
+    /// Also fetch what refers to it (signatures, SBOMs, attestations).
+    pub referrers: bool,
 }
 
 /// Where each reference will be stored; refuses invalid names and two sources that would
@@ -419,6 +477,8 @@ pub fn plan(refs: &[Reference], opts: &FetchOptions) -> Result<Vec<Planned>, Fet
         planned.push(Planned {
             source: r.clone(),
             name,
+            platforms: opts.platforms.clone(),
+            referrers: opts.referrers,
         });
     }
     Ok(planned)
@@ -475,6 +535,8 @@ struct Ctx {
     blobs: OncePer<Digest, ()>,
     /// Likewise per manifest: many tags and indexes share manifests.
     manifests: OncePer<Digest, (Bytes, Option<String>)>,
+    /// Each source repository's tags, listed once (to find referrer tags).
+    tags: OncePer<String, Arc<HashSet<String>>>,
     /// Each repository's index.json as the run found it, read once (not once per tag:
     /// that is quadratic for repositories with thousands of tags).
     indexes: OncePer<String, Arc<ImageIndex>>,
@@ -502,6 +564,7 @@ pub async fn execute(
         blobs: OncePer::new(),
         manifests: OncePer::new(),
         indexes: OncePer::new(),
+        tags: OncePer::new(),
         stats: Stats::default(),
     });
     // Discovery of every image starts at once (bounded), and blob downloads overlap
@@ -515,22 +578,23 @@ pub async fn execute(
                 let source = p.source.to_string();
                 ctx.reporter.image_started(&source);
                 let report = match fetch_image(&ctx, &p).await {
-                    Ok((status, digest)) => ImageReport {
+                    Ok(outcome) => ImageReport {
                         source,
                         name: p.name,
                         tag: p.source.tag.clone(),
-                        digest: Some(digest.to_string()),
-                        status,
+                        digest: Some(outcome.digest.to_string()),
+                        status: outcome.status,
+                        upstream_digest: outcome.upstream.as_ref().map(Digest::to_string),
+                        referrers: outcome.referrers,
                         error: Vec::new(),
                     },
-                    Err(e) => ImageReport {
+                    Err(e) => ImageReport::failed(
                         source,
-                        name: p.name,
-                        tag: p.source.tag.clone(),
-                        digest: p.source.digest.as_ref().map(Digest::to_string),
-                        status: Status::Failed,
-                        error: error_chain(&e),
-                    },
+                        p.name,
+                        p.source.tag.clone(),
+                        p.source.digest.as_ref().map(Digest::to_string),
+                        &e,
+                    ),
                 };
                 ctx.reporter.image_finished(&report);
                 (i, report)
@@ -584,9 +648,18 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await??)
 }
 
-async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<(Status, Digest), FetchError> {
-    let r = &p.source;
-    let host = r.api_host();
+/// How one image went.
+struct Outcome {
+    status: Status,
+    /// What the reference now resolves to in the store.
+    digest: Digest,
+    /// The registry's digest, when a platform cut made the stored one differ.
+    upstream: Option<Digest>,
+    /// Referrer manifests newly stored with it.
+    referrers: usize,
+}
+
+async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<Outcome, FetchError> {
     let cell = ctx.indexes.cell(&p.name).await;
     let index = cell
         .get_or_try_init(|| {
@@ -595,6 +668,92 @@ async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<(Status, Digest), Fe
             async move { blocking(move || store.read_index(&name).map(Arc::new)).await }
         })
         .await?;
+    let (status, digest, upstream, mut updates, mut referrers) =
+        match get_image(ctx, p, index).await? {
+            Got::Unchanged(stored) => (
+                Status::Unchanged,
+                stored.digest.clone(),
+                upstream_of(&stored.digest, &stored.annotations),
+                Vec::new(),
+                Vec::new(),
+            ),
+            Got::Fetched { update, referrers } => (
+                Status::Fetched,
+                update.digest.clone(),
+                upstream_of(&update.digest, &update.annotations),
+                vec![update],
+                referrers,
+            ),
+        };
+    let mut outcome = Outcome {
+        status,
+        upstream: (upstream != digest).then_some(upstream),
+        digest,
+        referrers: 0,
+    };
+    if p.referrers {
+        let subjects = subjects(ctx, &outcome).await?;
+        let (more, found) = fetch_referrers(ctx, p, index, &subjects).await?;
+        // Referrers stored by an earlier run are already in the index and served files.
+        let new: Vec<TagUpdate> = more
+            .into_iter()
+            .filter(|u| u.tag.is_some() || !index.contains(&u.digest))
+            .collect();
+        let mut found: Vec<(Digest, Descriptor)> = found
+            .into_iter()
+            .filter(|(_, r)| !index.contains(&r.digest))
+            .collect();
+        found.sort_by(|a, b| (&a.0, &a.1.digest).cmp(&(&b.0, &b.1.digest)));
+        found.dedup_by(|a, b| (&a.0, &a.1.digest) == (&b.0, &b.1.digest));
+        outcome.referrers = found.len();
+        if !new.is_empty() {
+            outcome.status = Status::Fetched;
+        }
+        updates.extend(new);
+        referrers.extend(found);
+    }
+    if !updates.is_empty() {
+        publish(ctx, &p.name, updates, referrers).await?;
+    }
+    Ok(outcome)
+}
+
+/// The digest the registry has for an index.json entry (differs after a platform cut).
+fn upstream_of(digest: &Digest, annotations: &BTreeMap<String, String>) -> Digest {
+    annotations
+        .get(UPSTREAM_DIGEST)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| digest.clone())
+}
+
+/// What looking up one reference found.
+enum Got {
+    /// The store already holds what it resolves to: its index.json entry.
+    Unchanged(Descriptor),
+    /// Stored (not yet published): the index.json entry to write, and the referrers
+    /// found in the tree.
+    Fetched {
+        update: TagUpdate,
+        referrers: Vec<(Digest, Descriptor)>,
+    },
+}
+
+/// Whether a stored index.json entry is what `upstream` becomes under `filter` (the
+/// image's platform list, if any).
+fn is_copy_of(stored: &Descriptor, upstream: &Digest, filter: Option<&str>) -> bool {
+    let kept = stored.annotations.get(KEPT_PLATFORMS).map(String::as_str);
+    match filter {
+        None => kept.is_none() && &stored.digest == upstream,
+        Some(_) => kept == filter && upstream_of(&stored.digest, &stored.annotations) == *upstream,
+    }
+}
+
+/// Resolve one reference and store its manifest tree (unless the store has it already).
+async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &ImageIndex) -> Result<Got, FetchError> {
+    let r = &p.source;
+    let host = r.api_host();
+    let filter = (!p.platforms.is_empty()).then(|| platform_list(&p.platforms));
+    let filter = filter.as_deref();
 
     // What the manifest must hash to, when known before downloading it.
     let mut expected = r.digest.clone();
@@ -607,8 +766,10 @@ async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<(Status, Digest), Fe
                 .head_manifest(host, &r.repository, tag)
                 .await?;
             if let Some(d) = head.digest.and_then(|d| d.parse::<Digest>().ok()) {
-                if index.tag(tag).is_some_and(|t| t.digest == d) && ctx.store.has_blob(&d)? {
-                    return Ok((Status::Unchanged, d));
+                if let Some(stored) = index.tag(tag).filter(|s| is_copy_of(s, &d, filter))
+                    && ctx.store.has_blob(&stored.digest)?
+                {
+                    return Ok(Got::Unchanged(stored.clone()));
                 }
                 if d.algorithm() == "sha256" {
                     expected = Some(d);
@@ -616,12 +777,12 @@ async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<(Status, Digest), Fe
             }
         }
         (tag, Some(d)) => {
-            let present = match tag {
-                Some(tag) => index.tag(tag).is_some_and(|t| &t.digest == d),
-                None => index.contains(d),
+            let stored = match tag {
+                Some(tag) => index.tag(tag).filter(|s| is_copy_of(s, d, filter)),
+                None => index.manifests.iter().find(|s| is_copy_of(s, d, filter)),
             };
-            if present {
-                return Ok((Status::Unchanged, d.clone()));
+            if let Some(stored) = stored {
+                return Ok(Got::Unchanged(stored.clone()));
             }
         }
         (None, None) => {}
@@ -659,19 +820,231 @@ async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<(Status, Digest), Fe
             (body.bytes, body.media_type, actual)
         }
     };
+    let (bytes, digest, annotations) = match filter {
+        Some(list) => cut_platforms(ctx, p, list, bytes, content_type.as_deref(), digest)?,
+        None => (bytes, digest, BTreeMap::new()),
+    };
     let size = bytes.len() as u64;
     let Stored {
         media_type,
         referrers,
     } = ensure_manifest(ctx, p, digest.clone(), bytes, content_type, Vec::new()).await?;
-    let update = TagUpdate {
-        tag: r.tag.clone(),
-        media_type,
-        digest: digest.clone(),
-        size,
+    Ok(Got::Fetched {
+        update: TagUpdate {
+            tag: r.tag.clone(),
+            media_type,
+            digest,
+            size,
+            annotations,
+        },
+        referrers,
+    })
+}
+
+/// "linux/amd64,linux/arm64": the platform list as recorded in annotations.
+fn platform_list(platforms: &[PlatformSpec]) -> String {
+    let list: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+    list.join(",")
+}
+
+/// Apply an image's platform list to its top manifest. An index loses the children of
+/// other platforms and so gets a new digest (the user is told); an index whose children
+/// are all wanted, and a single-platform image, keep their upstream bytes. The returned
+/// annotations record the upstream digest and the list, for the index.json entry.
+fn cut_platforms(
+    ctx: &Ctx,
+    p: &Planned,
+    list: &str,
+    bytes: Bytes,
+    content_type: Option<&str>,
+    upstream: Digest,
+) -> Result<(Bytes, Digest, BTreeMap<String, String>), FetchError> {
+    let annotations = BTreeMap::from([
+        (UPSTREAM_DIGEST.to_owned(), upstream.to_string()),
+        (KEPT_PLATFORMS.to_owned(), list.to_owned()),
+    ]);
+    let bad = |source| FetchError::Manifest {
+        digest: upstream.to_string(),
+        source,
     };
-    publish(ctx, &p.name, update, referrers).await?;
-    Ok((Status::Fetched, digest))
+    let manifest = Manifest::parse(&bytes, content_type).map_err(bad)?;
+    if !matches!(manifest.kind, Kind::Index(_)) {
+        return Ok((bytes, upstream, annotations));
+    }
+    let cut = cut_index(&bytes, &p.platforms, &upstream.to_string())
+        .map_err(|e| bad(ManifestError::Json(e)))?;
+    match cut {
+        PlatformCut::Whole => Ok((bytes, upstream, annotations)),
+        PlatformCut::Nothing { available } => Err(FetchError::NoPlatform {
+            reference: p.source.to_string(),
+            wanted: list.to_owned(),
+            available: available.join(", "),
+        }),
+        PlatformCut::Cut { bytes, dropped } => {
+            let digest = sha256_digest(&bytes);
+            ctx.reporter.warn(&format!(
+                "{}: kept {list}, left out {}; the stored index is {digest}, not the registry's \
+                 {upstream} (pull it by tag or by the new digest)",
+                p.source,
+                dropped.join(", ")
+            ));
+            Ok((Bytes::from(bytes), digest, annotations))
+        }
+    }
+}
+
+/// The manifests whose referrers to look up: the image as the registry knows it, and
+/// the children of the stored index (per-platform signatures).
+async fn subjects(ctx: &Ctx, outcome: &Outcome) -> Result<Vec<Digest>, FetchError> {
+    let store = ctx.store.clone();
+    let top = outcome.digest.clone();
+    let bytes = blocking(move || store.read_blob(&top)).await?;
+    let mut subjects = vec![outcome.upstream.clone().unwrap_or(outcome.digest.clone())];
+    if let Ok(Manifest {
+        kind: Kind::Index(children),
+        ..
+    }) = Manifest::parse(&bytes, None)
+    {
+        subjects.extend(children.into_iter().map(|c| c.digest));
+    }
+    Ok(subjects)
+}
+
+/// Signatures, SBOMs and attestations of `subjects`: what the referrers API lists (or,
+/// where the registry lacks it, the `sha256-<hex>` tag's index lists), plus cosign's
+/// `sha256-<hex>.sig`/`.att`/`.sbom` tags. Everything is stored; the returned entries are
+/// for index.json (untagged for API-listed referrers, so prune keeps them) and for the
+/// served referrers lists.
+async fn fetch_referrers(
+    ctx: &Arc<Ctx>,
+    p: &Planned,
+    index: &ImageIndex,
+    subjects: &[Digest],
+) -> Result<(Vec<TagUpdate>, Vec<(Digest, Descriptor)>), FetchError> {
+    let tags = repo_tags(ctx, p).await;
+    let found = try_join_all(
+        subjects
+            .iter()
+            .map(|s| referrers_of(ctx, p, index, s, &tags)),
+    )
+    .await?;
+    let mut updates = Vec::new();
+    let mut referrers = Vec::new();
+    for (u, r) in found {
+        updates.extend(u);
+        referrers.extend(r);
+    }
+    Ok((updates, referrers))
+}
+
+async fn referrers_of(
+    ctx: &Arc<Ctx>,
+    p: &Planned,
+    index: &ImageIndex,
+    subject: &Digest,
+    tags: &HashSet<String>,
+) -> Result<(Vec<TagUpdate>, Vec<(Digest, Descriptor)>), FetchError> {
+    let r = &p.source;
+    let listed = ctx
+        .clients
+        .get(&r.registry)
+        .get_referrers(r.api_host(), &r.repository, &subject.to_string())
+        .await?;
+    let mut updates = Vec::new();
+    let mut referrers = Vec::new();
+    let mut tag_names = Vec::new();
+    let schema_tag = format!("{}-{}", subject.algorithm(), subject.hex());
+    match listed {
+        Some(body) => {
+            let bad = |source| FetchError::Manifest {
+                digest: format!("referrers of {subject}"),
+                source,
+            };
+            let children = match Manifest::parse(&body.bytes, Some(OCI_INDEX)).map_err(bad)? {
+                Manifest {
+                    kind: Kind::Index(children),
+                    ..
+                } => children,
+                _ => {
+                    return Err(bad(ManifestError::UnknownMediaType(
+                        body.media_type.unwrap_or_default(),
+                    )));
+                }
+            };
+            let stored = try_join_all(
+                children
+                    .iter()
+                    .map(|c| ensure_child(ctx, p, subject, c, Vec::new())),
+            )
+            .await?;
+            for (c, s) in children.iter().zip(stored) {
+                updates.push(TagUpdate {
+                    tag: None,
+                    media_type: s.media_type,
+                    digest: c.digest.clone(),
+                    size: c.size,
+                    annotations: BTreeMap::new(),
+                });
+                referrers.extend(s.referrers);
+            }
+        }
+        // No referrers API: the distribution spec's fallback is an index under this tag.
+        None => tag_names.push(schema_tag.clone()),
+    }
+    tag_names.extend([".sig", ".att", ".sbom"].map(|suffix| format!("{schema_tag}{suffix}")));
+    for tag in tag_names.into_iter().filter(|t| tags.contains(t)) {
+        let tagged = Planned {
+            source: Reference {
+                tag: Some(tag),
+                digest: None,
+                ..r.clone()
+            },
+            name: p.name.clone(),
+            platforms: Vec::new(),
+            referrers: false,
+        };
+        if let Got::Fetched {
+            update,
+            referrers: found,
+        } = get_image(ctx, &tagged, index).await?
+        {
+            updates.push(update);
+            referrers.extend(found);
+        }
+    }
+    Ok((updates, referrers))
+}
+
+/// The repository's tags, listed once per run (for referrer tags).
+async fn repo_tags(ctx: &Ctx, p: &Planned) -> Arc<HashSet<String>> {
+    let r = &p.source;
+    let key = format!("{}/{}", r.registry, r.repository);
+    let cell = ctx.tags.cell(&key).await;
+    let tags = cell
+        .get_or_init(|| async {
+            // Some registries refuse listing to tokens that may pull; the referrers API
+            // still works there.
+            let listed = match ctx
+                .clients
+                .get(&r.registry)
+                .list_tags(r.api_host(), &r.repository)
+                .await
+            {
+                Ok(listed) => listed,
+                Err(e) => {
+                    ctx.reporter.warn(&format!(
+                        "{key}: cannot list tags, so referrer tags (sha256-<hex>, cosign's \
+                         .sig/.att/.sbom) are not looked for: {}",
+                        error_chain(&e).join(": ")
+                    ));
+                    Vec::new()
+                }
+            };
+            let valid = valid_tags(listed, &key, ctx.reporter.as_ref());
+            Arc::new(valid.into_iter().collect::<HashSet<_>>())
+        })
+        .await;
+    tags.clone()
 }
 
 /// Write everything queued for `name`, again and again until its queue is empty.
@@ -710,7 +1083,7 @@ struct PublishQueue {
     flushing: bool,
 }
 
-/// Publish one image's tag. Every publish rewrites the repository's whole index.json,
+/// Publish one image's entries. Every publish rewrites the repository's whole index.json,
 /// so publishes are coalesced: the first caller starts a writer that takes everything
 /// queued for the repository (again, until the queue is empty), and every caller waits
 /// for the write that holds its update. A repository with 10k tags costs a handful of
@@ -718,14 +1091,14 @@ struct PublishQueue {
 async fn publish(
     ctx: &Arc<Ctx>,
     name: &str,
-    update: TagUpdate,
+    updates: Vec<TagUpdate>,
     referrers: Vec<(Digest, Descriptor)>,
 ) -> Result<(), FetchError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let leader = {
         let mut queues = ctx.publish.lock().expect("publish queue lock");
         let q = queues.entry(name.to_owned()).or_default();
-        q.updates.push(update);
+        q.updates.extend(updates);
         q.referrers.extend(referrers);
         q.waiters.push(tx);
         !std::mem::replace(&mut q.flushing, true)

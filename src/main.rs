@@ -116,27 +116,7 @@ fn clients_for(config: &MirrorConfig, base: &ClientOptions) -> Result<fetch::Cli
 }
 
 fn load_config(path: &std::path::Path) -> Result<MirrorConfig> {
-    let config = config::load(path).map_err(|e| Usage(e.into()))?;
-    // Not built yet (issue #5): refuse rather than silently fetch more than asked.
-    for image in &config.images {
-        if !image.platforms.is_empty() {
-            return Err(Usage(anyhow::anyhow!(
-                "{}: `platforms` for {} is not supported yet; remove it to mirror every platform",
-                path.display(),
-                image.source
-            ))
-            .into());
-        }
-        if image.referrers {
-            return Err(Usage(anyhow::anyhow!(
-                "{}: `referrers` for {} is not supported yet; remove it (referrers stored under the sha256-<digest> tag schema are fetched as tags)",
-                path.display(),
-                image.source
-            ))
-            .into());
-        }
-    }
-    Ok(config)
+    Ok(config::load(path).map_err(|e| Usage(e.into()))?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -153,6 +133,8 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
         include_foreign: args.include_foreign,
         jobs_per_host: args.jobs_per_host.into(),
         fail_fast: args.fail_fast,
+        platforms: args.platform.clone(),
+        referrers: args.referrers,
     };
     let base = client_options(&args.registry)?;
     let reporter: Arc<dyn fetch::Reporter> = Arc::from(progress::reporter(args.quiet));

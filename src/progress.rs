@@ -19,9 +19,16 @@ pub fn reporter(quiet: bool) -> Box<dyn Reporter> {
 }
 
 fn image_line(r: &ImageReport) -> String {
+    let mut extra = String::new();
+    if let Some(up) = &r.upstream_digest {
+        extra.push_str(&format!(" (platforms cut from {up})"));
+    }
+    if r.referrers > 0 {
+        extra.push_str(&format!(" + {} referrers", r.referrers));
+    }
     match r.status {
         Status::Fetched => format!(
-            "fetched   {} -> {} {}",
+            "fetched   {} -> {} {}{extra}",
             r.source,
             r.name,
             r.digest.as_deref().unwrap_or("")

@@ -361,6 +361,95 @@ fn normalise(arch: &str, variant: Option<&str>) -> (String, Option<String>) {
     (arch, variant)
 }
 
+/// What a platform filter does to one index.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlatformCut {
+    /// Every child is wanted: keep the upstream bytes (and digest).
+    Whole,
+    /// Some children dropped: this new index document replaces the upstream one.
+    Cut {
+        bytes: Vec<u8>,
+        dropped: Vec<String>,
+    },
+    /// No child is wanted; the index offers these platforms.
+    Nothing { available: Vec<String> },
+}
+
+/// Annotation on a cut index naming the upstream index it was cut from.
+pub const UPSTREAM_DIGEST: &str = "io.static-registry.upstream.digest";
+/// Annotation on a tag filtered by platform: the platforms asked for, so that a change
+/// of filter fetches again.
+pub const KEPT_PLATFORMS: &str = "io.static-registry.platforms";
+
+/// Keep the children of an index (raw bytes) whose platform is one of `keep`, plus the
+/// attestation manifests buildx attaches to a kept child. Kept entries are carried over
+/// as they are (unknown fields and all); the cut index records `upstream` in its
+/// annotations.
+pub fn cut_index(
+    bytes: &[u8],
+    keep: &[PlatformSpec],
+    upstream: &str,
+) -> Result<PlatformCut, serde_json::Error> {
+    use serde_json::Value;
+    let mut doc: serde_json::Map<String, Value> = serde_json::from_slice(bytes)?;
+    let children: Vec<Value> = match doc.remove("manifests") {
+        Some(Value::Array(c)) => c,
+        _ => return Ok(PlatformCut::Whole),
+    };
+    let platform = |c: &Value| serde_json::from_value::<Platform>(c.get("platform")?.clone()).ok();
+    let annotation =
+        |c: &Value, key: &str| c.get("annotations")?.get(key)?.as_str().map(str::to_owned);
+    let wanted = |c: &Value| platform(c).is_some_and(|p| keep.iter().any(|k| k.matches(&p)));
+    let kept_digests: Vec<Value> = children
+        .iter()
+        .filter(|c| wanted(c))
+        .filter_map(|c| c.get("digest").cloned())
+        .collect();
+    if kept_digests.is_empty() {
+        let mut available: Vec<String> = children
+            .iter()
+            .filter_map(platform)
+            .filter(|p| p.os != "unknown")
+            .map(|p| describe(&p))
+            .collect();
+        available.dedup();
+        return Ok(PlatformCut::Nothing { available });
+    }
+    let (kept, dropped): (Vec<Value>, Vec<Value>) = children.into_iter().partition(|c| {
+        wanted(c)
+            || (annotation(c, "vnd.docker.reference.type").as_deref()
+                == Some("attestation-manifest")
+                && annotation(c, "vnd.docker.reference.digest")
+                    .is_some_and(|d| kept_digests.iter().any(|k| k.as_str() == Some(&d))))
+    });
+    if dropped.is_empty() {
+        return Ok(PlatformCut::Whole);
+    }
+    doc.insert("manifests".into(), Value::Array(kept));
+    let annotations = doc
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Value::Object(a) = annotations {
+        a.insert(UPSTREAM_DIGEST.into(), Value::String(upstream.to_owned()));
+    }
+    let mut dropped: Vec<String> = dropped
+        .iter()
+        .map(|c| platform(c).map_or_else(|| "no platform".to_owned(), |p| describe(&p)))
+        .collect();
+    dropped.dedup();
+    Ok(PlatformCut::Cut {
+        bytes: serde_json::to_vec(&Value::Object(doc)).expect("JSON values serialise"),
+        dropped,
+    })
+}
+
+fn describe(p: &Platform) -> String {
+    match &p.variant {
+        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+        None => format!("{}/{}", p.os, p.architecture),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,5 +699,91 @@ mod tests {
         assert!(!spec("linux/amd64").matches(&plat("windows", "amd64", None)));
         assert!(!spec("linux/amd64").matches(&plat("unknown", "unknown", None)));
         assert!(!spec("linux/arm64").matches(&plat("linux", "arm", Some("v8"))));
+    }
+
+    fn index_of(children: &[(&str, &str)]) -> Vec<u8> {
+        let manifests: Vec<String> = children
+            .iter()
+            .map(|(digest, platform)| {
+                let parts: Vec<&str> = platform.split('/').collect();
+                let variant = parts
+                    .get(2)
+                    .map(|v| format!(r#","variant":"{v}""#))
+                    .unwrap_or_default();
+                let attest = if parts[0] == "unknown" {
+                    format!(
+                        r#","annotations":{{"vnd.docker.reference.type":"attestation-manifest","vnd.docker.reference.digest":"{}"}}"#,
+                        parts[2]
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    r#"{{"mediaType":"m","digest":"{digest}","size":1,"platform":{{"os":"{}","architecture":"{}"{}, "os.version":"10"}}{attest}}}"#,
+                    parts[0],
+                    parts[1],
+                    if parts[0] == "unknown" { String::new() } else { variant }
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"x","manifests":[{}]}}"#,
+            manifests.join(",")
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn cutting_an_index_keeps_wanted_children_as_they_were() {
+        let keep: Vec<PlatformSpec> = vec!["linux/arm64".parse().unwrap()];
+        let index = index_of(&[
+            ("a", "linux/amd64"),
+            ("b", "linux/arm64/v8"),
+            ("c", "unknown/unknown/a"),
+            ("d", "unknown/unknown/b"),
+        ]);
+        let PlatformCut::Cut { bytes, dropped } = cut_index(&index, &keep, "sha256:up").unwrap()
+        else {
+            panic!("not cut")
+        };
+        assert_eq!(dropped, ["linux/amd64", "unknown/unknown"]);
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let digests: Vec<&str> = doc["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["digest"].as_str().unwrap())
+            .collect();
+        // The arm64 image and the attestation that describes it.
+        assert_eq!(digests, ["b", "d"]);
+        assert_eq!(doc["manifests"][0]["platform"]["os.version"], "10");
+        assert_eq!(doc["annotations"][UPSTREAM_DIGEST], "sha256:up");
+        assert_eq!(doc["mediaType"], "x");
+    }
+
+    #[test]
+    fn an_index_with_every_child_wanted_is_kept_whole() {
+        let keep: Vec<PlatformSpec> = vec![
+            "linux/amd64".parse().unwrap(),
+            "linux/arm/v7".parse().unwrap(),
+        ];
+        let index = index_of(&[("a", "linux/amd64"), ("b", "linux/arm")]);
+        assert_eq!(cut_index(&index, &keep, "u").unwrap(), PlatformCut::Whole);
+    }
+
+    #[test]
+    fn an_index_without_a_wanted_platform_says_what_it_has() {
+        let keep: Vec<PlatformSpec> = vec!["linux/s390x".parse().unwrap()];
+        let index = index_of(&[
+            ("a", "linux/amd64"),
+            ("b", "linux/arm/v6"),
+            ("c", "unknown/unknown/a"),
+        ]);
+        assert_eq!(
+            cut_index(&index, &keep, "u").unwrap(),
+            PlatformCut::Nothing {
+                available: vec!["linux/amd64".into(), "linux/arm/v6".into()]
+            }
+        );
     }
 }

@@ -40,6 +40,9 @@ pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
+/// The referrers API always answers with an OCI index.
+const OCI_INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
 /// The `Accept` header sent with manifest requests: [`MANIFEST_MEDIA_TYPES`] joined.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -297,9 +300,7 @@ impl Client {
         })
     }
 
-    /// GET the manifest. The body is read fully but capped at
-    /// `max_manifest_bytes`, counted while streaming so a lying or absent
-    /// Content-Length cannot get past it.
+    /// GET the manifest (see `get_document` for the size cap).
     pub async fn get_manifest(
         &self,
         host: &str,
@@ -310,11 +311,51 @@ impl Client {
         validate_repo(repo)?;
         validate_reference(reference)?;
         let path = format!("/v2/{repo}/manifests/{reference}");
+        self.get_document(host, repo, &path, accept_manifests())
+            .await
+    }
+
+    /// GET /v2/<repo>/referrers/<digest>: the OCI index of manifests whose `subject` is
+    /// `digest`. `Ok(None)` when the registry does not offer the referrers API (404, as
+    /// the distribution spec tells clients to expect; 405/501 from some proxies): the
+    /// caller falls back to the `sha256-<hex>` tag schema.
+    pub async fn get_referrers(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Option<ManifestBody>, RegistryError> {
+        validate_host(host)?;
+        validate_repo(repo)?;
+        validate_digest(digest)?;
+        let path = format!("/v2/{repo}/referrers/{digest}");
+        let mut accept = HeaderMap::new();
+        accept.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX_TYPE));
+        match self.get_document(host, repo, &path, accept).await {
+            Ok(body) => Ok(Some(body)),
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(RegistryError::Status {
+                status: 405 | 501, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GET a JSON document (manifest, referrers index), read fully but capped at
+    /// `max_manifest_bytes`, counted while streaming so a lying or absent Content-Length
+    /// cannot get past it.
+    async fn get_document(
+        &self,
+        host: &str,
+        repo: &str,
+        path: &str,
+        accept: HeaderMap,
+    ) -> Result<ManifestBody, RegistryError> {
         let limit = self.inner.max_manifest_bytes;
         let mut attempt = 0;
         loop {
             let resp = self
-                .registry_request(Method::GET, host, repo, &path, accept_manifests())
+                .registry_request(Method::GET, host, repo, path, accept.clone())
                 .await?;
             if !resp.status().is_success() {
                 return Err(status_error(resp, host, repo).await);

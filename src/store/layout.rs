@@ -59,6 +59,8 @@ pub struct TagUpdate {
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
+    /// Extra annotations for its index.json entry (where a platform-cut index came from).
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Store {
@@ -101,7 +103,7 @@ impl Store {
         let path = dir.join("index.json");
         let mut index = read_index_file(&path)?;
         for u in updates {
-            let mut annotations = BTreeMap::new();
+            let mut annotations = u.annotations.clone();
             match &u.tag {
                 Some(tag) => {
                     index
@@ -162,6 +164,7 @@ mod tests {
             media_type: OCI_MANIFEST.into(),
             digest: sha256_digest(body),
             size: body.len() as u64,
+            annotations: BTreeMap::new(),
         }
     }
 

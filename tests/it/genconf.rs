@@ -16,7 +16,7 @@ use crate::harness::store::{all_tag_refs, fetch_ok, registry_with_fixtures, stat
 /// A port placeholder gen-conf accepts; the harness substitutes its free port.
 const LISTEN: &str = "127.0.0.1:65000";
 
-fn gen_conf(root: &Path, extra: &[&str]) -> (String, String) {
+pub fn gen_conf(root: &Path, extra: &[&str]) -> (String, String) {
     let mut args = vec![
         "gen-conf",
         "--root",
@@ -31,7 +31,7 @@ fn gen_conf(root: &Path, extra: &[&str]) -> (String, String) {
     (String::from_utf8(out.stdout).unwrap(), stderr)
 }
 
-fn serve(config: &str) -> Nginx {
+pub fn serve(config: &str) -> Nginx {
     Nginx::start(&config.replace(&format!("listen {LISTEN};"), "listen 127.0.0.1:{{PORT}};"))
 }
 

@@ -6,3 +6,4 @@ mod genconf;
 mod harness;
 mod harness_selftest;
 mod hostile;
+mod subset;

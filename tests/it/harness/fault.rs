@@ -21,7 +21,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Every case, and whether a fetch of it must succeed (after retries or resumes).
-pub const CASES: [(&str, bool); 14] = [
+pub const CASES: [(&str, bool); 15] = [
     ("good", true),
     ("blob-digest", false),
     ("manifest-digest", false),
@@ -36,7 +36,12 @@ pub const CASES: [(&str, bool); 14] = [
     ("rate-limited-once", true),
     ("self-index", false),
     ("deep-index", false),
+    // Not a fault: the referrers API, which distribution 2.8 lacks.
+    ("referrers", true),
 ];
+
+/// Artifact type of the signature that `fault/referrers` lists for its image.
+pub const SIGNATURE_TYPE: &str = "application/vnd.example.signature.v1";
 
 /// One stored document: its bytes and media type.
 #[derive(Clone)]
@@ -51,6 +56,8 @@ struct Repo {
     manifests: HashMap<String, Doc>,
     /// digest → blob as served (may differ from what its digest says)
     blobs: HashMap<String, Bytes>,
+    /// subject digest → referrers index (only `fault/referrers` offers the API)
+    referrers: Option<HashMap<String, Bytes>>,
 }
 
 struct Shared {
@@ -157,6 +164,31 @@ fn build(case: &str) -> Repo {
                 level = (index, OCI_INDEX);
             }
             put(&level.0, OCI_INDEX, true);
+        }
+        "referrers" => {
+            put(&manifest, OCI_MANIFEST, true);
+            let empty = b"{}".to_vec();
+            let signature = format!("signature of {}", sha256_digest(&manifest)).into_bytes();
+            let artifact = json!({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "artifactType": SIGNATURE_TYPE,
+                "config": descriptor("application/vnd.oci.empty.v1+json", &empty),
+                "layers": [descriptor("application/vnd.example.signature.v1+json", &signature)],
+                "subject": descriptor(OCI_MANIFEST, &manifest),
+            })
+            .to_string()
+            .into_bytes();
+            put(&artifact, OCI_MANIFEST, false);
+            for blob in [empty, signature] {
+                repo.blobs.insert(sha256_digest(&blob), Bytes::from(blob));
+            }
+            let mut listed = descriptor(OCI_MANIFEST, &artifact);
+            listed["artifactType"] = json!(SIGNATURE_TYPE);
+            let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [listed]});
+            repo.referrers = Some(HashMap::from([(
+                sha256_digest(&manifest),
+                Bytes::from(index.to_string()),
+            )]));
         }
         _ => put(&manifest, OCI_MANIFEST, true),
     }
@@ -266,6 +298,31 @@ async fn handle(State((shared, me)): State<(Arc<Shared>, String)>, req: Request)
             .body(Body::from(
                 json!({"name": "fault/good", "tags": tags}).to_string(),
             ))
+            .unwrap();
+    }
+    // ("fault/referrers/manifests/1" also contains "/referrers/".)
+    if let Some((name, subject)) = rest.rsplit_once("/referrers/")
+        && subject.starts_with("sha256:")
+    {
+        let Some(listed) = shared.repos.get(name).and_then(|r| r.referrers.as_ref()) else {
+            return status(StatusCode::NOT_FOUND);
+        };
+        let empty = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []});
+        let body = listed
+            .get(subject)
+            .cloned()
+            .unwrap_or_else(|| Bytes::from(empty.to_string()));
+        return Response::builder()
+            .header(header::CONTENT_TYPE, OCI_INDEX)
+            .body(Body::from(body))
+            .unwrap();
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list")
+        && shared.repos.contains_key(name)
+    {
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({"name": name, "tags": ["1"]}).to_string()))
             .unwrap();
     }
     let (name, kind, reference) =
