@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::harness::fault::FaultRegistry;
+use crate::harness::fault::{FaultRegistry, PAGED_TAGS};
 use crate::harness::store::{assert_consistent, registry_with_fixtures, static_registry, tags};
 
 fn write(dir: &Path, name: &str, body: &str) -> String {
@@ -241,4 +241,36 @@ async fn ls_lists_remote_tags_with_the_same_filters() {
     );
     let (code, _, stderr) = run(&["ls", &format!("{repo}:t000"), "--tls-verify=false"]);
     assert_eq!(code, 2, "{stderr}");
+}
+
+/// Registries with thousands of tags send them in pages linked by `Link: <…>; rel="next"`.
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_lists_are_followed_across_pages() {
+    let reg = FaultRegistry::start().await;
+    let a = reg.addr();
+    let (code, listed, stderr) = run(&[
+        "ls",
+        &format!("{a}/fault/paged"),
+        "--tls-verify=false",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(listed.as_array().unwrap().len(), PAGED_TAGS + 1, "{listed}");
+
+    let work = tempfile::tempdir().unwrap();
+    let config = write(
+        work.path(),
+        "m.yaml",
+        &format!(
+            "registries:\n  \"{a}\": {{tls-verify: false}}\nimages:\n  - source: {a}/fault/paged\n    allow: ['t24[5-9]']\n"
+        ),
+    );
+    let root = work.path().join("root");
+    let (code, _, stderr) = fetch_config(&config, &root);
+    assert_eq!(code, 0, "{stderr}");
+    // Only the last page holds these.
+    assert_eq!(
+        tag_names(&root, "fault/paged"),
+        ["t245", "t246", "t247", "t248", "t249"]
+    );
 }

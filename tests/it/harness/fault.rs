@@ -21,7 +21,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Every case, and whether a fetch of it must succeed (after retries or resumes).
-pub const CASES: [(&str, bool); 15] = [
+pub const CASES: [(&str, bool); 16] = [
     ("good", true),
     ("blob-digest", false),
     ("manifest-digest", false),
@@ -38,7 +38,14 @@ pub const CASES: [(&str, bool); 15] = [
     ("deep-index", false),
     // Not a fault: the referrers API, which distribution 2.8 lacks.
     ("referrers", true),
+    // Not a fault: a tag list in pages of PAGE tags (distribution 2.8 never pages).
+    ("paged", true),
 ];
+
+/// Tags of `fault/paged` besides `1`: t000, t001, ...
+pub const PAGED_TAGS: usize = 250;
+/// Page size of `fault/paged`'s tag list when the client sends no `n`.
+const PAGE: usize = 100;
 
 /// Artifact type of the signature that `fault/referrers` lists for its image.
 pub const SIGNATURE_TYPE: &str = "application/vnd.example.signature.v1";
@@ -190,6 +197,13 @@ fn build(case: &str) -> Repo {
                 Bytes::from(index.to_string()),
             )]));
         }
+        "paged" => {
+            put(&manifest, OCI_MANIFEST, true);
+            for i in 0..PAGED_TAGS {
+                repo.manifests
+                    .insert(format!("t{i:03}"), doc(&manifest, OCI_MANIFEST));
+            }
+        }
         _ => put(&manifest, OCI_MANIFEST, true),
     }
     repo
@@ -320,9 +334,38 @@ async fn handle(State((shared, me)): State<(Arc<Shared>, String)>, req: Request)
     if let Some(name) = rest.strip_suffix("/tags/list")
         && shared.repos.contains_key(name)
     {
-        return Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json!({"name": name, "tags": ["1"]}).to_string()))
+        let tags: Vec<String> = match name {
+            "fault/paged" => {
+                let all = std::iter::once("1".to_owned())
+                    .chain((0..PAGED_TAGS).map(|i| format!("t{i:03}")));
+                let query = req.uri().query().unwrap_or_default();
+                let param = |key: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                        .map(str::to_owned)
+                };
+                let n = param("n").and_then(|n| n.parse().ok()).unwrap_or(PAGE);
+                let last = param("last");
+                all.filter(|t| last.as_ref().is_none_or(|l| t > l))
+                    .take(n)
+                    .collect()
+            }
+            _ => vec!["1".to_owned()],
+        };
+        let mut resp = Response::builder().header(header::CONTENT_TYPE, "application/json");
+        if name == "fault/paged"
+            && let Some(last) = tags
+                .last()
+                .filter(|l| **l != format!("t{:03}", PAGED_TAGS - 1))
+        {
+            resp = resp.header(
+                header::LINK,
+                format!("</v2/{name}/tags/list?n={PAGE}&last={last}>; rel=\"next\""),
+            );
+        }
+        return resp
+            .body(Body::from(json!({"name": name, "tags": tags}).to_string()))
             .unwrap();
     }
     let (name, kind, reference) =
