@@ -486,6 +486,28 @@ fn registry_settings(
 }
 
 /// A repository reference without tag or digest; those have their own fields.
+/// Parse each entry of a list field, keeping the first of equal values; bad entries are
+/// reported at their index.
+fn parse_distinct<T>(
+    field: &str,
+    list: &Option<Vec<String>>,
+    report: &mut impl FnMut(&str, String),
+) -> Vec<T>
+where
+    T: std::str::FromStr + PartialEq,
+    T::Err: fmt::Display,
+{
+    let mut out: Vec<T> = Vec::new();
+    for (j, item) in list.as_deref().unwrap_or_default().iter().enumerate() {
+        match item.parse::<T>() {
+            Ok(v) if !out.contains(&v) => out.push(v),
+            Ok(_) => {}
+            Err(e) => report(&format!(".{field}[{j}]"), e.to_string()),
+        }
+    }
+    out
+}
+
 fn parse_source(s: &str, tag_hint: &str, digest_hint: &str) -> Result<Reference, String> {
     let r: Reference = s.parse().map_err(|e: ReferenceError| e.to_string())?;
     if r.digest.is_some() {
@@ -810,34 +832,8 @@ mod own {
                     .into(),
             );
         }
-        let mut digests: Vec<Digest> = Vec::new();
-        for (j, d) in raw
-            .digests
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            match d.parse::<Digest>() {
-                Ok(d) if !digests.contains(&d) => digests.push(d),
-                Ok(_) => {}
-                Err(e) => report(&format!(".digests[{j}]"), e.to_string()),
-            }
-        }
-        let mut platforms: Vec<PlatformSpec> = Vec::new();
-        for (j, p) in raw
-            .platforms
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            match p.parse::<PlatformSpec>() {
-                Ok(p) if !platforms.contains(&p) => platforms.push(p),
-                Ok(_) => {}
-                Err(e) => report(&format!(".platforms[{j}]"), e.to_string()),
-            }
-        }
+        let digests: Vec<Digest> = parse_distinct("digests", &raw.digests, &mut report);
+        let platforms: Vec<PlatformSpec> = parse_distinct("platforms", &raw.platforms, &mut report);
 
         let source = source.filter(|_| errs.is_empty());
         problems.append(&mut errs);
