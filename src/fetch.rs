@@ -15,10 +15,12 @@ use serde::Serialize;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::config::ImageSpec;
-use crate::manifest::{Descriptor, Kind, Manifest, ManifestError, OCI_INDEX};
+use crate::manifest::{
+    Descriptor, KEPT_PLATFORMS, Kind, Manifest, ManifestError, OCI_INDEX, UPSTREAM_DIGEST,
+};
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
-use crate::select::{KEPT_PLATFORMS, PlatformCut, PlatformSpec, UPSTREAM_DIGEST, cut_index};
+use crate::select::{PlatformCut, PlatformSpec, cut_index};
 use crate::store::{
     self, BlobClaim, ImageIndex, PartialBlob, Store, StoreError, TagUpdate, sha256_digest,
 };

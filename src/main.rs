@@ -374,7 +374,7 @@ fn ls_command(args: LsArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&repos)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 4]> = repos
+    let rows: Vec<[String; 5]> = repos
         .iter()
         .flat_map(|r| {
             r.tags.iter().map(|t| {
@@ -383,11 +383,12 @@ fn ls_command(args: LsArgs) -> Result<ExitCode> {
                     t.tag.clone(),
                     t.digest.to_string(),
                     human_bytes(t.size),
+                    t.platforms.clone().unwrap_or_else(|| "all".into()),
                 ]
             })
         })
         .collect();
-    print_table(["REPOSITORY", "TAG", "DIGEST", "SIZE"], &rows);
+    print_table(["REPOSITORY", "TAG", "DIGEST", "SIZE", "PLATFORMS"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,11 @@ const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1";
 
 /// Annotation carrying a tag in an OCI image layout's index.json.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// On a platform-cut index, and on its index.json entry: the upstream index's digest.
+pub const UPSTREAM_DIGEST: &str = "io.static-registry.upstream.digest";
+/// On the index.json entry of a platform-filtered tag: the platforms asked for, so a
+/// change of list fetches again.
+pub const KEPT_PLATFORMS: &str = "io.static-registry.platforms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

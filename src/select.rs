@@ -7,7 +7,7 @@ use std::str::FromStr;
 use regex::Regex;
 use semver::{Version, VersionReq};
 
-use crate::manifest::Platform;
+use crate::manifest::{Platform, UPSTREAM_DIGEST};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
@@ -374,12 +374,6 @@ pub enum PlatformCut {
     /// No child is wanted; the index offers these platforms.
     Nothing { available: Vec<String> },
 }
-
-/// Annotation on a cut index naming the upstream index it was cut from.
-pub const UPSTREAM_DIGEST: &str = "io.static-registry.upstream.digest";
-/// Annotation on a tag filtered by platform: the platforms asked for, so that a change
-/// of filter fetches again.
-pub const KEPT_PLATFORMS: &str = "io.static-registry.platforms";
 
 /// Keep the children of an index (raw bytes) whose platform is one of `keep`, plus the
 /// attestation manifests buildx attaches to a kept child. Kept entries are carried over

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{FORMAT_FILE, Result, StoreError, read_index_file, repo_path};
 use std::collections::HashSet;
 
-use crate::manifest::{Descriptor, Kind, Manifest, REF_NAME};
+use crate::manifest::{Descriptor, KEPT_PLATFORMS, Kind, Manifest, REF_NAME, UPSTREAM_DIGEST};
 use crate::reference::Digest;
 
 /// Whether `root` holds a store (its format marker).
@@ -70,6 +70,12 @@ pub struct TagInfo {
     pub media_type: String,
     /// Bytes of everything the tag reaches (manifests, configs, layers), each blob once.
     pub size: u64,
+    /// The platforms kept, when fetched with a platform list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<String>,
+    /// The registry's digest, when a platform cut made the stored index differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_digest: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +112,12 @@ pub fn list(root: &Path) -> Result<(Vec<RepoInfo>, Vec<String>)> {
                 digest: d.digest.clone(),
                 media_type: d.media_type.clone(),
                 size,
+                platforms: d.annotations.get(KEPT_PLATFORMS).cloned(),
+                upstream_digest: d
+                    .annotations
+                    .get(UPSTREAM_DIGEST)
+                    .filter(|u| **u != d.digest.to_string())
+                    .cloned(),
             });
         }
         tags.sort_by(|a, b| a.tag.cmp(&b.tag));

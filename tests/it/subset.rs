@@ -89,6 +89,10 @@ async fn a_platform_subset_is_a_cut_index_that_clients_pull_through_nginx() {
     assert_eq!(assert_pool_verified(root), expected);
     assert_eq!(tags(root, "oci/multi"), [("1.0".to_owned(), cut.clone())]);
     verify_clean(root);
+    let out = static_registry(&["ls", "--root", root.to_str().unwrap(), "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["tags"][0]["platforms"], "linux/arm64");
+    assert_eq!(listed[0]["tags"][0]["upstream_digest"], upstream.as_str());
 
     // Warm: the HEAD answers with the upstream digest, which the tag remembers.
     reg.sync();
