@@ -8,8 +8,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{sync_dir, write_atomic};
+use super::atomic::{replace, sync_dir, synced_temp, write_atomic};
 use super::{Result, Store, StoreError, open_lock_file};
+use crate::crashpoint;
 use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
 use crate::reference::{Digest, validate_tag};
 
@@ -130,7 +131,10 @@ impl Store {
         // Compact: for 10k tags the pretty form is twice the bytes to write and fsync.
         let mut body = serde_json::to_vec(&index).expect("index serialises");
         body.push(b'\n');
-        write_atomic(&self.tmp_dir(), &path, &body)?;
+        let tmp = synced_temp(&self.tmp_dir(), &body)?;
+        crashpoint::hit("index-written");
+        replace(tmp, &path)?;
+        crashpoint::hit("index-renamed");
         for (subject, referrer) in referrers {
             self.add_referrer(name, subject, referrer)?;
         }

@@ -26,6 +26,7 @@ pub use layout::{ImageIndex, TagUpdate, read_index_file};
 pub use link::LinkKind;
 pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
 
+use crate::crashpoint;
 use crate::reference::{self, Digest, ReferenceError};
 
 /// Major version of the on-disk format; a store with a newer major is refused.
@@ -218,7 +219,10 @@ impl Store {
         }
         // Concurrent fetches may store the same manifest; the first file stays, so links
         // made to it remain the pool's inode.
-        write_new(&self.tmp_dir(), &path, bytes)
+        if write_new(&self.tmp_dir(), &path, bytes)? {
+            crashpoint::hit("blob-pooled");
+        }
+        Ok(())
     }
 
     /// The directory of a repository's OCI layout (see [`repo_path`]).
@@ -231,7 +235,11 @@ impl Store {
         let src = self.pool_path(digest)?;
         let dir = self.repo_dir(name)?.join("blobs").join("sha256");
         fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
-        link::link_or_copy(&self.tmp_dir(), &src, &dir.join(digest.hex()))
+        let kind = link::link_or_copy(&self.tmp_dir(), &src, &dir.join(digest.hex()))?;
+        if kind != LinkKind::Present {
+            crashpoint::hit("repo-linked");
+        }
+        Ok(kind)
     }
 }
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layout::ImageIndex;
 use super::{Result, Store, StoreError, write_atomic};
+use crate::crashpoint;
 use crate::manifest::{Descriptor, REF_NAME};
 use crate::reference::Digest;
 
@@ -60,6 +61,7 @@ impl Store {
             tags: tags.into_iter().collect(),
         };
         write_json(&self.tmp_dir(), &path, &list)?;
+        crashpoint::hit("tags-written");
         if new_repo {
             self.write_catalog()?;
         }
