@@ -1,21 +1,23 @@
 //! `static-registry fetch` against a real docker-registry holding the fixture set.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::fixtures::{BASE_REPOS, Fixtures, OCI_INDEX, OCI_MANIFEST, SBOM_ARTIFACT_TYPE};
 use crate::harness::registry::Registry;
-use crate::harness::sha256_digest;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{
     all_tag_refs, assert_consistent, assert_no_partials, assert_pool_verified, fetch, fetch_ok,
     pool_path, registry_with_fixtures, repo_blob, static_registry, tags,
 };
+use crate::harness::{run_with_timeout, sha256_digest};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_stores_every_fixture_exactly_and_once() {
@@ -339,6 +341,82 @@ async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
             assert_pool_verified(scratch.path())
         );
     }
+}
+
+/// The test hook that makes `fetch` abort at a named point in the store (see
+/// src/crashpoint.rs): `<point>:<n>` dies on the n-th pass, `blob-bytes:<n>` once a blob's
+/// writer holds n bytes.
+const CRASH_AT: &str = "STATIC_REGISTRY_CRASH_AT";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_after_the_index_rename_leaves_served_documents_the_rerun_writes() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    // One tag, so the one publish carries the tag list, the catalog entry and a referrer.
+    let subject = &fx.artifact_subject[7..];
+    let tag = format!("sha256-{subject}");
+    let refs = [format!("{}/apps/web:{tag}", reg.addr())];
+    fetch_killed_at(root.path(), &refs, "index-renamed:1");
+    assert_verify_clean(root.path(), "after a kill at index-renamed:1");
+    // The tag is in index.json already, so only the interrupted publish's marker can
+    // tell the rerun that the served documents lag.
+    let summary = fetch_ok(root.path(), &refs);
+    assert_eq!(summary["images_unchanged"], 1);
+    let served = served_documents(root.path());
+    assert_eq!(served["_catalog.json"], r#"{"repositories":["apps/web"]}"#);
+    assert_eq!(
+        served["apps/web/_tags.json"],
+        format!(r#"{{"name":"apps/web","tags":["{tag}"]}}"#)
+    );
+    let referrers = &served[&format!("apps/web/_referrers/{subject}.json")];
+    assert!(referrers.contains(&fx.artifact), "{referrers}");
+    assert_no_partials(root.path());
+}
+
+/// Run a cold-or-resumed fetch of `refs` that must die at crash point `at`.
+fn fetch_killed_at(root: &Path, refs: &[String], at: &str) {
+    let out = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_static-registry"))
+            .args(["fetch", "--quiet", "--tls-verify=false", "--root"])
+            .arg(root)
+            .args(refs)
+            .env(CRASH_AT, at),
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // SIGABRT, from the hook: anything else means the point was never reached (a dead
+    // point after a refactor) or the run failed on its own.
+    assert!(
+        out.status.signal() == Some(6) && stderr.contains(&format!("crash point {at} reached")),
+        "fetch with {CRASH_AT}={at} did not die there ({}): is the point still hit?\n{stderr}",
+        out.status
+    );
+}
+
+fn assert_verify_clean(root: &Path, when: &str) {
+    let out = static_registry(&["verify", "--root", root.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "verify {when}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `.v2` (catalog, tag lists, referrers) with its bytes.
+fn served_documents(root: &Path) -> BTreeMap<String, String> {
+    let base = root.join(".v2");
+    walkdir::WalkDir::new(&base)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e.path().strip_prefix(&base).unwrap();
+            (
+                rel.to_string_lossy().into_owned(),
+                fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// Writes the first `len` bytes of `blob` as the partial download a killed run leaves.
