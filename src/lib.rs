@@ -2,6 +2,7 @@
 //! nginx serves as a read-only OCI distribution (pull) API.
 
 pub mod config;
+mod crashpoint;
 pub mod fetch;
 pub mod manifest;
 pub mod nginx;

@@ -7,24 +7,31 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
+use tempfile::NamedTempFile;
+
 use super::{Result, StoreError};
 
 /// Write `bytes` to `path` through a temporary file in `tmp_dir`, fsync it, rename it over
 /// `path`, then fsync the directory so the rename itself survives a power cut.
 pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = synced_temp(tmp_dir, bytes)?;
+    replace(synced_temp(tmp_dir, bytes)?, path)
+}
+
+/// The second half of `write_atomic`, for a caller with a step between the two halves.
+pub fn replace(tmp: NamedTempFile, path: &Path) -> Result<()> {
     tmp.persist(path)
         .map_err(|e| StoreError::io("rename into place", path)(e.error))?;
     sync_dir(parent(path))
 }
 
 /// Like `write_atomic`, but an existing `path` wins: for content-addressed files, where
-/// replacing an equal file would break the hardlinks already made to it.
-pub fn write_new(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+/// replacing an equal file would break the hardlinks already made to it. Returns whether
+/// this call created `path`.
+pub fn write_new(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<bool> {
     let tmp = synced_temp(tmp_dir, bytes)?;
     match tmp.persist_noclobber(path) {
-        Ok(_) => sync_dir(parent(path)),
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Ok(_) => sync_dir(parent(path)).map(|()| true),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(StoreError::io("move into place", path)(e.error)),
     }
 }
@@ -33,7 +40,8 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-fn synced_temp(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+/// The first half of `write_atomic`: the bytes, durable under a temporary name.
+pub fn synced_temp(dir: &Path, bytes: &[u8]) -> Result<NamedTempFile> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)

@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::atomic::sync_dir;
 use super::{Result, Store, StoreError};
+use crate::crashpoint;
 use crate::reference::Digest;
 
 const WRITE_BUFFER: usize = 1 << 20;
@@ -164,6 +165,8 @@ impl PartialBlob {
         }
         self.hasher.update(chunk);
         self.written = total;
+        // Bytes still in the buffer die with the process, as they would on a SIGKILL.
+        crashpoint::reached("blob-bytes", total);
         Ok(())
     }
 
@@ -196,9 +199,12 @@ impl PartialBlob {
             }
             return Err(err);
         }
+        crashpoint::hit("blob-synced");
         fs::rename(&self.path, &self.pool)
             .map_err(StoreError::io("rename into pool", &self.pool))?;
-        sync_dir(self.pool.parent().expect("pool path has a parent"))
+        sync_dir(self.pool.parent().expect("pool path has a parent"))?;
+        crashpoint::hit("blob-pooled");
+        Ok(())
     }
 
     fn discard(&mut self) {

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{sync_dir, write_atomic};
-use super::{Result, Store, StoreError, open_lock_file};
+use super::atomic::{replace, sync_dir, synced_temp, write_atomic};
+use super::{Result, Store, StoreError};
+use crate::crashpoint;
 use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
 use crate::reference::{Digest, validate_tag};
 
@@ -92,9 +93,7 @@ impl Store {
         }
         // index.json is read-modify-write: concurrent fetches into one store serialise
         // here (briefly) so neither loses the other's tags.
-        let lock_path = self.root.join(super::INDEX_LOCK_FILE);
-        let lock = open_lock_file(&lock_path)?;
-        lock.lock().map_err(StoreError::io("lock", &lock_path))?;
+        let _lock = self.lock_index()?;
         // Links made since the last publish must be durable before a tag points at them.
         let blobs = dir.join("blobs").join("sha256");
         if blobs.is_dir() {
@@ -132,11 +131,19 @@ impl Store {
         // Compact: for 10k tags the pretty form is twice the bytes to write and fsync.
         let mut body = serde_json::to_vec(&index).expect("index serialises");
         body.push(b'\n');
-        write_atomic(&self.tmp_dir(), &path, &body)?;
+        let tmp = synced_temp(&self.tmp_dir(), &body)?;
+        // From the rename on, the served documents lag the index until rewritten below;
+        // should this process die in between, the marker has the next opener finish them.
+        let marker = self.publish_marker(name);
+        write_atomic(&self.tmp_dir(), &marker, name.as_bytes())?;
+        crashpoint::hit("index-written");
+        replace(tmp, &path)?;
+        crashpoint::hit("index-renamed");
         for (subject, referrer) in referrers {
             self.add_referrer(name, subject, referrer)?;
         }
-        self.write_tag_list(name, &index)
+        self.write_tag_list(name, &index)?;
+        fs::remove_file(&marker).map_err(StoreError::io("remove", &marker))
     }
 }
 
@@ -194,6 +201,25 @@ mod tests {
             r#"{"name":"a/b","tags":["v0","v1"]}"#
         );
         assert_eq!(served("_catalog.json"), r#"{"repositories":["a/b"]}"#);
+    }
+
+    #[test]
+    fn served_documents_a_killed_publish_left_behind_are_written_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .publish("a/b", &[update(Some("v1"), b"one")], &[])
+            .unwrap();
+        // What a kill right after the index.json rename leaves.
+        let marker = store.publish_marker("a/b");
+        fs::write(&marker, "a/b").unwrap();
+        fs::remove_dir_all(dir.path().join(".v2")).unwrap();
+        drop(store);
+        Store::open(dir.path()).unwrap();
+        let served = |p: &str| fs::read_to_string(dir.path().join(".v2").join(p)).unwrap();
+        assert_eq!(served("a/b/_tags.json"), r#"{"name":"a/b","tags":["v1"]}"#);
+        assert_eq!(served("_catalog.json"), r#"{"repositories":["a/b"]}"#);
+        assert!(!marker.exists());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub use layout::{ImageIndex, TagUpdate, read_index_file};
 pub use link::LinkKind;
 pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
 
+use crate::crashpoint;
 use crate::reference::{self, Digest, ReferenceError};
 
 /// Major version of the on-disk format; a store with a newer major is refused.
@@ -34,6 +35,9 @@ const FORMAT_FILE: &str = ".static-registry";
 const LOCK_FILE: &str = ".lock";
 const INDEX_LOCK_FILE: &str = ".index.lock";
 const TMP_DIR: &str = ".tmp";
+/// Extension of the marker (in `.tmp/`) of a publish whose served documents may be
+/// unwritten; see `Store::finish_interrupted_publishes`.
+const PUBLISH_MARKER: &str = "publish";
 const POOL_DIR: &str = ".blobs";
 /// Entries of an OCI image layout; a repository name component equal to one of these
 /// would land inside a parent repository's layout.
@@ -141,7 +145,8 @@ impl Store {
         let lock = open_lock_file(&lock_path)?;
         if lock.try_lock().is_ok() {
             // No other writer is running: temp files a killed run left are garbage (the
-            // .part files are kept: they are resumable downloads).
+            // .part files are kept: they are resumable downloads; so are publish markers,
+            // finished below).
             remove_stale_temps(&root.join(TMP_DIR))?;
         }
         // Converts an exclusive lock taken above, or waits for a prune to finish. Held
@@ -172,10 +177,20 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("read", &marker)(e)),
         }
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
             _lock: lock,
-        })
+        };
+        store.finish_interrupted_publishes()?;
+        Ok(store)
+    }
+
+    /// The short exclusive lock under which index.json and the served documents change.
+    fn lock_index(&self) -> Result<File> {
+        let path = self.root.join(INDEX_LOCK_FILE);
+        let lock = open_lock_file(&path)?;
+        lock.lock().map_err(StoreError::io("lock", &path))?;
+        Ok(lock)
     }
 
     pub fn root(&self) -> &Path {
@@ -218,7 +233,10 @@ impl Store {
         }
         // Concurrent fetches may store the same manifest; the first file stays, so links
         // made to it remain the pool's inode.
-        write_new(&self.tmp_dir(), &path, bytes)
+        if write_new(&self.tmp_dir(), &path, bytes)? {
+            crashpoint::hit("blob-pooled");
+        }
+        Ok(())
     }
 
     /// The directory of a repository's OCI layout (see [`repo_path`]).
@@ -231,7 +249,11 @@ impl Store {
         let src = self.pool_path(digest)?;
         let dir = self.repo_dir(name)?.join("blobs").join("sha256");
         fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
-        link::link_or_copy(&self.tmp_dir(), &src, &dir.join(digest.hex()))
+        let kind = link::link_or_copy(&self.tmp_dir(), &src, &dir.join(digest.hex()))?;
+        if kind != LinkKind::Present {
+            crashpoint::hit("repo-linked");
+        }
+        Ok(kind)
     }
 }
 
@@ -265,7 +287,10 @@ pub fn sha256_digest(bytes: &[u8]) -> Digest {
 fn remove_stale_temps(tmp: &Path) -> Result<()> {
     for entry in fs::read_dir(tmp).map_err(StoreError::io("read", tmp))? {
         let path = entry.map_err(StoreError::io("read", tmp))?.path();
-        if path.extension().is_none_or(|e| e != "part") {
+        if path
+            .extension()
+            .is_none_or(|e| e != "part" && e != PUBLISH_MARKER)
+        {
             fs::remove_file(&path).map_err(StoreError::io("remove stale temporary file", &path))?;
         }
     }

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use super::inventory::{reachable, repository_names};
 use super::{
-    LOCK_FILE, POOL_DIR, Result, StoreError, TMP_DIR, open_lock_file, read_index_file, repo_path,
+    LOCK_FILE, POOL_DIR, PUBLISH_MARKER, Result, StoreError, TMP_DIR, open_lock_file,
+    read_index_file, repo_path,
 };
 
 #[derive(Debug, Default, Serialize)]
@@ -57,8 +58,11 @@ pub fn prune(root: &Path, dry_run: bool) -> Result<PruneReport> {
         }
     }
     // Under the exclusive lock no download is in flight: partial files are garbage too.
+    // Publish markers are not: the next fetch finishes those publishes.
     for path in files(&root.join(TMP_DIR))? {
-        report.remove(path, true)?;
+        if path.extension().is_none_or(|e| e != PUBLISH_MARKER) {
+            report.remove(path, true)?;
+        }
     }
     Ok(report)
 }
@@ -110,7 +114,13 @@ mod tests {
         assert!(matches!(prune(dir.path(), false), Err(StoreError::Busy(_))));
         assert!(dir.path().join(TMP_DIR).join("sha256-ab.part").exists());
         drop(writer);
+        let marker = dir
+            .path()
+            .join(TMP_DIR)
+            .join(format!("ab.{PUBLISH_MARKER}"));
+        fs::write(&marker, b"a").unwrap();
         let report = prune(dir.path(), false).unwrap();
         assert_eq!(report.removed.len(), 1);
+        assert!(marker.exists(), "the next fetch finishes that publish");
     }
 }

@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::inventory::reachable;
 use super::layout::ImageIndex;
-use super::{Result, Store, StoreError, write_atomic};
-use crate::manifest::{Descriptor, REF_NAME};
+use super::{PUBLISH_MARKER, Result, Store, StoreError, read_index_file, write_atomic};
+use crate::crashpoint;
+use crate::manifest::{Descriptor, Manifest, REF_NAME};
 use crate::reference::Digest;
 
 pub const SERVED_DIR: &str = ".v2";
@@ -43,6 +45,50 @@ impl Store {
         self.root.join(SERVED_DIR).join(name)
     }
 
+    /// Where `publish` marks repository `name` while its served documents may lag its
+    /// index.json (the name is hashed: a nested name is no file name).
+    pub(super) fn publish_marker(&self, name: &str) -> PathBuf {
+        let hex = super::sha256_digest(name.as_bytes()).hex().to_owned();
+        self.tmp_dir().join(format!("{hex}.{PUBLISH_MARKER}"))
+    }
+
+    /// Rewrite the served documents of every publish a killed process left unfinished:
+    /// otherwise a rerun that finds its tags already in index.json never writes them.
+    /// Markers are made and removed under the index lock, so one seen under it is a dead
+    /// process's; the rewrites are idempotent.
+    pub(super) fn finish_interrupted_publishes(&self) -> Result<()> {
+        if publish_markers(&self.tmp_dir())?.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock_index()?;
+        for marker in publish_markers(&self.tmp_dir())? {
+            let name = fs::read_to_string(&marker).map_err(StoreError::io("read", &marker))?;
+            let dir = self.repo_dir(&name)?;
+            let index_path = dir.join("index.json");
+            // Without an index the publish never got as far as the rename: nothing lags.
+            if index_path.is_file() {
+                let index = read_index_file(&index_path)?;
+                for d in reachable(&dir, &index.manifests) {
+                    let path = dir.join("blobs/sha256").join(d.digest.hex());
+                    if (d.media_type.contains("manifest") || d.media_type.contains("index"))
+                        && let Ok(bytes) = fs::read(&path)
+                        && let Ok(m) = Manifest::parse(&bytes, Some(&d.media_type))
+                        && let Some(subject) = &m.subject
+                    {
+                        let referrer = m.referrer_descriptor(&d.digest, bytes.len() as u64);
+                        self.add_referrer(&name, &subject.digest, &referrer)?;
+                    }
+                }
+                self.write_tag_list(&name, &index)?;
+                // The tag list may have been written, and the catalog not.
+                self.write_catalog()?;
+            }
+            tracing::debug!("finished the publish of {name} that an earlier run left");
+            fs::remove_file(&marker).map_err(StoreError::io("remove", &marker))?;
+        }
+        Ok(())
+    }
+
     /// Rewrite a repository's tag list from its index; rebuild the catalog when the
     /// repository is new. Call under the index lock.
     pub(super) fn write_tag_list(&self, name: &str, index: &ImageIndex) -> Result<()> {
@@ -60,6 +106,7 @@ impl Store {
             tags: tags.into_iter().collect(),
         };
         write_json(&self.tmp_dir(), &path, &list)?;
+        crashpoint::hit("tags-written");
         if new_repo {
             self.write_catalog()?;
         }
@@ -120,6 +167,18 @@ impl Store {
         index.manifests.sort_by(|a, b| a.digest.cmp(&b.digest));
         write_json(&self.tmp_dir(), &path, &index)
     }
+}
+
+/// The publish markers in `tmp`.
+fn publish_markers(tmp: &Path) -> Result<Vec<PathBuf>> {
+    let mut markers = Vec::new();
+    for entry in fs::read_dir(tmp).map_err(StoreError::io("read", tmp))? {
+        let path = entry.map_err(StoreError::io("read", tmp))?.path();
+        if path.extension().is_some_and(|e| e == PUBLISH_MARKER) {
+            markers.push(path);
+        }
+    }
+    Ok(markers)
 }
 
 fn write_json(tmp_dir: &Path, path: &Path, value: &impl Serialize) -> Result<()> {

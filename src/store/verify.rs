@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::inventory::{reachable, repository_names};
-use super::{POOL_DIR, Result, StoreError, TMP_DIR, read_index_file, repo_path};
+use super::{POOL_DIR, PUBLISH_MARKER, Result, StoreError, TMP_DIR, read_index_file, repo_path};
 use crate::manifest::{Descriptor, Manifest};
 
 /// What `verify` found. `problems` make the store unfit to serve; `notes` do not.
@@ -84,6 +84,10 @@ pub fn verify(root: &Path, threads: usize) -> Result<Report> {
             if name.ends_with(".part") {
                 report.notes.push(format!(
                     "partial download {name} (the next fetch resumes it)"
+                ));
+            } else if name.ends_with(&format!(".{PUBLISH_MARKER}")) {
+                report.notes.push(format!(
+                    "interrupted publish .tmp/{name}: served documents may lag index.json (the next fetch rewrites them)"
                 ));
             } else {
                 report.notes.push(format!(

@@ -1,21 +1,24 @@
 //! `static-registry fetch` against a real docker-registry holding the fixture set.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::fixtures::{BASE_REPOS, Fixtures, OCI_INDEX, OCI_MANIFEST, SBOM_ARTIFACT_TYPE};
 use crate::harness::registry::Registry;
-use crate::harness::sha256_digest;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{
     all_tag_refs, assert_consistent, assert_no_partials, assert_pool_verified, fetch, fetch_ok,
     pool_path, registry_with_fixtures, repo_blob, static_registry, tags,
 };
+use crate::harness::{run_with_timeout, sha256_digest};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_stores_every_fixture_exactly_and_once() {
@@ -279,66 +282,175 @@ async fn two_fetches_into_one_root_at_once_stay_consistent() {
     }
 }
 
+/// The test hook that makes `fetch` abort at a named point in the store (see
+/// src/crashpoint.rs): `<point>:<n>` dies on the n-th pass, `blob-bytes:<n>` once a blob's
+/// writer holds n bytes.
+const CRASH_AT: &str = "STATIC_REGISTRY_CRASH_AT";
+
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_at_any_moment_leaves_a_store_that_a_rerun_completes() {
-    let (reg, fx, scratch) = registry_with_fixtures().await;
+async fn a_kill_at_any_store_step_leaves_a_verified_store_that_a_rerun_completes() {
+    let (reg, fx, complete) = registry_with_fixtures().await;
     let refs = all_tag_refs(&reg, &fx);
-    let spawn = |root: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_static-registry"))
-            .args([
-                "fetch",
-                "--quiet",
-                "--tls-verify=false",
-                "--jobs",
-                "2",
-                "--root",
-            ])
-            .arg(root)
-            .args(&refs)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    // How long a cold fetch of the fixture set takes here, to spread the kills over it.
-    let started = std::time::Instant::now();
-    assert!(spawn(scratch.path()).wait().unwrap().success());
-    let cold = started.elapsed();
-    // Each kill lands in a cold run from an empty store: start-up, discovery, blob
-    // streaming, linking or index.json publishing, depending on the point.
-    const KILL_POINTS: u32 = 16;
-    for i in 0..KILL_POINTS {
-        let root = tempfile::tempdir().unwrap();
-        let at = cold * i / KILL_POINTS;
-        let mut child = spawn(root.path());
-        std::thread::sleep(at);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_consistent(root.path());
-        if root.path().join(".static-registry").exists() {
-            let out = static_registry(&["verify", "--root", root.path().to_str().unwrap()]);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success(),
-                "verify after a kill at {at:?}:\n{stderr}"
-            );
+    fetch_ok(complete.path(), &refs);
+    let complete_pool = assert_pool_verified(complete.path());
+    let complete_served = served_documents(complete.path());
+
+    // How often a complete cold run passes each point, from what it stored: every pool
+    // file is written once (layers and configs through a .part), every layout file is
+    // linked once, and each repository's index is published at least once (publishes
+    // are coalesced, so more is timing).
+    let manifests: BTreeSet<&String> = fx.manifests.iter().map(|m| &m.digest).collect();
+    let links: usize = fx
+        .repos()
+        .iter()
+        .map(|r| {
+            fs::read_dir(complete.path().join(r).join("blobs/sha256"))
+                .unwrap()
+                .count()
+        })
+        .sum();
+    let blobs = complete_pool.len() - manifests.len();
+    let repos = fx.repos().len();
+    let biggest = fx
+        .blobs
+        .iter()
+        .filter(|(d, _)| **d != fx.foreign_layer)
+        .map(|(_, b)| b.len())
+        .max()
+        .unwrap();
+    let mut cases: Vec<Vec<String>> = vec![
+        vec!["blob-bytes:1".into()],
+        vec![format!("blob-bytes:{}", biggest / 2)],
+    ];
+    for (point, hits) in [
+        ("blob-synced", blobs),
+        ("blob-pooled", complete_pool.len()),
+        ("repo-linked", links),
+        ("index-written", repos),
+        ("index-renamed", repos),
+        ("tags-written", repos),
+    ] {
+        // The first, a middle and the last (or a late) pass: different images in flight.
+        for n in BTreeSet::from([1, hits.div_ceil(2), hits]) {
+            cases.push(vec![format!("{point}:{n}")]);
         }
-        let summary = fetch_ok(root.path(), &refs);
-        assert_eq!(summary["images_failed"], 0);
-        assert_consistent(root.path());
-        assert_no_partials(root.path());
-        for (repo, tag, digest) in fx.all_refs() {
-            assert!(
-                tags(root.path(), &repo).contains(&(tag, digest)),
-                "{repo} after a kill at {at:?}"
-            );
-        }
-        // No blob stored twice: the pool holds exactly what the complete run holds.
-        assert_eq!(
-            assert_pool_verified(root.path()),
-            assert_pool_verified(scratch.path())
-        );
     }
+    // Killed again while the rerun recovers: mid-publish recovery, and a resumed .part.
+    cases.push(vec!["index-renamed:1".into(), "tags-written:1".into()]);
+    cases.push(vec![
+        format!("blob-synced:{}", blobs.div_ceil(2)),
+        "blob-synced:1".into(),
+    ]);
+
+    // Each case in its own root, a few at a time (each fetch mostly waits on fsync).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while let Some(kills) = cases.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let root = tempfile::tempdir().unwrap();
+                    for at in kills {
+                        fetch_killed_at(root.path(), &refs, at);
+                        assert_consistent(root.path());
+                        assert_verify_clean(root.path(), &format!("after a kill at {at}"));
+                    }
+                    let summary = fetch_ok(root.path(), &refs);
+                    assert_eq!(summary["images_failed"], 0, "after kills at {kills:?}");
+                    assert_consistent(root.path());
+                    assert_no_partials(root.path());
+                    assert_verify_clean(root.path(), &format!("rerun after kills at {kills:?}"));
+                    for (repo, tag, digest) in fx.all_refs() {
+                        assert!(
+                            tags(root.path(), &repo).contains(&(tag, digest)),
+                            "{repo} after kills at {kills:?}"
+                        );
+                    }
+                    // No blob stored twice: the pool holds exactly what the complete run holds.
+                    assert_eq!(
+                        assert_pool_verified(root.path()),
+                        complete_pool,
+                        "pool after kills at {kills:?}"
+                    );
+                    assert_eq!(
+                        served_documents(root.path()),
+                        complete_served,
+                        "served documents after kills at {kills:?}"
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_after_the_index_rename_leaves_served_documents_the_rerun_writes() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    // One tag, so the one publish carries the tag list, the catalog entry and a referrer.
+    let subject = &fx.artifact_subject[7..];
+    let tag = format!("sha256-{subject}");
+    let refs = [format!("{}/apps/web:{tag}", reg.addr())];
+    fetch_killed_at(root.path(), &refs, "index-renamed:1");
+    assert_verify_clean(root.path(), "after a kill at index-renamed:1");
+    // The tag is in index.json already, so only the interrupted publish's marker can
+    // tell the rerun that the served documents lag.
+    let summary = fetch_ok(root.path(), &refs);
+    assert_eq!(summary["images_unchanged"], 1);
+    let served = served_documents(root.path());
+    assert_eq!(served["_catalog.json"], r#"{"repositories":["apps/web"]}"#);
+    assert_eq!(
+        served["apps/web/_tags.json"],
+        format!(r#"{{"name":"apps/web","tags":["{tag}"]}}"#)
+    );
+    let referrers = &served[&format!("apps/web/_referrers/{subject}.json")];
+    assert!(referrers.contains(&fx.artifact), "{referrers}");
+    assert_no_partials(root.path());
+}
+
+/// Run a cold-or-resumed fetch of `refs` that must die at crash point `at`.
+fn fetch_killed_at(root: &Path, refs: &[String], at: &str) {
+    let out = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_static-registry"))
+            .args(["fetch", "--quiet", "--tls-verify=false", "--root"])
+            .arg(root)
+            .args(refs)
+            .env(CRASH_AT, at),
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // SIGABRT, from the hook: anything else means the point was never reached (a dead
+    // point after a refactor) or the run failed on its own.
+    assert!(
+        out.status.signal() == Some(6) && stderr.contains(&format!("crash point {at} reached")),
+        "fetch with {CRASH_AT}={at} did not die there ({}): is the point still hit?\n{stderr}",
+        out.status
+    );
+}
+
+fn assert_verify_clean(root: &Path, when: &str) {
+    let out = static_registry(&["verify", "--root", root.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "verify {when}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `.v2` (catalog, tag lists, referrers) with its bytes.
+fn served_documents(root: &Path) -> BTreeMap<String, String> {
+    let base = root.join(".v2");
+    walkdir::WalkDir::new(&base)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e.path().strip_prefix(&base).unwrap();
+            (
+                rel.to_string_lossy().into_owned(),
+                fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// Writes the first `len` bytes of `blob` as the partial download a killed run leaves.
