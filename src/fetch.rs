@@ -1329,7 +1329,9 @@ async fn download_verified(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<
         let resumed = partial.offset() > 0;
         ctx.reporter.blob_started(d, size, partial.offset());
         let mut resumes = 0;
-        loop {
+        // A part that a killed run completed (but did not move into the pool) needs no
+        // request: asking for bytes from its end would only earn a 416 and a restart.
+        while partial.offset() != size {
             let (back, broke) = stream_into(ctx, p, partial).await?;
             partial = back;
             if partial.offset() == size {

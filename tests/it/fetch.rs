@@ -485,6 +485,23 @@ async fn an_interrupted_blob_resumes_with_range_where_it_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_complete_partial_left_by_a_kill_is_committed_without_a_download() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    let (big, bytes, total) = biggest_blob(&fx, "apps/api", "v1");
+    plant_partial(root.path(), big, bytes);
+    reg.mark();
+    let summary = fetch_ok(root.path(), &[format!("{}/apps/api:v1", reg.addr())]);
+    reg.sync();
+    assert_eq!(reg.count("GET", big), 0, "{:?}", reg.requests());
+    assert_eq!(
+        summary["bytes_fetched"].as_u64().unwrap() as usize,
+        total - bytes.len()
+    );
+    assert_consistent(root.path());
+    assert_no_partials(root.path());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_partial_from_an_earlier_run_is_downloaded_again_not_published() {
     let (reg, fx, root) = registry_with_fixtures().await;
     let (big, bytes, total) = biggest_blob(&fx, "apps/api", "v1");
