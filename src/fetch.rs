@@ -19,7 +19,7 @@ use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
 use crate::store::{
-    self, BlobClaim, ImageIndex, PartialBlob, Store, StoreError, TagUpdate, sha256_digest,
+    self, BlobClaim, PartialBlob, Store, StoreError, TagIndex, TagUpdate, sha256_digest,
 };
 
 /// Index nesting deeper than this is refused (real images use one level).
@@ -477,7 +477,7 @@ struct Ctx {
     manifests: OncePer<Digest, (Bytes, Option<String>)>,
     /// Each repository's index.json as the run found it, read once (not once per tag:
     /// that is quadratic for repositories with thousands of tags).
-    indexes: OncePer<String, Arc<ImageIndex>>,
+    indexes: OncePer<String, Arc<TagIndex>>,
     stats: Stats,
 }
 
