@@ -35,17 +35,18 @@ zstd frame made of raw (stored) blocks, written by hand since Python has no zstd
 import argparse
 import concurrent.futures
 import gzip
-import hashlib
-import http.client
 import io
 import json
+import os
 import random
 import struct
 import sys
 import tarfile
 import threading
 import time
-import urllib.parse
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from registry_push import Registry, RegistryError, canonical_json, digest_of, log  # noqa: E402
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -63,19 +64,6 @@ OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 # Parallel HTTP requests while pushing (and parallel layer builds: zlib releases the GIL).
 THREADS = 4
-
-
-def log(msg):
-    print(f"corpus: {msg}", file=sys.stderr, flush=True)
-
-
-def digest_of(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(doc):
-    """Deterministic JSON bytes (digests are computed over exactly these bytes)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def human(n):
@@ -348,73 +336,7 @@ PRESETS = {
 }
 
 
-# --- registry client ------------------------------------------------------------------
-
-class RegistryError(Exception):
-    pass
-
-
-class Registry:
-    """Minimal distribution API client over plain HTTP, one keep-alive connection per thread."""
-
-    def __init__(self, host):
-        self.host = host
-        self.local = threading.local()
-
-    def _conn(self, fresh=False):
-        if fresh or getattr(self.local, "conn", None) is None:
-            self.local.conn = http.client.HTTPConnection(self.host, timeout=120)
-        return self.local.conn
-
-    def request(self, method, path, body=None, headers=None):
-        """Send one request; returns (status, headers, body). Reconnects once if the
-        server closed the idle keep-alive connection."""
-        for attempt in range(2):
-            conn = self._conn(fresh=attempt > 0)
-            try:
-                conn.request(method, path, body=body, headers=headers or {})
-                resp = conn.getresponse()
-                data = resp.read()
-                return resp.status, resp.headers, data
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                if attempt:
-                    raise
-
-    def has_blob(self, repo, digest):
-        status, _, _ = self.request("HEAD", f"/v2/{repo}/blobs/{digest}")
-        return status == 200
-
-    def _finish_upload(self, location, digest, data):
-        # Location may be absolute or relative; it already carries a query (_state=...).
-        url = urllib.parse.urlsplit(location)
-        path = url.path + "?" + (url.query + "&" if url.query else "")
-        path += urllib.parse.urlencode({"digest": digest})
-        status, _, body = self.request("PUT", path, body=data, headers={
-            "Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
-        if status != 201:
-            raise RegistryError(f"PUT blob {digest}: HTTP {status} {body[:200]!r}")
-
-    def push_blob(self, repo, digest, data, mount_from=None):
-        """Monolithic upload (POST then PUT ?digest=), or a cross-repository mount when
-        `mount_from` already has the blob. Returns "mounted" or "uploaded"."""
-        path = f"/v2/{repo}/blobs/uploads/"
-        if mount_from:
-            path += "?" + urllib.parse.urlencode({"mount": digest, "from": mount_from})
-        status, headers, body = self.request("POST", path, headers={"Content-Length": "0"})
-        if status == 201:
-            return "mounted"
-        if status != 202 or not headers.get("Location"):
-            raise RegistryError(f"POST upload {repo}: HTTP {status} {body[:200]!r}")
-        self._finish_upload(headers["Location"], digest, data)
-        return "uploaded"
-
-    def put_manifest(self, repo, reference, media_type, data):
-        status, _, body = self.request("PUT", f"/v2/{repo}/manifests/{reference}", body=data,
-                                       headers={"Content-Type": media_type})
-        if status != 201:
-            raise RegistryError(f"PUT manifest {repo}:{reference}: HTTP {status} {body[:300]!r}")
-
+# --- push ---------------------------------------------------------------------------
 
 def push(corpus, registry):
     """Push blobs, then index children by digest, then tags. Each phase runs on a pool."""
@@ -434,11 +356,8 @@ def push(corpus, registry):
             first_repo.setdefault(d, repo)
 
     def ensure_blob(repo, digest):
-        if registry.has_blob(repo, digest):
-            outcome = "present"
-        else:
-            source = first_repo[digest] if first_repo[digest] != repo else None
-            outcome = registry.push_blob(repo, digest, corpus.blobs[digest], source)
+        source = first_repo[digest] if first_repo[digest] != repo else None
+        outcome = registry.push_blob(repo, digest, corpus.blobs[digest], source)
         with lock:
             stats[outcome] += 1
 
