@@ -26,6 +26,8 @@ produces the same digests):
             repositories with amd64+arm64 OCI indexes of ~10 MiB per platform.
   large     ~1 GB: the default shape with 3x the repositories, a 700 MiB big layer
             and a 24 MiB base (see SCALED).
+  tags3000  ~4 MB: one repository, many/tags3000, with 3000 tags on 40 manifests (the
+            warm re-fetch of issue #7; bench/run adds it as an extra row).
 
 Layers are real tar archives (gzip, compresslevel=1, of mostly random bytes so that
 compression is quick and the sizes are predictable). The `tar+zstd` layer is a valid
@@ -329,10 +331,24 @@ def build_scaled(base, svc_repos, svc_layer, many_tags, many_manifests, many_lay
     return c
 
 
+def build_tags3000():
+    """One repository with 3000 tags on 40 manifests (a 1 MiB base plus a 64 KiB layer
+    each): the shape of issue #7, where a warm re-fetch is one HEAD per tag."""
+    c = Corpus()
+    base_l = c.layer("base", 1 * MiB, 100)
+    layers = [c.layer(f"tags-{i}", 64 * KiB, 5000 + i) for i in range(40)]
+    c.build_layers()
+    for k, layer in enumerate(layers):
+        tags = [f"t{i:04d}" for i in range(3000) if i % len(layers) == k]
+        c.tag_image("many/tags3000", tags, [base_l, layer], f"many/tags3000 #{k}")
+    return c
+
+
 PRESETS = {
     "fixtures": build_fixtures,
     "default": lambda: build_scaled(**SCALED["default"]),
     "large": lambda: build_scaled(**SCALED["large"]),
+    "tags3000": build_tags3000,
 }
 
 
