@@ -26,6 +26,8 @@ produces the same digests):
             repositories with amd64+arm64 OCI indexes of ~10 MiB per platform.
   large     ~1 GB: the default shape with 3x the repositories, a 700 MiB big layer
             and a 24 MiB base (see SCALED).
+  tags3000  ~4 MB: one repository, many/tags3000, with 3000 tags on 40 manifests (the
+            warm re-fetch of issue #7; bench/run adds it as an extra row).
 
 Layers are real tar archives (gzip, compresslevel=1, of mostly random bytes so that
 compression is quick and the sizes are predictable). The `tar+zstd` layer is a valid
@@ -35,17 +37,18 @@ zstd frame made of raw (stored) blocks, written by hand since Python has no zstd
 import argparse
 import concurrent.futures
 import gzip
-import hashlib
-import http.client
 import io
 import json
+import os
 import random
 import struct
 import sys
 import tarfile
 import threading
 import time
-import urllib.parse
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from registry_push import Registry, RegistryError, canonical_json, digest_of, log  # noqa: E402
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -63,19 +66,6 @@ OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 # Parallel HTTP requests while pushing (and parallel layer builds: zlib releases the GIL).
 THREADS = 4
-
-
-def log(msg):
-    print(f"corpus: {msg}", file=sys.stderr, flush=True)
-
-
-def digest_of(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(doc):
-    """Deterministic JSON bytes (digests are computed over exactly these bytes)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def human(n):
@@ -341,80 +331,28 @@ def build_scaled(base, svc_repos, svc_layer, many_tags, many_manifests, many_lay
     return c
 
 
+def build_tags3000():
+    """One repository with 3000 tags on 40 manifests (a 1 MiB base plus a 64 KiB layer
+    each): the shape of issue #7, where a warm re-fetch is one HEAD per tag."""
+    c = Corpus()
+    base_l = c.layer("base", 1 * MiB, 100)
+    layers = [c.layer(f"tags-{i}", 64 * KiB, 5000 + i) for i in range(40)]
+    c.build_layers()
+    for k, layer in enumerate(layers):
+        tags = [f"t{i:04d}" for i in range(3000) if i % len(layers) == k]
+        c.tag_image("many/tags3000", tags, [base_l, layer], f"many/tags3000 #{k}")
+    return c
+
+
 PRESETS = {
     "fixtures": build_fixtures,
     "default": lambda: build_scaled(**SCALED["default"]),
     "large": lambda: build_scaled(**SCALED["large"]),
+    "tags3000": build_tags3000,
 }
 
 
-# --- registry client ------------------------------------------------------------------
-
-class RegistryError(Exception):
-    pass
-
-
-class Registry:
-    """Minimal distribution API client over plain HTTP, one keep-alive connection per thread."""
-
-    def __init__(self, host):
-        self.host = host
-        self.local = threading.local()
-
-    def _conn(self, fresh=False):
-        if fresh or getattr(self.local, "conn", None) is None:
-            self.local.conn = http.client.HTTPConnection(self.host, timeout=120)
-        return self.local.conn
-
-    def request(self, method, path, body=None, headers=None):
-        """Send one request; returns (status, headers, body). Reconnects once if the
-        server closed the idle keep-alive connection."""
-        for attempt in range(2):
-            conn = self._conn(fresh=attempt > 0)
-            try:
-                conn.request(method, path, body=body, headers=headers or {})
-                resp = conn.getresponse()
-                data = resp.read()
-                return resp.status, resp.headers, data
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                if attempt:
-                    raise
-
-    def has_blob(self, repo, digest):
-        status, _, _ = self.request("HEAD", f"/v2/{repo}/blobs/{digest}")
-        return status == 200
-
-    def _finish_upload(self, location, digest, data):
-        # Location may be absolute or relative; it already carries a query (_state=...).
-        url = urllib.parse.urlsplit(location)
-        path = url.path + "?" + (url.query + "&" if url.query else "")
-        path += urllib.parse.urlencode({"digest": digest})
-        status, _, body = self.request("PUT", path, body=data, headers={
-            "Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
-        if status != 201:
-            raise RegistryError(f"PUT blob {digest}: HTTP {status} {body[:200]!r}")
-
-    def push_blob(self, repo, digest, data, mount_from=None):
-        """Monolithic upload (POST then PUT ?digest=), or a cross-repository mount when
-        `mount_from` already has the blob. Returns "mounted" or "uploaded"."""
-        path = f"/v2/{repo}/blobs/uploads/"
-        if mount_from:
-            path += "?" + urllib.parse.urlencode({"mount": digest, "from": mount_from})
-        status, headers, body = self.request("POST", path, headers={"Content-Length": "0"})
-        if status == 201:
-            return "mounted"
-        if status != 202 or not headers.get("Location"):
-            raise RegistryError(f"POST upload {repo}: HTTP {status} {body[:200]!r}")
-        self._finish_upload(headers["Location"], digest, data)
-        return "uploaded"
-
-    def put_manifest(self, repo, reference, media_type, data):
-        status, _, body = self.request("PUT", f"/v2/{repo}/manifests/{reference}", body=data,
-                                       headers={"Content-Type": media_type})
-        if status != 201:
-            raise RegistryError(f"PUT manifest {repo}:{reference}: HTTP {status} {body[:300]!r}")
-
+# --- push ---------------------------------------------------------------------------
 
 def push(corpus, registry):
     """Push blobs, then index children by digest, then tags. Each phase runs on a pool."""
@@ -434,11 +372,8 @@ def push(corpus, registry):
             first_repo.setdefault(d, repo)
 
     def ensure_blob(repo, digest):
-        if registry.has_blob(repo, digest):
-            outcome = "present"
-        else:
-            source = first_repo[digest] if first_repo[digest] != repo else None
-            outcome = registry.push_blob(repo, digest, corpus.blobs[digest], source)
+        source = first_repo[digest] if first_repo[digest] != repo else None
+        outcome = registry.push_blob(repo, digest, corpus.blobs[digest], source)
         with lock:
             stats[outcome] += 1
 

@@ -22,7 +22,7 @@ use crate::reference::{Digest, Reference, ReferenceError, validate_repository, v
 use crate::registry::{Client, RegistryError};
 use crate::select::{PlatformCut, PlatformSpec, cut_index};
 use crate::store::{
-    self, BlobClaim, ImageIndex, PartialBlob, Store, StoreError, TagUpdate, sha256_digest,
+    self, BlobClaim, PartialBlob, Store, StoreError, TagIndex, TagUpdate, sha256_digest,
 };
 
 /// Index nesting deeper than this is refused (real images use one level).
@@ -541,7 +541,7 @@ struct Ctx {
     tags: OncePer<String, Arc<HashSet<String>>>,
     /// Each repository's index.json as the run found it, read once (not once per tag:
     /// that is quadratic for repositories with thousands of tags).
-    indexes: OncePer<String, Arc<ImageIndex>>,
+    indexes: OncePer<String, Arc<TagIndex>>,
     stats: Stats,
 }
 
@@ -751,7 +751,7 @@ fn is_copy_of(stored: &Descriptor, upstream: &Digest, filter: Option<&str>) -> b
 }
 
 /// Resolve one reference and store its manifest tree (unless the store has it already).
-async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &ImageIndex) -> Result<Got, FetchError> {
+async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got, FetchError> {
     let r = &p.source;
     let host = r.api_host();
     let filter = (!p.platforms.is_empty()).then(|| platform_list(&p.platforms));
@@ -781,7 +781,7 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &ImageIndex) -> Result<Go
         (tag, Some(d)) => {
             let stored = match tag {
                 Some(tag) => index.tag(tag).filter(|s| is_copy_of(s, d, filter)),
-                None => index.manifests.iter().find(|s| is_copy_of(s, d, filter)),
+                None => index.entries().iter().find(|s| is_copy_of(s, d, filter)),
             };
             if let Some(stored) = stored {
                 return Ok(Got::Unchanged(stored.clone()));
@@ -920,7 +920,7 @@ async fn subjects(ctx: &Ctx, outcome: &Outcome) -> Result<Vec<Digest>, FetchErro
 async fn fetch_referrers(
     ctx: &Arc<Ctx>,
     p: &Planned,
-    index: &ImageIndex,
+    index: &TagIndex,
     subjects: &[Digest],
 ) -> Result<(Vec<TagUpdate>, Vec<(Digest, Descriptor)>), FetchError> {
     let tags = repo_tags(ctx, p).await;
@@ -942,7 +942,7 @@ async fn fetch_referrers(
 async fn referrers_of(
     ctx: &Arc<Ctx>,
     p: &Planned,
-    index: &ImageIndex,
+    index: &TagIndex,
     subject: &Digest,
     tags: &HashSet<String>,
 ) -> Result<(Vec<TagUpdate>, Vec<(Digest, Descriptor)>), FetchError> {

@@ -21,14 +21,14 @@ Only the standard library is used. Progress and errors go to stderr.
 
 import argparse
 import concurrent.futures
-import hashlib
-import http.client
-import json
+import os
 import random
 import sys
-import threading
 import time
-import urllib.parse
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from registry_push import (  # noqa: E402
+    Registry, RegistryError, canonical_json, digest_of, log)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -42,103 +42,29 @@ ACCEPT = ", ".join([
 ])
 
 
-def log(msg):
-    print(f"corpus: {msg}", file=sys.stderr, flush=True)
+def check_manifest(reg, repo, tag, digest):
+    """GET a manifest by tag (with an OCI Accept header) and compare digests."""
+    status, headers, body = reg.request(
+        "GET", f"/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT})
+    if status != 200 or digest_of(body) != digest:
+        raise RegistryError(f"GET manifest {repo}:{tag}: HTTP {status}, "
+                            f"body {digest_of(body)}, expected {digest}")
+    if headers.get("Docker-Content-Digest") != digest:
+        raise RegistryError(f"GET manifest {repo}:{tag}: Docker-Content-Digest "
+                            f"{headers.get('Docker-Content-Digest')}, expected {digest}")
 
 
-def sha256(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical(doc):
-    """Serialise a JSON document deterministically (the digest is over these bytes)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
-class Registry:
-    """A tiny registry client: one keep-alive HTTP connection per thread."""
-
-    def __init__(self, host, timeout):
-        self.host = host
-        self.timeout = timeout
-        self.local = threading.local()
-
-    def _conn(self):
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPConnection(self.host, timeout=self.timeout)
-            self.local.conn = conn
-        return conn
-
-    def request(self, method, path, body=None, headers=None):
-        """Send one request; return (status, headers, body). Reconnects once if the
-        kept-alive connection was closed under us."""
-        for attempt in (1, 2):
-            conn = self._conn()
-            try:
-                conn.request(method, path, body=body, headers=headers or {})
-                resp = conn.getresponse()
-                data = resp.read()
-                return resp.status, resp.headers, data
-            except (http.client.HTTPException, ConnectionError, OSError):
-                conn.close()
-                self.local.conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def push_blob(self, repo, data):
-        """Upload a blob unless the repository already has it; return its digest."""
-        digest = sha256(data)
-        status, _, _ = self.request("HEAD", f"/v2/{repo}/blobs/{digest}")
-        if status == 200:
-            return digest
-        status, headers, body = self.request(
-            "POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
-        if status != 202:
-            raise RuntimeError(f"POST upload {repo}: HTTP {status}: {body[:200]!r}")
-        # Location may be absolute or relative; keep only path and query.
-        loc = urllib.parse.urlsplit(headers["Location"])
-        sep = "&" if loc.query else "?"
-        target = f"{loc.path}?{loc.query}" if loc.query else loc.path
-        target += f"{sep}digest={urllib.parse.quote(digest)}"
-        status, _, body = self.request("PUT", target, body=data, headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Length": str(len(data)),
-        })
-        if status != 201:
-            raise RuntimeError(f"PUT blob {repo} {digest}: HTTP {status}: {body[:200]!r}")
-        return digest
-
-    def push_manifest(self, repo, tag, raw):
-        """PUT a manifest under a tag; check the registry's digest matches ours."""
-        digest = sha256(raw)
-        status, headers, body = self.request(
-            "PUT", f"/v2/{repo}/manifests/{tag}", body=raw,
-            headers={"Content-Type": OCI_MANIFEST, "Content-Length": str(len(raw))})
-        if status != 201:
-            raise RuntimeError(f"PUT manifest {repo}:{tag}: HTTP {status}: {body[:200]!r}")
-        got = headers.get("Docker-Content-Digest")
-        if got != digest:
-            raise RuntimeError(f"PUT manifest {repo}:{tag}: digest {got}, expected {digest}")
-        return digest
-
-    def check_manifest(self, repo, tag, digest):
-        """GET a manifest by tag (with an OCI Accept header) and compare digests."""
-        status, headers, body = self.request(
-            "GET", f"/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT})
-        if status != 200 or sha256(body) != digest:
-            raise RuntimeError(f"GET manifest {repo}:{tag}: HTTP {status}, "
-                               f"body {sha256(body)}, expected {digest}")
-        if headers.get("Docker-Content-Digest") != digest:
-            raise RuntimeError(f"GET manifest {repo}:{tag}: Docker-Content-Digest "
-                               f"{headers.get('Docker-Content-Digest')}, expected {digest}")
+def upload_blob(reg, repo, data):
+    """Upload a blob unless the repository already has it; return its digest."""
+    digest = digest_of(data)
+    reg.push_blob(repo, digest, data)
+    return digest
 
 
 def image_config(layer_digest):
     """A minimal OCI image config for a single-layer image (layers are uncompressed
     tar media type, so the diff_id is the layer digest)."""
-    return canonical({
+    return canonical_json({
         "architecture": "amd64",
         "os": "linux",
         "config": {},
@@ -155,7 +81,7 @@ def manifest(config, config_digest, layer, layer_digest, annotations=None):
     }
     if annotations:
         doc["annotations"] = annotations
-    return canonical(doc)
+    return canonical_json(doc)
 
 
 def tag_name(i, width):
@@ -165,8 +91,8 @@ def tag_name(i, width):
 def push_many(reg, repo, count, config, layer, threads):
     """Push `count` distinct manifests (differing by an annotation) to `repo`, tags
     t000..; return the list of (tag, digest) in tag order."""
-    cfg_digest = reg.push_blob(repo, config)
-    layer_digest = reg.push_blob(repo, layer)
+    cfg_digest = upload_blob(reg, repo, config)
+    layer_digest = upload_blob(reg, repo, layer)
     width = max(len(str(count - 1)), 1)
     jobs = []
     for i in range(count):
@@ -179,7 +105,8 @@ def push_many(reg, repo, count, config, layer, threads):
     done = 0
     results = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        futures = {pool.submit(reg.push_manifest, repo, tag, raw): tag for tag, raw in jobs}
+        futures = {pool.submit(reg.put_manifest, repo, tag, OCI_MANIFEST, raw): tag
+                   for tag, raw in jobs}
         for fut in concurrent.futures.as_completed(futures):
             results[futures[fut]] = fut.result()  # re-raises the first failure
             done += 1
@@ -210,26 +137,26 @@ def main():
 
     # bench/blob:1 — one image with a large pseudo-random layer.
     big_layer = rng.randbytes(args.blob_size)
-    big_layer_digest = sha256(big_layer)
+    big_layer_digest = digest_of(big_layer)
     cfg = image_config(big_layer_digest)
-    cfg_digest = reg.push_blob("bench/blob", cfg)
-    reg.push_blob("bench/blob", big_layer)
+    cfg_digest = upload_blob(reg, "bench/blob", cfg)
+    upload_blob(reg, "bench/blob", big_layer)
     blob_manifest = manifest(cfg, cfg_digest, big_layer, big_layer_digest)
-    blob_manifest_digest = reg.push_manifest("bench/blob", "1", blob_manifest)
+    blob_manifest_digest = reg.put_manifest("bench/blob", "1", OCI_MANIFEST, blob_manifest)
     log(f"bench/blob:1 pushed, layer {big_layer_digest} ({args.blob_size} bytes)")
 
     # bench/small and bench/big share one tiny config + layer.
     tiny_layer = rng.randbytes(512)
-    tiny_cfg = image_config(sha256(tiny_layer))
+    tiny_cfg = image_config(digest_of(tiny_layer))
     small = push_many(reg, "bench/small", args.small_tags, tiny_cfg, tiny_layer, args.threads)
     big = push_many(reg, "bench/big", args.big_tags, tiny_cfg, tiny_layer, args.threads)
 
     # The tags the benchmark will request: one in the middle of each repository.
     small_tag, small_digest = small[len(small) // 2]
     big_tag, big_digest = big[len(big) // 2]
-    reg.check_manifest("bench/blob", "1", blob_manifest_digest)
-    reg.check_manifest("bench/small", small_tag, small_digest)
-    reg.check_manifest("bench/big", big_tag, big_digest)
+    check_manifest(reg, "bench/blob", "1", blob_manifest_digest)
+    check_manifest(reg, "bench/small", small_tag, small_digest)
+    check_manifest(reg, "bench/big", big_tag, big_digest)
 
     with open(args.refs, "w") as f:
         f.write(f"{args.registry}/bench/blob:1\n")

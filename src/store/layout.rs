@@ -1,7 +1,7 @@
 //! A repository's OCI image layout: `oci-layout` and `index.json`, one descriptor per tag
 //! (named by `org.opencontainers.image.ref.name`, as skopeo, oras and zot read it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -41,15 +41,53 @@ impl Default for ImageIndex {
 }
 
 impl ImageIndex {
-    /// The digest a tag points at.
-    pub fn tag(&self, tag: &str) -> Option<&Descriptor> {
-        self.manifests
-            .iter()
-            .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(tag))
-    }
-
     pub fn contains(&self, digest: &Digest) -> bool {
         self.manifests.iter().any(|d| &d.digest == digest)
+    }
+}
+
+/// A repository's index.json read for lookups. A fetch asks it about every tag it
+/// checks, so a scan of `manifests` per question would be quadratic in the tag count
+/// (a measurable share of a warm fetch of thousands of tags).
+#[derive(Debug, Default)]
+pub struct TagIndex {
+    manifests: Vec<Descriptor>,
+    by_tag: HashMap<String, usize>,
+    digests: HashSet<Digest>,
+}
+
+impl From<ImageIndex> for TagIndex {
+    fn from(index: ImageIndex) -> Self {
+        let mut by_tag = HashMap::with_capacity(index.manifests.len());
+        for (i, d) in index.manifests.iter().enumerate() {
+            if let Some(tag) = d.annotations.get(REF_NAME) {
+                // A tag listed twice (a hand-edited file) resolves to its first entry.
+                by_tag.entry(tag.clone()).or_insert(i);
+            }
+        }
+        let digests = index.manifests.iter().map(|d| d.digest.clone()).collect();
+        TagIndex {
+            manifests: index.manifests,
+            by_tag,
+            digests,
+        }
+    }
+}
+
+impl TagIndex {
+    /// The descriptor a tag points at.
+    pub fn tag(&self, tag: &str) -> Option<&Descriptor> {
+        self.by_tag.get(tag).map(|&i| &self.manifests[i])
+    }
+
+    /// Whether any entry, tagged or not, is this manifest.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.digests.contains(digest)
+    }
+
+    /// Every entry, in index.json order.
+    pub fn entries(&self) -> &[Descriptor] {
+        &self.manifests
     }
 }
 
@@ -65,10 +103,10 @@ pub struct TagUpdate {
 }
 
 impl Store {
-    /// Read a repository's index.json; an absent layout reads as empty.
-    pub fn read_index(&self, name: &str) -> Result<ImageIndex> {
+    /// Read a repository's index.json for lookups; an absent layout reads as empty.
+    pub fn read_index(&self, name: &str) -> Result<TagIndex> {
         let path = self.repo_dir(name)?.join("index.json");
-        read_index_file(&path)
+        read_index_file(&path).map(TagIndex::from)
     }
 
     /// Publish manifests in a repository, and `referrers` (subject digest, referrer
@@ -192,6 +230,7 @@ mod tests {
         store.publish("a/b", &[update(None, b"two")], &[]).unwrap();
         let index = store.read_index("a/b").unwrap();
         assert_eq!(index.manifests.len(), 2);
+        assert!(index.contains(&sha256_digest(b"one")) && !index.contains(&sha256_digest(b"1")));
         assert_eq!(index.tag("v1").unwrap().digest, sha256_digest(b"two"));
         assert_eq!(index.tag("v0").unwrap().digest, sha256_digest(b"one"));
         assert!(dir.path().join("a/b/oci-layout").is_file());
@@ -220,6 +259,26 @@ mod tests {
         assert_eq!(served("a/b/_tags.json"), r#"{"name":"a/b","tags":["v1"]}"#);
         assert_eq!(served("_catalog.json"), r#"{"repositories":["a/b"]}"#);
         assert!(!marker.exists());
+    }
+
+    #[test]
+    fn a_tag_listed_twice_resolves_to_its_first_entry() {
+        let entry = |tag: &str, body: &[u8]| Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: sha256_digest(body),
+            size: body.len() as u64,
+            urls: Vec::new(),
+            platform: None,
+            artifact_type: None,
+            annotations: BTreeMap::from([(REF_NAME.to_owned(), tag.to_owned())]),
+        };
+        let index = TagIndex::from(ImageIndex {
+            manifests: vec![entry("v1", b"one"), entry("v1", b"two")],
+            ..ImageIndex::default()
+        });
+        assert_eq!(index.tag("v1").unwrap().digest, sha256_digest(b"one"));
+        assert!(index.tag("v2").is_none());
+        assert!(index.contains(&sha256_digest(b"two")));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use atomic::{write_atomic, write_new};
 pub use blob::{BlobClaim, PartialBlob};
-pub use layout::{ImageIndex, TagUpdate, read_index_file};
+pub use layout::{ImageIndex, TagIndex, TagUpdate, read_index_file};
 pub use link::LinkKind;
 pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
 
