@@ -129,6 +129,7 @@ struct FormatMarker {
 pub struct Store {
     root: PathBuf,
     _lock: File,
+    written_indexes: layout::WrittenIndexes,
 }
 
 impl Store {
@@ -180,6 +181,7 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             _lock: lock,
+            written_indexes: layout::WrittenIndexes::default(),
         };
         store.finish_interrupted_publishes()?;
         Ok(store)
