@@ -4,21 +4,27 @@
 # an OCI layout with linux/amd64 and linux/arm64), fetch it into ./images, generate the
 # nginx configuration, serve ./images with stock nginx, and pull the image back through
 # it with skopeo.
+#
+# ROOT=DIR stores elsewhere than ./images; SR_BIN=PATH uses that binary instead of
+# building one (the test suite runs this script that way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${ROOT:-images}
 
 need=()
-for bin in docker-registry skopeo nginx; do command -v "$bin" >/dev/null || need+=("$bin"); done
+for bin in docker-registry skopeo nginx curl; do command -v "$bin" >/dev/null || need+=("$bin"); done
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        docker-registry skopeo nginx >/dev/null
+        docker-registry skopeo nginx curl ca-certificates >/dev/null
 fi
 
-cargo build --release --locked
-bin=target/release/static-registry
+bin=${SR_BIN:-}
+if [ -z "$bin" ]; then
+    cargo build --release --locked
+    bin=target/release/static-registry
+fi
 
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -6,4 +6,5 @@ mod genconf;
 mod harness;
 mod harness_selftest;
 mod hostile;
+mod readme;
 mod subset;

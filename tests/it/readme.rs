@@ -1,0 +1,37 @@
+//! The README's first set-up command, run as a user would (with the binary under test
+//! instead of a fresh release build).
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{require_bin, run_with_timeout};
+
+#[test]
+fn the_quickstart_pushes_fetches_serves_and_pulls_back_the_bundled_image() {
+    for (bin, package) in [
+        ("docker-registry", "docker-registry"),
+        ("skopeo", "skopeo"),
+        ("nginx", "nginx"),
+        ("curl", "curl"),
+    ] {
+        require_bin(bin, package);
+    }
+    let root = tempfile::tempdir().unwrap();
+    let out = run_with_timeout(
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/quickstart.sh"
+            ))
+            .env("SR_BIN", env!("CARGO_BIN_EXE_static-registry"))
+            .env("ROOT", root.path()),
+        Duration::from_secs(180),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok: nginx serves"),
+        "quickstart failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
