@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, try_join_all};
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
-use tokio::sync::{Mutex, OnceCell, Semaphore};
+use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
 
 use crate::config::ImageSpec;
 use crate::manifest::{
@@ -29,6 +29,10 @@ use crate::store::{
 const MAX_INDEX_DEPTH: usize = 4;
 /// Attempts to resume a blob whose body broke off or came up short.
 const BLOB_RESUMES: u32 = 3;
+/// Longest wait between two index.json writes of one repository (see `flush_publishes`).
+const MAX_PUBLISH_PAUSE: Duration = Duration::from_millis(100);
+/// Images that may wait for their publish, per discovery permit.
+const PUBLISH_WAITERS_PER_SLOT: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -529,6 +533,8 @@ struct Ctx {
     opts: FetchOptions,
     reporter: Arc<dyn Reporter>,
     downloads: Semaphore,
+    /// Images resolving and storing at once (not counting those waiting to publish).
+    discovering: Semaphore,
     /// Index updates per repository, written in batches (see `publish`).
     publish: std::sync::Mutex<HashMap<String, PublishQueue>>,
     /// Per registry host, so one slow registry cannot take every download slot.
@@ -559,6 +565,7 @@ pub async fn execute(
         clients,
         store,
         downloads: Semaphore::new(opts.jobs.max(1)),
+        discovering: Semaphore::new((opts.jobs * 4).max(16)),
         host_downloads: std::sync::Mutex::new(HashMap::new()),
         publish: std::sync::Mutex::new(HashMap::new()),
         opts,
@@ -569,9 +576,11 @@ pub async fn execute(
         tags: OncePer::new(),
         stats: Stats::default(),
     });
-    // Discovery of every image starts at once (bounded), and blob downloads overlap
-    // with it; the download semaphore is what bounds the heavy traffic.
-    let width = (ctx.opts.jobs * 4).max(16);
+    // Discovery of every image starts at once (bounded by `discovering`), and blob
+    // downloads overlap with it; the download semaphore is what bounds the heavy
+    // traffic. Images waiting for their index.json write hold no discovery permit, so
+    // publish batches can grow without slowing discovery.
+    let width = ctx.discovering.available_permits();
     let total = planned.len();
     let mut reports = futures::stream::iter(planned.into_iter().enumerate())
         .map(|(i, p)| {
@@ -579,7 +588,12 @@ pub async fn execute(
             async move {
                 let source = p.source.to_string();
                 ctx.reporter.image_started(&source);
-                let report = match fetch_image(&ctx, &p).await {
+                let permit = ctx
+                    .discovering
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
+                let report = match fetch_image(&ctx, &p, permit).await {
                     Ok(outcome) => ImageReport {
                         source,
                         name: p.name,
@@ -602,7 +616,7 @@ pub async fn execute(
                 (i, report)
             }
         })
-        .buffer_unordered(width);
+        .buffer_unordered(width * PUBLISH_WAITERS_PER_SLOT);
     let mut images = Vec::with_capacity(total);
     while let Some((i, report)) = reports.next().await {
         let failed = report.status == Status::Failed;
@@ -661,7 +675,11 @@ struct Outcome {
     referrers: usize,
 }
 
-async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<Outcome, FetchError> {
+async fn fetch_image(
+    ctx: &Arc<Ctx>,
+    p: &Planned,
+    discovering: SemaphorePermit<'_>,
+) -> Result<Outcome, FetchError> {
     let cell = ctx.indexes.cell(&p.name).await;
     let index = cell
         .get_or_try_init(|| {
@@ -714,6 +732,7 @@ async fn fetch_image(ctx: &Arc<Ctx>, p: &Planned) -> Result<Outcome, FetchError>
         updates.extend(new);
         referrers.extend(found);
     }
+    drop(discovering);
     if !updates.is_empty() {
         publish(ctx, &p.name, updates, referrers).await?;
     }
@@ -760,17 +779,17 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
     // What the manifest must hash to, when known before downloading it.
     let mut expected = r.digest.clone();
     match (&r.tag, &r.digest) {
-        (Some(tag), None) => {
-            // One HEAD decides whether anything changed since the last fetch.
+        // A tag stored before: one HEAD decides whether anything changed since. A tag
+        // never stored is fetched with one GET by tag below, not a HEAD and then a GET:
+        // a cold mirror of a repository with a manifest per tag sends half the requests.
+        (Some(tag), None) if let Some(stored) = index.tag(tag) => {
             let head = ctx
                 .clients
                 .get(&r.registry)
                 .head_manifest(host, &r.repository, tag)
                 .await?;
             if let Some(d) = head.digest.and_then(|d| d.parse::<Digest>().ok()) {
-                if let Some(stored) = index.tag(tag).filter(|s| is_copy_of(s, &d, filter))
-                    && ctx.store.has_blob(&stored.digest)?
-                {
+                if is_copy_of(stored, &d, filter) && ctx.store.has_blob(&stored.digest)? {
                     return Ok(Got::Unchanged(stored.clone()));
                 }
                 if d.algorithm() == "sha256" {
@@ -787,7 +806,7 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
                 return Ok(Got::Unchanged(stored.clone()));
             }
         }
-        (None, None) => {}
+        (_, None) => {}
     }
 
     let (bytes, content_type, digest) = match expected {
@@ -1051,7 +1070,13 @@ async fn repo_tags(ctx: &Ctx, p: &Planned) -> Arc<HashSet<String>> {
 
 /// Write everything queued for `name`, again and again until its queue is empty.
 async fn flush_publishes(ctx: Arc<Ctx>, name: String) {
+    let mut pause = Duration::ZERO;
     loop {
+        // Group commit: a write costs as much as the whole index, so a writer going
+        // back to back spends a core rewriting a big repository's index.json for a few
+        // tags each time. Waiting twice as long as the last write took gathers larger
+        // batches and keeps writing to at most a third of the time.
+        tokio::time::sleep(pause).await;
         let (updates, referrers, waiters) = {
             let mut queues = ctx.publish.lock().expect("publish queue lock");
             let q = queues.get_mut(&name).expect("queue exists while flushing");
@@ -1067,9 +1092,11 @@ async fn flush_publishes(ctx: Arc<Ctx>, name: String) {
         };
         let store = ctx.store.clone();
         let repo = name.clone();
+        let started = Instant::now();
         let result = blocking(move || store.publish(&repo, &updates, &referrers))
             .await
             .map_err(|e| error_chain(&e).join(": "));
+        pause = (started.elapsed() * 2).min(MAX_PUBLISH_PAUSE);
         for waiter in waiters {
             let _ = waiter.send(result.clone());
         }

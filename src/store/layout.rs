@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::atomic::{replace, sync_dir, synced_temp, write_atomic};
-use super::{Result, Store, StoreError};
+use super::{POOL_DIR, Result, Store, StoreError};
 use crate::crashpoint;
 use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
 use crate::reference::{Digest, validate_tag};
@@ -133,10 +133,12 @@ impl Store {
         // index.json is read-modify-write: concurrent fetches into one store serialise
         // here (briefly) so neither loses the other's tags.
         let _lock = self.lock_index()?;
-        // Links made since the last publish must be durable before a tag points at them.
-        let blobs = dir.join("blobs").join("sha256");
-        if blobs.is_dir() {
-            sync_dir(&blobs)?;
+        // Links made since the last publish, and manifests put into the pool (see
+        // `put_blob`), must be durable before a tag points at them.
+        for blobs in [dir.join("blobs/sha256"), self.root.join(POOL_DIR).join("sha256")] {
+            if blobs.is_dir() {
+                sync_dir(&blobs)?;
+            }
         }
         let path = dir.join("index.json");
         let mut index = self.written_indexes.take(&path)?;

@@ -220,7 +220,8 @@ impl Store {
         fs::read(&path).map_err(StoreError::io("read", &path))
     }
 
-    /// Store small bytes (a manifest) in the pool after checking their digest.
+    /// Store small bytes (a manifest) in the pool after checking their digest. Its pool
+    /// entry becomes durable at the next `publish`, which every use of it precedes.
     pub fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
         let path = self.pool_path(digest)?;
         if path.is_file() {

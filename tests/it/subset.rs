@@ -331,3 +331,23 @@ async fn referrers_listed_by_the_api_are_stored_and_served() {
     .unwrap();
     assert_eq!(crate::harness::sha256_digest(&raw), signature);
 }
+
+/// A referrer is checked like any manifest: one whose bytes do not match the digest the
+/// referrers list gives fails its image (signatures asked for are never silently
+/// dropped), and the other images of the run complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_referrer_with_the_wrong_bytes_fails_its_image_and_only_it() {
+    let reg = FaultRegistry::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let image = |tag: &str| format!("{}/fault/referrers:{tag}", reg.addr());
+    let (code, summary, stderr) = fetch(root, &[image("1"), image("2")], &["--referrers"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(summary["images"][0]["status"], "fetched", "{summary}");
+    assert_eq!(summary["images"][1]["status"], "failed", "{summary}");
+    let error = summary["images"][1]["error"][0].as_str().unwrap();
+    assert!(error.contains("hash to"), "{error}");
+    let tagged: Vec<String> = tags(root, "fault/referrers").into_iter().map(|t| t.0).collect();
+    assert_eq!(tagged, ["1"]);
+    verify_clean(root);
+}

@@ -192,10 +192,27 @@ fn build(case: &str) -> Repo {
             let mut listed = descriptor(OCI_MANIFEST, &artifact);
             listed["artifactType"] = json!(SIGNATURE_TYPE);
             let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [listed]});
-            repo.referrers = Some(HashMap::from([(
-                sha256_digest(&manifest),
-                Bytes::from(index.to_string()),
-            )]));
+            // Tag 2: an image whose one listed referrer is served with other bytes than
+            // its digest names.
+            let (second, blobs) = image("referrers, tag 2", 0);
+            repo.manifests
+                .insert("2".into(), doc(&second, OCI_MANIFEST));
+            repo.manifests
+                .insert(sha256_digest(&second), doc(&second, OCI_MANIFEST));
+            for (digest, bytes) in blobs {
+                repo.blobs.insert(digest, Bytes::from(bytes));
+            }
+            let claimed = br#"{"schemaVersion":2,"note":"what the list promises"}"#;
+            repo.manifests.insert(
+                sha256_digest(claimed),
+                doc(br#"{"schemaVersion":2,"note":"something else entirely"}"#, OCI_MANIFEST),
+            );
+            let lie = json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                "manifests": [descriptor(OCI_MANIFEST, claimed)]});
+            repo.referrers = Some(HashMap::from([
+                (sha256_digest(&manifest), Bytes::from(index.to_string())),
+                (sha256_digest(&second), Bytes::from(lie.to_string())),
+            ]));
         }
         "paged" => {
             put(&manifest, OCI_MANIFEST, true);
