@@ -782,18 +782,20 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
         // A tag stored before: one HEAD decides whether anything changed since. A tag
         // never stored is fetched with one GET by tag below, not a HEAD and then a GET:
         // a cold mirror of a repository with a manifest per tag sends half the requests.
-        (Some(tag), None) if let Some(stored) = index.tag(tag) => {
-            let head = ctx
-                .clients
-                .get(&r.registry)
-                .head_manifest(host, &r.repository, tag)
-                .await?;
-            if let Some(d) = head.digest.and_then(|d| d.parse::<Digest>().ok()) {
-                if is_copy_of(stored, &d, filter) && ctx.store.has_blob(&stored.digest)? {
-                    return Ok(Got::Unchanged(stored.clone()));
-                }
-                if d.algorithm() == "sha256" {
-                    expected = Some(d);
+        (Some(tag), None) => {
+            if let Some(stored) = index.tag(tag) {
+                let head = ctx
+                    .clients
+                    .get(&r.registry)
+                    .head_manifest(host, &r.repository, tag)
+                    .await?;
+                if let Some(d) = head.digest.and_then(|d| d.parse::<Digest>().ok()) {
+                    if is_copy_of(stored, &d, filter) && ctx.store.has_blob(&stored.digest)? {
+                        return Ok(Got::Unchanged(stored.clone()));
+                    }
+                    if d.algorithm() == "sha256" {
+                        expected = Some(d);
+                    }
                 }
             }
         }
@@ -806,7 +808,7 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
                 return Ok(Got::Unchanged(stored.clone()));
             }
         }
-        (_, None) => {}
+        (None, None) => {}
     }
 
     let (bytes, content_type, digest) = match expected {

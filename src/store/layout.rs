@@ -135,7 +135,10 @@ impl Store {
         let _lock = self.lock_index()?;
         // Links made since the last publish, and manifests put into the pool (see
         // `put_blob`), must be durable before a tag points at them.
-        for blobs in [dir.join("blobs/sha256"), self.root.join(POOL_DIR).join("sha256")] {
+        for blobs in [
+            dir.join("blobs/sha256"),
+            self.root.join(POOL_DIR).join("sha256"),
+        ] {
             if blobs.is_dir() {
                 sync_dir(&blobs)?;
             }

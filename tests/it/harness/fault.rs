@@ -205,7 +205,10 @@ fn build(case: &str) -> Repo {
             let claimed = br#"{"schemaVersion":2,"note":"what the list promises"}"#;
             repo.manifests.insert(
                 sha256_digest(claimed),
-                doc(br#"{"schemaVersion":2,"note":"something else entirely"}"#, OCI_MANIFEST),
+                doc(
+                    br#"{"schemaVersion":2,"note":"something else entirely"}"#,
+                    OCI_MANIFEST,
+                ),
             );
             let lie = json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
                 "manifests": [descriptor(OCI_MANIFEST, claimed)]});
