@@ -997,7 +997,7 @@ async fn referrers_of(
             let stored = try_join_all(
                 children
                     .iter()
-                    .map(|c| ensure_child(ctx, p, subject, c, Vec::new())),
+                    .map(|c| ensure_child(ctx, p, subject, c, Vec::new(), REFERRER_ORIGIN)),
             )
             .await?;
             for (c, s) in children.iter().zip(stored) {
@@ -1188,11 +1188,9 @@ fn ensure_manifest<'a>(
                 }
                 let mut chain = parents.clone();
                 chain.push(digest.clone());
-                let stored = try_join_all(
-                    children
-                        .iter()
-                        .map(|child| ensure_child(ctx, p, &digest, child, chain.clone())),
-                )
+                let stored = try_join_all(children.iter().map(|child| {
+                    ensure_child(ctx, p, &digest, child, chain.clone(), CHILD_ORIGIN)
+                }))
                 .await?;
                 referrers.extend(stored.into_iter().flat_map(|s| s.referrers));
             }
@@ -1228,12 +1226,17 @@ fn ensure_manifest<'a>(
     .boxed()
 }
 
+/// Where a child's expected digest came from, for the error when its bytes disagree.
+const CHILD_ORIGIN: &str = "the digest in its parent index";
+const REFERRER_ORIGIN: &str = "the digest the registry's referrers list gave";
+
 async fn ensure_child(
     ctx: &Ctx,
     p: &Planned,
     parent: &Digest,
     child: &Descriptor,
     chain: Vec<Digest>,
+    origin: &'static str,
 ) -> Result<Stored, FetchError> {
     let d = &child.digest;
     if chain.contains(d) {
@@ -1242,7 +1245,7 @@ async fn ensure_child(
             child: d.clone(),
         });
     }
-    let (bytes, _) = manifest_by_digest(ctx, p, d, "the digest in its parent index").await?;
+    let (bytes, _) = manifest_by_digest(ctx, p, d, origin).await?;
     if bytes.len() as u64 != child.size {
         return Err(FetchError::ManifestSize {
             digest: d.clone(),

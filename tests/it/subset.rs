@@ -346,7 +346,10 @@ async fn a_referrer_with_the_wrong_bytes_fails_its_image_and_only_it() {
     assert_eq!(summary["images"][0]["status"], "fetched", "{summary}");
     assert_eq!(summary["images"][1]["status"], "failed", "{summary}");
     let error = summary["images"][1]["error"][0].as_str().unwrap();
-    assert!(error.contains("hash to"), "{error}");
+    assert!(
+        error.contains("hash to") && error.contains("the registry's referrers list"),
+        "{error}"
+    );
     let tagged: Vec<String> = tags(root, "fault/referrers")
         .into_iter()
         .map(|t| t.0)
