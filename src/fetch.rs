@@ -427,7 +427,7 @@ async fn survey_image(
                         !top || p.platforms.is_empty()
                             || c.platform
                                 .as_ref()
-                                .is_some_and(|pl| p.platforms.iter().any(|k| k.matches(pl)))
+                                .is_some_and(|pl| PlatformSpec::any_matches(&p.platforms, pl))
                     })
                     .map(|c| (c.digest.to_string(), Some(c.media_type), Some(c.digest))),
             ),

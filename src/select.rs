@@ -335,6 +335,11 @@ impl PlatformSpec {
             && normalise(&self.architecture, self.variant.as_deref())
                 == normalise(&p.architecture, p.variant.as_deref())
     }
+
+    /// Whether an index entry's platform is one of `wanted`.
+    pub fn any_matches(wanted: &[PlatformSpec], p: &Platform) -> bool {
+        wanted.iter().any(|w| w.matches(p))
+    }
 }
 
 fn normalise(arch: &str, variant: Option<&str>) -> (String, Option<String>) {
@@ -393,7 +398,7 @@ pub fn cut_index(
     let platform = |c: &Value| serde_json::from_value::<Platform>(c.get("platform")?.clone()).ok();
     let annotation =
         |c: &Value, key: &str| c.get("annotations")?.get(key)?.as_str().map(str::to_owned);
-    let wanted = |c: &Value| platform(c).is_some_and(|p| keep.iter().any(|k| k.matches(&p)));
+    let wanted = |c: &Value| platform(c).is_some_and(|p| PlatformSpec::any_matches(keep, &p));
     let kept_digests: Vec<Value> = children
         .iter()
         .filter(|c| wanted(c))

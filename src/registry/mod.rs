@@ -25,6 +25,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
+use crate::manifest::OCI_INDEX;
 use crate::reference;
 use auth::{AuthScheme, Credential, TokenSlot};
 use error::{error_chain, from_body_error, from_transport};
@@ -39,9 +40,6 @@ pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
-
-/// The referrers API always answers with an OCI index.
-const OCI_INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 /// The `Accept` header sent with manifest requests: [`MANIFEST_MEDIA_TYPES`] joined.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -330,7 +328,8 @@ impl Client {
         validate_digest(digest)?;
         let path = format!("/v2/{repo}/referrers/{digest}");
         let mut accept = HeaderMap::new();
-        accept.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX_TYPE));
+        // The referrers API always answers with an OCI index.
+        accept.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
         match self.get_document(host, repo, &path, accept).await {
             Ok(body) => Ok(Some(body)),
             Err(RegistryError::NotFound { .. }) => Ok(None),
