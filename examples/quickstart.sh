@@ -27,6 +27,7 @@ if [ -z "$bin" ]; then
 fi
 
 work=$(mktemp -d)
+chmod 755 "$work"   # nginx's workers, an unprivileged user, read what is served from here
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$work/registry.yml" <<YAML
 version: 0.1
@@ -53,7 +54,26 @@ echo "== pushing examples/hello to the local registry 127.0.0.1:$port"
 skopeo copy --all --dest-tls-verify=false oci:examples/hello:1.0 \
     "docker://127.0.0.1:$port/demo/hello:1.0"
 
-echo "== fetching into ./$root"
+# Run as root, nginx runs its workers as www-data (as Debian's package does), which
+# must be able to traverse every directory down to the store; a checkout under /root
+# is not (mode 0700): then serve from a directory that is.
+if [ "$(id -u)" -eq 0 ]; then
+    d=$(realpath -m "$root")
+    while [ "$d" != / ]; do
+        if [ -e "$d" ] && ! (( 0$(stat -c %a "$d") & 1 )); then
+            if [ -n "${ROOT:-}" ]; then
+                echo "error: nginx's workers (www-data) cannot traverse $d, above ROOT=$ROOT: chmod o+x $d, or choose another ROOT" >&2
+                exit 1
+            fi
+            echo "note: www-data cannot traverse $d; storing in $work/images instead (ROOT=DIR picks another place)"
+            root=$work/images
+            break
+        fi
+        d=$(dirname "$d")
+    done
+fi
+
+echo "== fetching into $root"
 "$bin" fetch --root "$root" --tls-verify=false "127.0.0.1:$port/demo/hello:1.0"
 echo "== fetching again (unchanged: one HEAD request, no blob traffic)"
 "$bin" fetch --root "$root" --tls-verify=false "127.0.0.1:$port/demo/hello:1.0"
@@ -61,7 +81,7 @@ echo "== fetching again (unchanged: one HEAD request, no blob traffic)"
 echo "== generating the nginx configuration"
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$bin" gen-conf --root "$root" --listen "127.0.0.1:$nginx_port" >"$work/registry.conf"
-user=""; [ "$(id -u)" -ne 0 ] || user="user root;"   # workers must read ./images
+user=""; [ "$(id -u)" -ne 0 ] || user="user www-data;"   # never root: as users run it
 cat >"$work/nginx.conf" <<NGINX
 $user
 worker_processes 1;
@@ -94,4 +114,4 @@ echo "nginx:    $from_nginx"
 [ "$from_registry" = "$from_nginx" ]
 skopeo copy --all --src-tls-verify=false "docker://127.0.0.1:$nginx_port/demo/hello:1.0" "oci:$work/copy:1.0"
 curl -fsS "http://127.0.0.1:$nginx_port/v2/demo/hello/tags/list"; echo
-echo "ok: nginx serves ./$root as a registry; the image came back byte for byte"
+echo "ok: nginx serves $root as a registry; the image came back byte for byte"

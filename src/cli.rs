@@ -53,6 +53,10 @@ pub struct VerifyArgs {
     /// Store directory.
     #[arg(long, default_value = "images", value_name = "DIR")]
     pub root: PathBuf,
+    /// Mend what can be mended in place first (files and directories the web server
+    /// cannot read get modes 0644/0755 less the umask), then verify.
+    #[arg(long)]
+    pub repair: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -129,6 +133,18 @@ pub struct GenConfArgs {
     /// maps.conf.tera, locations.conf.tera).
     #[arg(long, value_name = "DIR")]
     pub templates: Option<PathBuf>,
+    /// Install the configuration into the host's nginx instead of printing it: write FILE
+    /// atomically (e.g. /etc/nginx/conf.d/static-registry.conf), check with `nginx -t`,
+    /// reload gracefully; a configuration nginx rejects leaves the previous FILE in place.
+    #[arg(long, value_name = "FILE")]
+    pub install: Option<PathBuf>,
+    /// The host nginx's main configuration file (passed to nginx as -c); its directory's
+    /// nginx.conf, conf.d/ and sites-enabled/ are checked for servers on our port.
+    #[arg(long, value_name = "FILE", default_value = "/etc/nginx/nginx.conf")]
+    pub nginx_conf: PathBuf,
+    /// The nginx binary --install runs [default: nginx on PATH, else /usr/sbin/nginx].
+    #[arg(long, value_name = "PATH")]
+    pub nginx_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -16,7 +16,7 @@ use static_registry::nginx;
 use static_registry::reference::Reference;
 use static_registry::registry::{Client, ClientOptions};
 use static_registry::select;
-use static_registry::store::{Store, inventory};
+use static_registry::store::{Store, inventory, verify};
 
 use cli::{
     Cli, Command, FetchArgs, GenConfArgs, LsArgs, PlanArgs, PruneArgs, RegistryArgs, VerifyArgs,
@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             if e.downcast_ref::<Usage>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -41,6 +44,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// What the user can do about an error, where the error alone does not say.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| match cause.downcast_ref::<nginx::NginxError>()? {
+        nginx::NginxError::NotReloaded { .. } => {
+            Some("is nginx running? Start it (systemctl start nginx): it reads the new file")
+        }
+        nginx::NginxError::Rejected { .. } => Some(
+            "run `nginx -t` to see the whole configuration's problem, fix it (or the templates), and install again",
+        ),
+        nginx::NginxError::Run { .. } => {
+            Some("install nginx (apt-get install nginx), or pass --nginx-bin")
+        }
+        _ => None,
+    })
 }
 
 fn init_logging(verbose: u8) {
@@ -288,6 +307,11 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
         server_name: args.server_name,
         part,
         templates: args.templates,
+        host: nginx::host::HostNginx {
+            bin: args.nginx_bin,
+            conf: Some(args.nginx_conf),
+        },
+        install: args.install,
     };
     let rendered = nginx::gen_conf(&opts).map_err(|e| match e {
         nginx::NginxError::InvalidOption { .. } => anyhow::Error::new(Usage(e.into())),
@@ -296,7 +320,24 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
     for skipped in &rendered.skipped {
         eprintln!("warning: not served: {skipped}");
     }
-    print!("{}", rendered.config);
+    for warning in &rendered.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let Some(path) = &opts.install else {
+        print!("{}", rendered.config);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let installed = nginx::host::install(&opts.host, path, &rendered.config)
+        .with_context(|| format!("installing into {}", path.display()))?;
+    eprintln!(
+        "{} {}; nginx -t passed; nginx reloaded",
+        if installed.replaced {
+            "replaced"
+        } else {
+            "installed"
+        },
+        installed.path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -396,8 +437,16 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
     if !inventory::is_store(&args.root) {
         anyhow::bail!("{} is not a static-registry store", args.root.display());
     }
+    if args.repair {
+        let repaired = verify::repair(&args.root)
+            .with_context(|| format!("repairing the store at {}", args.root.display()))?;
+        eprintln!(
+            "repaired: {} files and directories made readable by the web server",
+            repaired.modes_fixed.len()
+        );
+    }
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let report = static_registry::store::verify::verify(&args.root, threads)
+    let report = verify::verify(&args.root, threads)
         .with_context(|| format!("verifying the store at {}", args.root.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

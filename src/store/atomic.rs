@@ -3,12 +3,14 @@
 //! store's `.tmp/` (same filesystem, so the final rename is atomic), never beside the
 //! target, so a crash leaves nothing stray in the pool or in a repository.
 
-use std::fs::File;
+use std::fs::{File, Permissions};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use tempfile::NamedTempFile;
 
+use super::modes::FILE_MODE;
 use super::{Result, StoreError};
 
 /// Write `bytes` to `path` through a temporary file in `tmp_dir`, fsync it, rename it over
@@ -43,10 +45,12 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-/// The first half of `write_atomic`: the bytes, durable under a temporary name.
+/// The first half of `write_atomic`: the bytes, durable under a temporary name, with the
+/// mode of a published file (tempfile's default, 0600, would hide it from the web server).
 pub fn synced_temp(dir: &Path, bytes: &[u8]) -> Result<NamedTempFile> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
+        .permissions(Permissions::from_mode(FILE_MODE))
         .tempfile_in(dir)
         .map_err(StoreError::io("create temporary file in", dir))?;
     tmp.write_all(bytes)

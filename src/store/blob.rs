@@ -7,12 +7,13 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
 use super::atomic::sync_dir;
+use super::modes::FILE_MODE;
 use super::{Result, Store, StoreError};
 use crate::crashpoint;
 use crate::reference::Digest;
@@ -58,6 +59,8 @@ impl Store {
                 .truncate(false)
                 .read(true)
                 .write(true)
+                // Renamed into the pool as it is: created with a published file's mode.
+                .mode(FILE_MODE)
                 .open(&path)
                 .map_err(StoreError::io("open", &path))?;
             file.lock().map_err(StoreError::io("lock", &path))?;

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::atomic::{replace, sync_dir, synced_temp, write_atomic};
-use super::{POOL_DIR, Result, Store, StoreError};
+use super::{POOL_DIR, Result, Store, StoreError, modes};
 use crate::crashpoint;
 use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
 use crate::reference::{Digest, validate_tag};
@@ -125,7 +125,7 @@ impl Store {
                 validate_tag(tag)?;
             }
         }
-        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        modes::create_dirs(&dir)?;
         let layout = dir.join("oci-layout");
         if !layout.is_file() {
             write_atomic(&self.tmp_dir(), &layout, OCI_LAYOUT)?;

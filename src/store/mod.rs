@@ -10,6 +10,7 @@ mod blob;
 pub mod inventory;
 mod layout;
 mod link;
+pub mod modes;
 pub mod prune;
 mod served;
 pub mod verify;
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use atomic::{write_atomic, write_new};
+pub use atomic::write_atomic;
+use atomic::write_new;
 pub use blob::{BlobClaim, PartialBlob};
 pub use layout::{ImageIndex, TagIndex, TagUpdate, read_index_file};
 pub use link::LinkKind;
@@ -119,6 +121,21 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Serialize, Deserialize)]
 struct FormatMarker {
     format: u32,
+    /// Every published file was written readable by the web server. Stores written
+    /// before this (files 0600 through temp files) lack it and are repaired once at
+    /// the next open for writing.
+    #[serde(default, rename = "served-modes")]
+    served_modes: bool,
+}
+
+impl FormatMarker {
+    fn current() -> Vec<u8> {
+        serde_json::to_vec(&FormatMarker {
+            format: FORMAT_VERSION,
+            served_modes: true,
+        })
+        .expect("marker serialises")
+    }
 }
 
 /// An open store. Writers hold a shared lock on `<root>/.lock` for the store's lifetime
@@ -140,7 +157,7 @@ impl Store {
             root.join(TMP_DIR),
             root.join(POOL_DIR).join("sha256"),
         ] {
-            fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+            modes::create_dirs(&dir)?;
         }
         let lock_path = root.join(LOCK_FILE);
         let lock = open_lock_file(&lock_path)?;
@@ -168,13 +185,18 @@ impl Store {
                         found: found.format,
                     });
                 }
+                if !found.served_modes {
+                    let changed = modes::repair(root)?;
+                    tracing::info!(
+                        "made {} files and directories of {} readable by the web server",
+                        changed.len(),
+                        root.display()
+                    );
+                    write_atomic(&root.join(TMP_DIR), &marker, &FormatMarker::current())?;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let body = serde_json::to_vec(&FormatMarker {
-                    format: FORMAT_VERSION,
-                })
-                .expect("marker serialises");
-                write_atomic(&root.join(TMP_DIR), &marker, &body)?;
+                write_atomic(&root.join(TMP_DIR), &marker, &FormatMarker::current())?;
             }
             Err(e) => return Err(StoreError::io("read", &marker)(e)),
         }
@@ -251,7 +273,7 @@ impl Store {
     pub fn link_blob(&self, name: &str, digest: &Digest) -> Result<LinkKind> {
         let src = self.pool_path(digest)?;
         let dir = self.repo_dir(name)?.join("blobs").join("sha256");
-        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        modes::create_dirs(&dir)?;
         let kind = link::link_or_copy(&self.tmp_dir(), &src, &dir.join(digest.hex()))?;
         if kind != LinkKind::Present {
             crashpoint::hit("repo-linked");

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::inventory::reachable;
 use super::layout::ImageIndex;
-use super::{PUBLISH_MARKER, Result, Store, StoreError, read_index_file, write_atomic};
+use super::{PUBLISH_MARKER, Result, Store, StoreError, modes, read_index_file, write_atomic};
 use crate::crashpoint;
 use crate::manifest::{Descriptor, Manifest, REF_NAME};
 use crate::reference::Digest;
@@ -93,7 +93,7 @@ impl Store {
     /// repository is new. Call under the index lock.
     pub(super) fn write_tag_list(&self, name: &str, index: &ImageIndex) -> Result<()> {
         let dir = self.served_repo_dir(name);
-        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        modes::create_dirs(&dir)?;
         let path = dir.join(TAGS_FILE);
         let new_repo = !path.exists();
         let tags: BTreeSet<&str> = index
@@ -151,7 +151,7 @@ impl Store {
         referrer: &Descriptor,
     ) -> Result<()> {
         let dir = self.served_repo_dir(name).join(REFERRERS_DIR);
-        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        modes::create_dirs(&dir)?;
         let path = dir.join(format!("{}.json", subject.hex()));
         let mut index = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::BadIndex {

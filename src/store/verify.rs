@@ -1,6 +1,7 @@
 //! `verify`: check a store against its invariants without changing it. Every pool blob
 //! hashes to its name; everything every index.json reaches is in that repository's
-//! layout with the right size and content; nothing is left half-written.
+//! layout with the right size and content; nothing is left half-written; a web server
+//! running as another user can read everything served. `repair` mends what it can.
 
 use std::fs;
 use std::io::Read;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::inventory::{reachable, repository_names};
+use super::modes;
 use super::{POOL_DIR, PUBLISH_MARKER, Result, StoreError, TMP_DIR, read_index_file, repo_path};
 use crate::manifest::{Descriptor, Manifest};
 
@@ -22,6 +24,24 @@ pub struct Report {
     pub repositories: usize,
     pub problems: Vec<String>,
     pub notes: Vec<String>,
+    /// Published files and directories others cannot read or traverse (one problem
+    /// names how many and how to fix them; this lists each).
+    pub unreadable: Vec<modes::Unreadable>,
+}
+
+/// What `repair` changed.
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Files and directories made readable (traversable) by others.
+    pub modes_fixed: Vec<PathBuf>,
+}
+
+/// Mend what verify reports and can be mended in place: published entries others cannot
+/// read get the modes a served tree needs (see `modes`).
+pub fn repair(root: &Path) -> Result<RepairReport> {
+    Ok(RepairReport {
+        modes_fixed: modes::repair(root)?,
+    })
 }
 
 impl Report {
@@ -75,6 +95,17 @@ pub fn verify(root: &Path, threads: usize) -> Result<Report> {
             Ok(index) => check_repository(root, &name, &dir, &index.manifests, &mut report),
             Err(e) => report.problems.push(format!("{name}: {e}")),
         }
+    }
+
+    report.unreadable = modes::unreadable(root)?;
+    if let Some(first) = report.unreadable.first() {
+        report.problems.push(format!(
+            "{} published files and directories cannot be read by other users, so a web server running as its own user (www-data, nginx, nobody) answers 403 for them; the first is {} (mode {:04o}); fix: static-registry verify --root {} --repair",
+            report.unreadable.len(),
+            first.path.display(),
+            first.mode,
+            root.display()
+        ));
     }
 
     let tmp = root.join(TMP_DIR);

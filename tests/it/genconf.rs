@@ -36,13 +36,16 @@ pub fn serve(config: &str) -> Nginx {
 }
 
 /// A store holding every fixture tag, fetched from a real registry.
-async fn fetched_store() -> (Fixtures, tempfile::TempDir) {
+pub async fn fetched_store() -> (Fixtures, tempfile::TempDir) {
     let (reg, fx, root) = registry_with_fixtures().await;
     fetch_ok(root.path(), &all_tag_refs(&reg, &fx));
     (fx, root)
 }
 
-async fn request(method: Method, url: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+pub async fn request(
+    method: Method,
+    url: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
     let resp = reqwest::Client::new()
         .request(method, url)
         .send()
@@ -53,7 +56,7 @@ async fn request(method: Method, url: &str) -> (StatusCode, reqwest::header::Hea
     (status, headers, resp.bytes().await.unwrap().to_vec())
 }
 
-fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name).map(|v| v.to_str().unwrap()).unwrap_or_default()
 }
 
@@ -166,7 +169,7 @@ async fn blobs_support_range_and_stay_in_their_repository() {
     assert_eq!(error_code(&body), "BLOB_UNKNOWN");
 }
 
-fn error_code(body: &[u8]) -> String {
+pub fn error_code(body: &[u8]) -> String {
     let v: Value = serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
     v["errors"][0]["code"].as_str().unwrap().to_owned()

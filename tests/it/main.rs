@@ -6,5 +6,7 @@ mod genconf;
 mod harness;
 mod harness_selftest;
 mod hostile;
+mod permissions;
 mod readme;
+mod stock;
 mod subset;

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{require_bin, run_with_timeout};
+use crate::harness::{require_bin, run_with_timeout, served_tempdir};
 
 #[test]
 fn the_quickstart_pushes_fetches_serves_and_pulls_back_the_bundled_image() {
@@ -16,7 +16,7 @@ fn the_quickstart_pushes_fetches_serves_and_pulls_back_the_bundled_image() {
     ] {
         require_bin(bin, package);
     }
-    let root = tempfile::tempdir().unwrap();
+    let root = served_tempdir("it-quickstart-");
     let out = run_with_timeout(
         Command::new("bash")
             .arg(concat!(

@@ -170,6 +170,19 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
+/// A temp dir that nginx's unprivileged workers can traverse (0755 whatever the umask),
+/// as a store's directory is on a real host.
+pub fn served_tempdir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod 0755 temp dir");
+    dir
+}
+
 /// Whether the environment asks to keep temp dirs for post-mortem debugging.
 pub fn keep_tmp() -> bool {
     std::env::var_os("IT_KEEP_TMP").is_some_and(|v| !v.is_empty() && v != "0")

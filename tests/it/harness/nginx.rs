@@ -12,6 +12,10 @@ use super::{
     parse_access_log, raw_http_get, require_bin, running_as_root, tail,
 };
 
+/// The unprivileged user nginx's workers run as when the tests run as root.
+pub const WORKER_USER: &str = "nobody";
+pub const WORKER_GROUP: &str = "nogroup";
+
 pub struct Nginx {
     child: Child,
     port: u16,
@@ -26,10 +30,7 @@ impl Nginx {
     /// `{{TMP}}` (the prefix dir, e.g. for a `root` the test filled).
     /// `nginx -t` runs first so config mistakes fail with nginx's message.
     pub fn start(server_block: &str) -> Nginx {
-        let dir = tempfile::Builder::new()
-            .prefix("it-nginx-")
-            .tempdir()
-            .expect("create nginx temp dir");
+        let dir = super::served_tempdir("it-nginx-");
         let mut nginx = Self::start_in(dir.path(), server_block);
         nginx.dir = Some(dir);
         nginx
@@ -37,11 +38,18 @@ impl Nginx {
 
     /// Like `start`, but in a caller-owned `prefix` directory (kept on drop).
     pub fn start_in(prefix: &Path, server_block: &str) -> Nginx {
+        Self::start_with(prefix, server_block, |_| {})
+    }
+
+    /// Like `start_in`; `prepare` is called with the chosen port before nginx reads its
+    /// configuration, to write files the server block includes.
+    pub fn start_with(prefix: &Path, server_block: &str, prepare: impl Fn(u16)) -> Nginx {
         let bin = require_bin("nginx", "nginx");
         let conf = prefix.join("nginx.conf");
         let log = prefix.join("nginx.stderr.log");
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
+            prepare(port);
             std::fs::write(&conf, nginx_conf(prefix, port, server_block))
                 .expect("write nginx.conf");
             let test = super::run_with_timeout(
@@ -171,6 +179,48 @@ impl Nginx {
             .collect()
     }
 
+    /// The worker processes (children of the master): (pid, effective uid).
+    pub fn workers(&self) -> Vec<(u32, u32)> {
+        let master = self.child.id().to_string();
+        let mut workers = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            };
+            if field("PPid:").first() == Some(&master)
+                && let Some(euid) = field("Uid:").get(1)
+            {
+                workers.push((pid, euid.parse().expect("numeric uid")));
+            }
+        }
+        workers
+    }
+
+    /// After a reload: wait until none of `old` workers is left, so every connection
+    /// from now on meets the new configuration (old workers finish what they hold).
+    pub fn wait_for_new_workers(&self, old: &[(u32, u32)]) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let now = self.workers();
+            if !now.is_empty() && now.iter().all(|w| !old.contains(w)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "old nginx workers {old:?} still running after {START_TIMEOUT:?}: {now:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn error_log_tail(&self, n: usize) -> String {
         tail(&self.prefix.join("error.log"), n)
     }
@@ -214,12 +264,13 @@ fn nginx_conf(prefix: &Path, port: u16, server_block: &str) -> String {
     let body = server_block
         .replace("{{PORT}}", &port.to_string())
         .replace("{{TMP}}", &p.to_string());
-    // Started as root, workers would drop to `nobody`, which cannot read the
-    // 0700 temp dirs the tests serve from; keep them root.
+    // As users run it: started as root, the workers run as an unprivileged user and
+    // read the store only through its own file modes (never `user root;`, which hid
+    // a store published 0600). Debian's `nobody` has the group `nogroup`.
     let user = if running_as_root() {
-        "user root;\n"
+        format!("user {WORKER_USER} {WORKER_GROUP};\n")
     } else {
-        ""
+        String::new()
     };
     format!(
         r#"{user}worker_processes 1;

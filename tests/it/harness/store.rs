@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::fixtures::Fixtures;
 use super::registry::Registry;
 
-use super::{run_with_timeout, sha256_digest};
+use super::{run_with_timeout, served_tempdir, sha256_digest};
 
 /// Run the static-registry binary with a timeout (it never needs long on loopback).
 pub fn static_registry(args: &[&str]) -> Output {
@@ -167,7 +167,7 @@ pub fn fetch(root: &Path, refs: &[String], extra: &[&str]) -> (i32, Value, Strin
 pub async fn registry_with_fixtures() -> (Registry, Fixtures, tempfile::TempDir) {
     let reg = Registry::start();
     let fx = Fixtures::push(&reg).await;
-    (reg, fx, tempfile::tempdir().unwrap())
+    (reg, fx, served_tempdir("it-store-"))
 }
 
 pub fn fetch_ok(root: &Path, refs: &[String]) -> Value {

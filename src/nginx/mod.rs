@@ -3,7 +3,10 @@
 //! Reads only the store (never the registry, never fetch), so a store made by any version
 //! or restored from a bundle renders the same way. Every repository name, tag and digest
 //! is validated against the OCI grammar before it reaches the output; anything else in
-//! the store is skipped with a warning, never rendered.
+//! the store is skipped with a warning, never rendered. `host` looks at and installs
+//! into the host's own nginx.
+
+pub mod host;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,9 +26,9 @@ const TEMPLATE_NAMES: [&str; 3] = [
     "locations.conf.tera",
 ];
 const EMBEDDED: [&str; 3] = [
-    include_str!("../templates/registry.conf.tera"),
-    include_str!("../templates/maps.conf.tera"),
-    include_str!("../templates/locations.conf.tera"),
+    include_str!("../../templates/registry.conf.tera"),
+    include_str!("../../templates/maps.conf.tera"),
+    include_str!("../../templates/locations.conf.tera"),
 ];
 
 /// The repository-name grammar as an nginx (PCRE) regex.
@@ -74,6 +77,20 @@ pub enum NginxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot run {bin}: {source}")]
+    Run {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nginx -t rejected the configuration with the new {path}; {}: {output}", if *kept { "the previous file is back in place and nginx keeps serving it" } else { "it was removed again" })]
+    Rejected {
+        path: PathBuf,
+        kept: bool,
+        output: String,
+    },
+    #[error("{path} is installed and nginx -t accepts it, but reloading nginx failed: {output}")]
+    NotReloaded { path: PathBuf, output: String },
     #[error("template {name}: {source}")]
     Template {
         name: String,
@@ -107,6 +124,10 @@ pub struct GenConfOptions {
     pub part: Part,
     /// Directory with replacement templates (same file names).
     pub templates: Option<PathBuf>,
+    /// The host's nginx, whose other servers on our port are looked at.
+    pub host: host::HostNginx,
+    /// Where the output will be installed (not a competitor of itself).
+    pub install: Option<PathBuf>,
 }
 
 /// What gen-conf produced.
@@ -115,6 +136,8 @@ pub struct Rendered {
     pub config: String,
     /// Entries of the store left out, each with the reason.
     pub skipped: Vec<String>,
+    /// What would make the rendered server fail, each with what to do.
+    pub warnings: Vec<String>,
 }
 
 /// What the store holds, restricted to what may be rendered.
@@ -351,7 +374,73 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("locations", &locations);
     let config = render("registry.conf.tera", &ctx)?;
     let skipped = model.skipped;
-    Ok(Rendered { config, skipped })
+    let mut warnings = if opts.server_root.is_none() {
+        access_warnings(&opts.root)
+    } else {
+        Vec::new()
+    };
+    if opts.part == Part::Server && opts.server_name == "_" {
+        warnings.extend(default_server_warnings(opts));
+    }
+    Ok(Rendered {
+        config,
+        skipped,
+        warnings,
+    })
+}
+
+/// Other servers of the host's nginx on our port take every request whose Host matches no
+/// server_name: with `server_name _` (and no `default_server`) ours would get none. This is
+/// what a distribution's default site does to a config dropped into conf.d/.
+fn default_server_warnings(opts: &GenConfOptions) -> Vec<String> {
+    let Some(port) = host::listen_port(&opts.listen) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    for c in host::competitors(&opts.host.conf_dir(), port, opts.install.as_deref()) {
+        match files.iter_mut().find(|(f, _)| *f == c.file) {
+            Some((_, listens)) => listens.push(c.listen),
+            None => files.push((c.file, vec![c.listen])),
+        }
+    }
+    files
+        .into_iter()
+        .map(|(file, listens)| {
+            format!(
+                "{} also listens on port {port} (listen {}): nginx sends it every request whose Host is not one of this server's names, and this server has none (server_name _), so clients would reach that site instead of the registry: pass --server-name with the host name clients pull from (e.g. --server-name reg.example), or disable that site",
+                file.display(),
+                listens.join("; listen ")
+            )
+        })
+        .collect()
+}
+
+/// What keeps a web server running as its own user from reading the store where nginx
+/// will look for it: a directory on the way that others cannot traverse, or a store
+/// whose files others cannot read (the served catalog stands in for all of them).
+fn access_warnings(root: &Path) -> Vec<String> {
+    let mut warnings: Vec<String> = store::modes::closed_path(root)
+        .iter()
+        .map(|dir| {
+            format!(
+                "nginx's workers (www-data, nginx or nobody) cannot traverse {} (others lack x), so every manifest and blob request will fail: `chmod o+x {}`, or keep the store where they can reach it (e.g. /srv/images)",
+                dir.display(),
+                dir.display()
+            )
+        })
+        .collect();
+    let catalog = root.join(store::SERVED_DIR).join(store::CATALOG_FILE);
+    let reader = store::modes::WebReader::of(root);
+    if let (Ok(reader), Ok(meta)) = (reader, fs::metadata(&catalog))
+        && !reader.can_read(&meta)
+    {
+        warnings.push(format!(
+            "{} is not readable by others, so nginx's workers cannot read the store's files: run `static-registry verify --root {} --repair`",
+            catalog.display(),
+            root.display()
+        ));
+    }
+    warnings
 }
 
 fn templates(dir: Option<&Path>) -> Result<tera::Tera, NginxError> {
