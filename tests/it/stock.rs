@@ -5,15 +5,19 @@
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 
 use crate::genconf::{fetched_store, request};
 use crate::harness::clients::podman_pull;
-use crate::harness::nginx::Nginx;
+use crate::harness::nginx::{Nginx, WORKER_GROUP, WORKER_USER};
 use crate::harness::skopeo::skopeo_inspect_raw;
-use crate::harness::store::static_registry;
-use crate::harness::{served_tempdir, sha256_digest};
+use crate::harness::store::{fetch_ok, registry_with_fixtures, static_registry};
+use crate::harness::{raw_http_get, run_with_timeout, served_tempdir, sha256_digest};
 
 /// Debian 12's `sites-enabled/default`, comments dropped, on the test's address.
 fn debian_default_site(addr: &str, www: &Path) -> String {
@@ -174,4 +178,115 @@ async fn readme_deployment_works_on_debian_stock_nginx_with_its_default_site_ena
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, m.bytes);
+}
+
+/// The image's helper, with the image's own nginx.conf (paths moved into a temp dir, the
+/// workers run as nobody as the image runs them as nginx): `reload` serves a newly
+/// fetched tag, keeps serving the old configuration when nginx rejects the new one (exit
+/// 1), and a client pulling all the while sees no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_helper_reload_serves_new_tags_keeps_a_rejected_config_and_drops_no_pull() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    fetch_ok(root.path(), &[format!("{}/docker/multi:v1", reg.addr())]);
+    let etc = served_tempdir("it-image-etc-");
+    let e = etc.path();
+    fs::create_dir_all(e.join("conf.d")).unwrap();
+    fs::write(e.join("mime.types"), "types { }\n").unwrap();
+    let conf = e.join("conf.d/static-registry.conf");
+    let helper = |args: &[&str], listen: &str| {
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_static-registry"))
+            .parent()
+            .unwrap();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+        run_with_timeout(
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/static-registry-nginx"))
+                .args(args)
+                .env("PATH", path)
+                .env("STATIC_REGISTRY_ROOT", root.path())
+                .env("STATIC_REGISTRY_LISTEN", listen)
+                .env("STATIC_REGISTRY_CONF", &conf)
+                .env("STATIC_REGISTRY_NGINX_CONF", e.join("nginx.conf")),
+            Duration::from_secs(60),
+        )
+    };
+    let shipped =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/nginx.conf")).unwrap();
+    let listen = std::sync::Mutex::new(String::new());
+    let nginx = Nginx::start_config(e, |port| {
+        *listen.lock().unwrap() = format!("127.0.0.1:{port}");
+        let out = helper(&["start", "true"], &listen.lock().unwrap());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shipped
+            .replace(
+                "user nginx;",
+                &format!("user {WORKER_USER} {WORKER_GROUP};"),
+            )
+            .replace(
+                "/var/run/nginx.pid",
+                &e.join("nginx.pid").display().to_string(),
+            )
+            .replace("/etc/nginx/", &format!("{}/", e.display()))
+    });
+    let listen = listen.into_inner().unwrap();
+    let addr = nginx.addr();
+
+    // A client pulling the first image's manifest and a layer, over and over.
+    let m = fx.manifest("docker/multi", "v1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let puller = {
+        let (stop, addr) = (stop.clone(), addr.clone());
+        let paths = [
+            "/v2/docker/multi/manifests/v1".to_owned(),
+            format!("/v2/docker/multi/manifests/{}", m.digest),
+        ];
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for p in &paths {
+                    match raw_http_get(&addr, p, Duration::from_secs(5)) {
+                        Ok(200) => ok += 1,
+                        other => failed.push(format!("{p}: {other:?}")),
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    let oci = format!("{}/oci/multi:1.0", reg.addr());
+    fetch_ok(root.path(), &[oci]);
+    let new_tag = format!("http://{addr}/v2/oci/multi/manifests/1.0");
+    assert_eq!(
+        request(Method::GET, &new_tag).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let old_workers = nginx.workers();
+    let out = helper(&["reload"], &listen);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nginx.wait_for_new_workers(&old_workers);
+    let (status, _, body) = request(Method::GET, &new_tag).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, fx.manifest("oci/multi", "1.0").bytes);
+
+    // A listen value nginx refuses: the helper fails, the served config stays.
+    let before = fs::read(&conf).unwrap();
+    let out = helper(&["reload"], "99999");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nginx -t rejected"), "{stderr}");
+    assert_eq!(fs::read(&conf).unwrap(), before);
+    assert_eq!(request(Method::GET, &new_tag).await.0, StatusCode::OK);
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = puller.join().unwrap();
+    assert!(failed.is_empty(), "pulls failed during reloads: {failed:?}");
+    assert!(ok > 0);
 }

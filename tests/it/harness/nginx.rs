@@ -44,14 +44,21 @@ impl Nginx {
     /// Like `start_in`; `prepare` is called with the chosen port before nginx reads its
     /// configuration, to write files the server block includes.
     pub fn start_with(prefix: &Path, server_block: &str, prepare: impl Fn(u16)) -> Nginx {
+        Self::start_config(prefix, |port| {
+            prepare(port);
+            nginx_conf(prefix, port, server_block)
+        })
+    }
+
+    /// Start nginx with the whole `nginx.conf` that `config` makes for the chosen port
+    /// (it must listen there and write its pid to `<prefix>/nginx.pid`).
+    pub fn start_config(prefix: &Path, config: impl Fn(u16) -> String) -> Nginx {
         let bin = require_bin("nginx", "nginx");
         let conf = prefix.join("nginx.conf");
         let log = prefix.join("nginx.stderr.log");
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            prepare(port);
-            std::fs::write(&conf, nginx_conf(prefix, port, server_block))
-                .expect("write nginx.conf");
+            std::fs::write(&conf, config(port)).expect("write nginx.conf");
             let test = super::run_with_timeout(
                 Command::new(&bin)
                     .arg("-t")
