@@ -31,8 +31,25 @@ pub enum Command {
     Ls(LsArgs),
     /// Check a store: every blob hashes to its name, every tag reaches only stored blobs.
     Verify(VerifyArgs),
+    /// Remove tags, manifests or whole repositories from the store (then prune frees
+    /// the blobs nothing reaches).
+    Rm(RmArgs),
     /// Remove blobs no tag reaches any more and stale temporary files.
     Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// What to remove: NAME (the whole repository, nested repositories below it stay),
+    /// NAME:TAG, or NAME@sha256:HEX (every entry naming that manifest).
+    #[arg(required = true, value_name = "NAME[:TAG|@DIGEST]")]
+    pub targets: Vec<String>,
+    /// Store directory.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print what was removed as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +177,10 @@ pub struct FetchArgs {
     /// Mirror configuration (our YAML format or skopeo sync's) naming what to fetch.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Mirror: also remove the tags of the configured repositories that the selection no
+    /// longer picks (repositories the config does not name are never touched).
+    #[arg(long, requires = "config")]
+    pub delete: bool,
     /// Store directory (created if missing).
     #[arg(long, default_value = "images", value_name = "DIR")]
     pub root: PathBuf,

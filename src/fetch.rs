@@ -16,13 +16,15 @@ use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
 
 use crate::config::ImageSpec;
 use crate::manifest::{
-    Descriptor, KEPT_PLATFORMS, Kind, Manifest, ManifestError, OCI_INDEX, UPSTREAM_DIGEST,
+    Descriptor, KEPT_PLATFORMS, Kind, Manifest, ManifestError, OCI_INDEX, REF_NAME, UPSTREAM_DIGEST,
 };
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
 use crate::select::{PlatformCut, PlatformSpec, cut_index};
+use crate::store::inventory::reachable;
 use crate::store::{
-    self, BlobClaim, PartialBlob, Store, StoreError, TagIndex, TagUpdate, sha256_digest,
+    self, BlobClaim, PartialBlob, Removal, Removed, Store, StoreError, TagIndex, TagUpdate,
+    sha256_digest,
 };
 
 /// Index nesting deeper than this is refused (real images use one level).
@@ -198,6 +200,9 @@ pub struct Summary {
     pub manifests_fetched: u64,
     pub bytes_fetched: u64,
     pub seconds: f64,
+    /// What `--delete` took out (tags the selection no longer picks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<Removed>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -334,6 +339,70 @@ impl Summary {
         self.images_failed += reports.len();
         self.images.extend(reports);
     }
+}
+
+/// `fetch --config --delete`: take out of each repository the config names the tags this
+/// run's selection no longer picks (mirror semantics). Kept: every tag the run asked for
+/// (fetched, unchanged or failed), and the referrer tags (`sha256-<hex>[.sig|.att|.sbom]`)
+/// of manifests those reach. A repository whose tags could not be listed is left alone,
+/// and so is every repository the config does not name.
+pub fn remove_unselected(
+    store: &Store,
+    specs: &[ImageSpec],
+    summary: &Summary,
+) -> Result<Vec<Removed>, StoreError> {
+    let mut removed = Vec::new();
+    let mut names: Vec<&str> = specs.iter().map(|s| s.target.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let asked: Vec<&ImageReport> = summary.images.iter().filter(|i| i.name == name).collect();
+        let unlisted = asked
+            .iter()
+            .any(|i| i.status == Status::Failed && i.tag.is_none() && i.digest.is_none());
+        if unlisted {
+            continue;
+        }
+        let index = store.read_index(name)?;
+        let selected: HashSet<&str> = asked.iter().filter_map(|i| i.tag.as_deref()).collect();
+        let roots: Vec<Descriptor> = index
+            .entries()
+            .iter()
+            .filter(|d| {
+                d.annotations
+                    .get(REF_NAME)
+                    .is_none_or(|t| selected.contains(t.as_str()))
+            })
+            .cloned()
+            .collect();
+        let live: HashSet<String> = reachable(&store.repo_dir(name)?, &roots)
+            .into_iter()
+            .map(|d| d.digest.hex().to_owned())
+            .collect();
+        let stale: Vec<Removal> = index
+            .entries()
+            .iter()
+            .filter_map(|d| d.annotations.get(REF_NAME))
+            .filter(|t| !selected.contains(t.as_str()))
+            .filter(|t| referrer_tag_subject(t).is_none_or(|hex| !live.contains(hex)))
+            .map(|t| Removal::Tag(t.clone()))
+            .collect();
+        if !stale.is_empty() {
+            removed.push(store.remove(name, &stale)?);
+        }
+    }
+    Ok(removed)
+}
+
+/// The subject's hex of a referrer tag: the referrers tag schema's `sha256-<hex>`, and
+/// cosign's `sha256-<hex>.sig`, `.att` and `.sbom`.
+fn referrer_tag_subject(tag: &str) -> Option<&str> {
+    let rest = tag.strip_prefix("sha256-")?;
+    let hex = [".sig", ".att", ".sbom"]
+        .iter()
+        .find_map(|s| rest.strip_suffix(s))
+        .unwrap_or(rest);
+    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
 }
 
 /// What fetching one image would bring, for `plan`.
@@ -644,6 +713,7 @@ pub async fn execute(
         manifests_fetched: ctx.stats.manifests_fetched.load(Ordering::Relaxed),
         bytes_fetched: ctx.stats.bytes_fetched.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
+        removed: Vec::new(),
     }
 }
 

@@ -13,13 +13,14 @@ use clap::Parser;
 use static_registry::config::{self, MirrorConfig};
 use static_registry::fetch::{self, FetchOptions, Summary};
 use static_registry::nginx;
-use static_registry::reference::Reference;
+use static_registry::reference::{self, Reference};
 use static_registry::registry::{Client, ClientOptions};
 use static_registry::select;
-use static_registry::store::{Store, inventory, verify};
+use static_registry::store::{Removal, Store, inventory, verify};
 
 use cli::{
-    Cli, Command, FetchArgs, GenConfArgs, LsArgs, PlanArgs, PruneArgs, RegistryArgs, VerifyArgs,
+    Cli, Command, FetchArgs, GenConfArgs, LsArgs, PlanArgs, PruneArgs, RegistryArgs, RmArgs,
+    VerifyArgs,
 };
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
@@ -86,6 +87,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::GenConf(args) => gen_conf_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
+        Command::Rm(args) => rm_command(args),
         Command::Prune(args) => prune_command(args),
     }
 }
@@ -158,12 +160,14 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     let base = client_options(&args.registry)?;
     let reporter: Arc<dyn fetch::Reporter> = Arc::from(progress::reporter(args.quiet));
     let runtime = runtime()?;
+    let mut specs = Vec::new();
     let (clients, planned, unresolved) = match &args.config {
         Some(path) => {
             let config = load_config(path)?;
             let clients = clients_for(&config, &base)?;
             let (planned, unresolved) =
                 runtime.block_on(fetch::resolve(&clients, &config.images, reporter.as_ref()));
+            specs = config.images;
             (clients, planned, unresolved)
         }
         None => {
@@ -177,8 +181,10 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
             (fetch::Clients::new(client), planned, Vec::new())
         }
     };
-    let store = Store::open(&args.root)
-        .with_context(|| format!("opening the store at {}", args.root.display()))?;
+    let store = Arc::new(
+        Store::open(&args.root)
+            .with_context(|| format!("opening the store at {}", args.root.display()))?,
+    );
     let deadline = async {
         match args.timeout {
             0 => std::future::pending().await,
@@ -187,7 +193,7 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     };
     let summary = runtime.block_on(async {
         tokio::select! {
-            s = fetch::execute(clients, Arc::new(store), planned, opts, reporter) => Ok(s),
+            s = fetch::execute(clients, store.clone(), planned, opts, reporter) => Ok(s),
             _ = tokio::signal::ctrl_c() => Err("interrupted"),
             () = deadline => Err("timed out (--timeout)"),
         }
@@ -202,6 +208,15 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
         }
     };
     summary.add_failed(unresolved);
+    if args.delete {
+        summary.removed = fetch::remove_unselected(&store, &specs, &summary)
+            .context("removing the tags the configuration no longer selects")?;
+        for r in &summary.removed {
+            for tag in &r.tags {
+                eprintln!("removed {}:{tag} (no longer selected)", r.name);
+            }
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
@@ -475,6 +490,66 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `NAME`, `NAME:TAG` or `NAME@DIGEST`, grouped by repository in the order given.
+fn rm_targets(targets: &[String]) -> Result<Vec<(String, Vec<Removal>)>> {
+    let mut grouped: Vec<(String, Vec<Removal>)> = Vec::new();
+    for target in targets {
+        let usage = |e: anyhow::Error| Usage(e.context(format!("rm {target:?}")));
+        let (name, removal) = if let Some((name, digest)) = target.split_once('@') {
+            let digest = digest.parse().map_err(|e| usage(anyhow::Error::new(e)))?;
+            (name, Removal::Manifest(digest))
+        } else if let Some((name, tag)) = target
+            .rsplit_once(':')
+            .filter(|(_, tag)| !tag.contains('/'))
+        {
+            reference::validate_tag(tag).map_err(|e| usage(e.into()))?;
+            (name, Removal::Tag(tag.to_owned()))
+        } else {
+            (target.as_str(), Removal::Repository)
+        };
+        reference::validate_repository(name).map_err(|e| usage(e.into()))?;
+        match grouped.iter_mut().find(|(n, _)| n == name) {
+            Some((_, list)) => list.push(removal),
+            None => grouped.push((name.to_owned(), vec![removal])),
+        }
+    }
+    Ok(grouped)
+}
+
+fn rm_command(args: RmArgs) -> Result<ExitCode> {
+    if !inventory::is_store(&args.root) {
+        anyhow::bail!("{} is not a static-registry store", args.root.display());
+    }
+    let targets = rm_targets(&args.targets)?;
+    let store = Store::open(&args.root)
+        .with_context(|| format!("opening the store at {}", args.root.display()))?;
+    let mut all = Vec::new();
+    for (name, what) in targets {
+        let removed = store
+            .remove(&name, &what)
+            .with_context(|| format!("removing from {name}"))?;
+        if removed.repository {
+            eprintln!("removed repository {name} ({} tags)", removed.tags.len());
+        } else {
+            for tag in &removed.tags {
+                eprintln!("removed {name}:{tag}");
+            }
+            for digest in &removed.untagged {
+                eprintln!("removed {name}@{digest} (untagged)");
+            }
+        }
+        all.push(removed);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    eprintln!(
+        "next: `static-registry prune --root {0}` frees the blobs nothing reaches; re-run gen-conf (--install) so nginx stops routing to them",
+        args.root.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn prune_command(args: PruneArgs) -> Result<ExitCode> {

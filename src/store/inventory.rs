@@ -47,11 +47,7 @@ pub fn repository_names(root: &Path) -> Result<Vec<String>> {
             !(n.starts_with('.') || layout_blobs)
         });
     for entry in walker {
-        let entry = entry.map_err(|e| StoreError::Io {
-            action: "list",
-            path: root.to_owned(),
-            source: e.into(),
-        })?;
+        let entry = entry.map_err(StoreError::walk("list", root))?;
         if entry.file_name() == "index.json"
             && let Some(dir) = entry.path().parent()
             && let Ok(rel) = dir.strip_prefix(root)

@@ -185,15 +185,33 @@ impl Store {
                 .get(REF_NAME)
                 .cmp(&b.annotations.get(REF_NAME))
         });
+        self.commit_index(name, path, index, referrers, &[])
+    }
+
+    /// The last steps of every index.json change, in an order a crash at any point
+    /// recovers from: the new index durable under a temporary name, a publish marker,
+    /// the referrers indexes of `gone_subjects` removed, the rename, the referrers
+    /// added, the tag list (and catalog), the marker removed. Call under the index lock.
+    pub(super) fn commit_index(
+        &self,
+        name: &str,
+        path: PathBuf,
+        index: ImageIndex,
+        referrers: &[(Digest, Descriptor)],
+        gone_subjects: &[Digest],
+    ) -> Result<()> {
         // Compact: for 10k tags the pretty form is twice the bytes to write and fsync.
         let mut body = serde_json::to_vec(&index).expect("index serialises");
         body.push(b'\n');
         let tmp = synced_temp(&self.tmp_dir(), &body)?;
-        // From the rename on, the served documents lag the index until rewritten below;
-        // should this process die in between, the marker has the next opener finish them.
+        // From here on, the served documents lag the index until rewritten below;
+        // should this process die in between, the marker has the next opener rebuild them.
         let marker = self.publish_marker(name);
         write_atomic(&self.tmp_dir(), &marker, name.as_bytes())?;
         crashpoint::hit("index-written");
+        for subject in gone_subjects {
+            self.remove_referrers(name, subject)?;
+        }
         replace(tmp, &path)?;
         crashpoint::hit("index-renamed");
         for (subject, referrer) in referrers {
@@ -240,12 +258,17 @@ fn stamp(path: &Path) -> Result<Option<FileStamp>> {
 impl WrittenIndexes {
     /// The index at `path`: the one kept from this process's last write if the file is
     /// still that write, else read from disk. (Taken out: a failed publish leaves none.)
-    fn take(&self, path: &Path) -> Result<ImageIndex> {
+    pub(super) fn take(&self, path: &Path) -> Result<ImageIndex> {
         let kept = self.0.lock().expect("index cache lock").remove(path);
         match kept {
             Some((written, index)) if stamp(path)? == Some(written) => Ok(index),
             _ => read_index_file(path),
         }
+    }
+
+    /// Drop what is kept for `path` (its file is being removed).
+    pub(super) fn forget(&self, path: &Path) {
+        self.0.lock().expect("index cache lock").remove(path);
     }
 
     fn keep(&self, path: PathBuf, index: ImageIndex) -> Result<()> {

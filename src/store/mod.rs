@@ -12,6 +12,7 @@ mod layout;
 mod link;
 pub mod modes;
 pub mod prune;
+pub mod remove;
 mod served;
 pub mod verify;
 
@@ -26,6 +27,7 @@ use atomic::write_new;
 pub use blob::{BlobClaim, PartialBlob};
 pub use layout::{ImageIndex, TagIndex, TagUpdate, read_index_file};
 pub use link::LinkKind;
+pub use remove::{Removal, Removed};
 pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
 
 use crate::crashpoint;
@@ -83,9 +85,15 @@ pub enum StoreError {
     )]
     DiskFull { path: PathBuf },
     #[error(
-        "another static-registry process is writing to {0} (fetch holds its .lock); run prune when it has finished"
+        "another static-registry process is writing to {0} (a fetch holds its .lock); try again when it has finished"
     )]
     Busy(PathBuf),
+    #[error("repository {0} is not in the store")]
+    UnknownRepository(String),
+    #[error("repository {name} has no tag {tag:?}")]
+    UnknownTag { name: String, tag: String },
+    #[error("repository {name} has no manifest {digest}")]
+    UnknownManifest { name: String, digest: Digest },
     #[error("{path} is not a valid OCI index: {source}")]
     BadIndex {
         path: PathBuf,
@@ -108,6 +116,19 @@ impl StoreError {
                     source,
                 }
             }
+        }
+    }
+
+    /// A walkdir error as the I/O error it wraps, on the path it names (else `root`):
+    /// its own message repeats the cause, which then printed twice.
+    fn walk(action: &'static str, root: &Path) -> impl FnOnce(walkdir::Error) -> StoreError {
+        move |e| {
+            let path = e.path().unwrap_or(root).to_owned();
+            let source = match e.into_io_error() {
+                Some(io) => io,
+                None => io::Error::other("a symbolic link loop"),
+            };
+            StoreError::io(action, &path)(source)
         }
     }
 
@@ -209,6 +230,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Have the store to ourselves from now on (for deleting files a concurrent fetch
+    /// could be linking): fails at once, rather than waits, while another process holds it.
+    pub(crate) fn exclusive(&self) -> Result<()> {
+        self._lock
+            .try_lock()
+            .map_err(|_| StoreError::Busy(self.root.clone()))
+    }
+
     /// The short exclusive lock under which index.json and the served documents change.
     fn lock_index(&self) -> Result<File> {
         let path = self.root.join(INDEX_LOCK_FILE);
@@ -307,6 +336,29 @@ pub fn sha256_digest(bytes: &[u8]) -> Digest {
     use sha2::Digest as _;
     let hex = hex::encode(sha2::Sha256::digest(bytes));
     Digest::sha256_from_hex(&hex).expect("sha256 output is valid hex")
+}
+
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Remove `dir` and then its parents while they are empty, up to (not including) `stop`.
+fn remove_empty_dirs(dir: &Path, stop: &Path) -> Result<()> {
+    for d in dir
+        .ancestors()
+        .take_while(|d| *d != stop && d.starts_with(stop))
+    {
+        match fs::remove_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Not empty (a nested repository, another repository's sibling): stop here.
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 fn remove_stale_temps(tmp: &Path) -> Result<()> {

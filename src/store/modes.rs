@@ -136,16 +136,13 @@ fn walk_published(
         .into_iter()
         .filter_entry(|e| e.depth() != 1 || !private.iter().any(|p| e.file_name() == *p));
     for entry in walk {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_owned();
-            StoreError::io("walk", &path)(e.into())
-        })?;
+        let entry = entry.map_err(StoreError::walk("walk", root))?;
         if entry.path_is_symlink() {
             continue;
         }
         let meta = entry
             .metadata()
-            .map_err(|e| StoreError::io("stat", entry.path())(e.into()))?;
+            .map_err(StoreError::walk("stat", entry.path()))?;
         visit(entry.path(), &meta)?;
     }
     Ok(())

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use super::inventory::reachable;
 use super::layout::ImageIndex;
-use super::{PUBLISH_MARKER, Result, Store, StoreError, modes, read_index_file, write_atomic};
+use super::{
+    PUBLISH_MARKER, Result, Store, StoreError, modes, read_index_file, remove_file_if_present,
+    write_atomic,
+};
 use crate::crashpoint;
 use crate::manifest::{Descriptor, Manifest, REF_NAME};
 use crate::reference::Digest;
@@ -65,8 +68,11 @@ impl Store {
             let name = fs::read_to_string(&marker).map_err(StoreError::io("read", &marker))?;
             let dir = self.repo_dir(&name)?;
             let index_path = dir.join("index.json");
-            // Without an index the publish never got as far as the rename: nothing lags.
-            if index_path.is_file() {
+            // Without an index the repository was being removed (or its first publish
+            // never got as far as the rename): it serves nothing.
+            if !index_path.is_file() {
+                self.remove_served(&name)?;
+            } else {
                 let index = read_index_file(&index_path)?;
                 for d in reachable(&dir, &index.manifests) {
                     let path = dir.join("blobs/sha256").join(d.digest.hex());
@@ -121,11 +127,7 @@ impl Store {
             .into_iter()
             .filter_entry(|e| e.file_name() != REFERRERS_DIR)
         {
-            let entry = entry.map_err(|e| StoreError::Io {
-                action: "list",
-                path: base.clone(),
-                source: e.into(),
-            })?;
+            let entry = entry.map_err(StoreError::walk("list", &base))?;
             if entry.file_name() == TAGS_FILE
                 && let Some(dir) = entry.path().parent()
                 && let Ok(name) = dir.strip_prefix(&base)
@@ -166,6 +168,60 @@ impl Store {
         index.manifests.push(referrer.clone());
         index.manifests.sort_by(|a, b| a.digest.cmp(&b.digest));
         write_json(&self.tmp_dir(), &path, &index)
+    }
+}
+
+impl Store {
+    /// The referrers indexes of repository `name`: (subject, index of its referrers).
+    pub(super) fn referrer_docs(&self, name: &str) -> Result<Vec<(Digest, ImageIndex)>> {
+        let dir = self.served_repo_dir(name).join(REFERRERS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io("list", &dir)(e)),
+        };
+        let mut docs = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(StoreError::io("list", &dir))?.path();
+            let Some(subject) = path
+                .file_stem()
+                .and_then(|hex| Digest::sha256_from_hex(&hex.to_string_lossy()).ok())
+            else {
+                continue;
+            };
+            docs.push((subject, read_index_file(&path)?));
+        }
+        Ok(docs)
+    }
+
+    /// Remove the referrers index of `subject` in repository `name`. Call under the index
+    /// lock.
+    pub(super) fn remove_referrers(&self, name: &str, subject: &Digest) -> Result<()> {
+        let path = self
+            .served_repo_dir(name)
+            .join(REFERRERS_DIR)
+            .join(format!("{}.json", subject.hex()));
+        remove_file_if_present(&path)
+    }
+
+    /// Remove repository `name`'s served documents (its nested repositories' stay) and
+    /// rebuild the catalog. Call under the index lock.
+    pub(super) fn remove_served(&self, name: &str) -> Result<()> {
+        if !self.root.join(SERVED_DIR).is_dir() {
+            // Nothing was ever served (a first publish killed before its rename).
+            return Ok(());
+        }
+        let dir = self.served_repo_dir(name);
+        remove_file_if_present(&dir.join(TAGS_FILE))?;
+        let referrers = dir.join(REFERRERS_DIR);
+        match fs::remove_dir_all(&referrers) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io("remove", &referrers)(e));
+            }
+            _ => {}
+        }
+        super::remove_empty_dirs(&dir, &self.root.join(SERVED_DIR))?;
+        self.write_catalog()
     }
 }
 

@@ -6,6 +6,7 @@ mod genconf;
 mod harness;
 mod harness_selftest;
 mod hostile;
+mod maintain;
 mod permissions;
 mod readme;
 mod stock;

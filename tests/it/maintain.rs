@@ -1,0 +1,331 @@
+//! Day-2 operations on a store: shrinking it (`rm`, `fetch --config --delete`, then
+//! `prune`), with what nginx serves following.
+
+use std::fs;
+use std::path::Path;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::genconf::{error_code, gen_conf, request, serve};
+use crate::harness::sha256_digest;
+use crate::harness::skopeo::skopeo_inspect_raw;
+use crate::harness::store::{
+    all_tag_refs, assert_consistent, fetch, registry_with_fixtures, static_registry, tags,
+};
+
+fn run(args: &[&str]) -> (i32, Value, String) {
+    let out = static_registry(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn tag_names(root: &Path, repo: &str) -> Vec<String> {
+    let mut t: Vec<String> = tags(root, repo).into_iter().map(|(t, _)| t).collect();
+    t.sort();
+    t
+}
+
+fn served(root: &Path, doc: &str) -> Value {
+    serde_json::from_slice(&fs::read(root.join(".v2").join(doc)).unwrap()).unwrap()
+}
+
+/// Issue: nothing could be removed, so prune never freed anything, and a repository
+/// deleted by hand stayed in the served catalog.
+#[tokio::test(flavor = "multi_thread")]
+async fn rm_of_tags_and_a_repository_updates_what_is_served_and_prune_frees_the_bytes() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    let r = root.path();
+    let rs = r.to_str().unwrap();
+    let (code, _, stderr) = fetch(r, &all_tag_refs(&reg, &fx), &["--referrers"]);
+    assert_eq!(code, 0, "{stderr}");
+    let web = fx.manifest("apps/web", "v1").digest.clone();
+    let web_referrers = format!("apps/web/_referrers/{}.json", &web[7..]);
+    assert!(r.join(".v2").join(&web_referrers).is_file());
+    let (code, _, stderr) = run(&["prune", "--root", rs, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let (code, json, stderr) = run(&[
+        "rm",
+        "--root",
+        rs,
+        "--json",
+        "apps/web:v1",
+        "many/tags:t001",
+        "many/tags:t002",
+        "base/alpine",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("removed repository base/alpine (2 tags)"),
+        "{stderr}"
+    );
+    assert_eq!(json[0]["tags"], serde_json::json!(["v1"]));
+    // The SBOM stored for apps/web:v1 is still reached through the referrers tag
+    // schema's tag (sha256-<hex>), so its referrers index stays.
+    assert!(r.join(".v2").join(&web_referrers).is_file());
+    assert!(!tag_names(r, "apps/web").contains(&"v1".to_owned()));
+    let many = tag_names(r, "many/tags");
+    assert!(
+        !many.contains(&"t001".into())
+            && !many.contains(&"t002".into())
+            && many.contains(&"t003".into())
+    );
+    assert_eq!(
+        served(r, "many/tags/_tags.json")["tags"],
+        serde_json::json!(many)
+    );
+    assert!(!r.join("base/alpine").exists() && !r.join(".v2/base/alpine").exists());
+    let catalog = served(r, "_catalog.json");
+    assert!(
+        !catalog["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "base/alpine"),
+        "{catalog}"
+    );
+    assert!(
+        catalog["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "apps/api")
+    );
+
+    // What cannot be removed is named, and nothing changes.
+    let (code, _, stderr) = run(&["rm", "--root", rs, "many/tags:nope"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("many/tags has no tag \"nope\""), "{stderr}");
+    let (code, _, stderr) = run(&["rm", "--root", rs, "a/b"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("repository a/b is not in the store"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&["rm", "--root", rs, "Bad/Name"]);
+    assert_eq!(code, 2, "{stderr}");
+
+    let (code, json, stderr) = run(&["prune", "--root", rs, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(json["bytes"].as_u64().unwrap() > 0, "{json}");
+    assert_consistent(r);
+    let (code, _, stderr) = run(&["verify", "--root", rs]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let nginx = serve(&gen_conf(r, &[]).0);
+    let url = |p: &str| format!("{}{p}", nginx.url());
+    let (status, _, body) = request(Method::GET, &url("/v2/base/alpine/tags/list")).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
+    let (status, _, body) = request(Method::GET, &url("/v2/apps/web/manifests/v1")).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
+    let addr = nginx.addr();
+    let kept: Vec<(String, String, String)> = fx
+        .all_refs()
+        .into_iter()
+        .filter(|(repo, tag, _)| {
+            repo != "base/alpine"
+                && repo != "foreign/win"
+                && !(repo == "apps/web" && tag == "v1")
+                && !(repo == "many/tags" && (tag == "t001" || tag == "t002"))
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for (repo, tag, digest) in kept {
+            let raw = skopeo_inspect_raw(
+                &format!("docker://{addr}/{repo}:{tag}"),
+                &["--tls-verify=false"],
+            );
+            assert_eq!(sha256_digest(&raw), digest, "{repo}:{tag}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn write_config(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Issue: a re-fetch with a smaller selection kept every old tag.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_smaller_reselection_with_delete_removes_only_the_tags_no_longer_picked() {
+    let (reg, _fx, root) = registry_with_fixtures().await;
+    let r = root.path();
+    let rs = r.to_str().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let a = reg.addr();
+    let config = |many: &str, oci: &str| {
+        format!(
+            "registries:\n  \"{a}\": {{tls-verify: false}}\nimages:\n  - source: {a}/many/tags\n    allow: ['{many}']\n  - source: {a}/oci/multi\n    tags: [{oci}]\n  - source: {a}/apps/web\n    tags: [v1]\n    referrers: true\n"
+        )
+    };
+    let wide = write_config(
+        work.path(),
+        "wide.yaml",
+        &config("t00[0-9]", "\"1.0\", latest"),
+    );
+    let narrow = write_config(work.path(), "narrow.yaml", &config("t00[0-4]", "\"1.0\""));
+    let (code, _, stderr) = run(&["fetch", "--config", &wide, "--root", rs]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = fetch(r, &[format!("{a}/a/b/c:1")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let web_tags = tag_names(r, "apps/web");
+    assert!(
+        web_tags.iter().any(|t| t.starts_with("sha256-")),
+        "{web_tags:?}"
+    );
+
+    // Without --delete a smaller selection keeps what is there.
+    let (code, _, stderr) = run(&["fetch", "--config", &narrow, "--root", rs]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(tag_names(r, "many/tags").len(), 10);
+
+    let (code, json, stderr) = run(&[
+        "fetch", "--config", &narrow, "--root", rs, "--delete", "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("removed many/tags:t009 (no longer selected)"),
+        "{stderr}"
+    );
+    let removed: Vec<String> = json["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let name = r["name"].as_str().unwrap().to_owned();
+            r["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |t| format!("{name}:{}", t.as_str().unwrap()))
+        })
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            "many/tags:t005",
+            "many/tags:t006",
+            "many/tags:t007",
+            "many/tags:t008",
+            "many/tags:t009",
+            "oci/multi:latest"
+        ]
+    );
+    assert_eq!(
+        tag_names(r, "many/tags"),
+        ["t000", "t001", "t002", "t003", "t004"]
+    );
+    assert_eq!(tag_names(r, "oci/multi"), ["1.0"]);
+    // The referrer tag of a kept image, and a repository the config does not name, stay.
+    assert_eq!(tag_names(r, "apps/web"), web_tags);
+    assert_eq!(tag_names(r, "a/b/c"), ["1"]);
+    assert_consistent(r);
+
+    // A repository whose tags cannot be listed is left alone.
+    let down = write_config(
+        work.path(),
+        "down.yaml",
+        "registries:\n  \"127.0.0.1:1\": {tls-verify: false}\nimages:\n  - source: 127.0.0.1:1/many/tags\n    allow: ['t000']\n",
+    );
+    let (code, _, stderr) = run(&[
+        "fetch",
+        "--config",
+        &down,
+        "--root",
+        rs,
+        "--delete",
+        "--retries",
+        "0",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(tag_names(r, "many/tags").len(), 5, "{stderr}");
+}
+
+/// `rm` killed at each step of its commit: the next command that opens the store
+/// finishes it, and the store then serves exactly what an uninterrupted `rm` leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn rm_killed_at_any_step_is_finished_by_the_next_open() {
+    let (reg, fx, reference) = registry_with_fixtures().await;
+    let refs = all_tag_refs(&reg, &fx);
+    let fresh = || {
+        let root = crate::harness::served_tempdir("it-rm-");
+        let (code, _, stderr) = fetch(root.path(), &refs, &["--referrers"]);
+        assert_eq!(code, 0, "{stderr}");
+        root
+    };
+    for (target, points) in [
+        (
+            "apps/web:v1",
+            &["index-written:1", "index-renamed:1", "tags-written:1"][..],
+        ),
+        ("base/alpine", &["index-removed:1"][..]),
+    ] {
+        let done = fresh();
+        let (code, _, stderr) = run(&["rm", "--root", done.path().to_str().unwrap(), target]);
+        assert_eq!(code, 0, "{stderr}");
+        for at in points {
+            let root = fresh();
+            let r = root.path().to_str().unwrap();
+            let out = crate::harness::run_with_timeout(
+                std::process::Command::new(env!("CARGO_BIN_EXE_static-registry"))
+                    .args(["rm", "--root", r, target])
+                    .env("STATIC_REGISTRY_CRASH_AT", at),
+                std::time::Duration::from_secs(60),
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(&format!("crash point {at} reached")),
+                "rm {target} with {at}: {stderr}"
+            );
+            // Run again: it finishes what the killed one left, or finds it done.
+            let (code, _, stderr) = run(&["rm", "--root", r, target]);
+            assert!(
+                code == 0 || stderr.contains("has no tag"),
+                "rerun after {at}: {stderr}"
+            );
+            assert_consistent(root.path());
+            let (code, _, stderr) = run(&["verify", "--root", r]);
+            assert_eq!(code, 0, "verify after {at}: {stderr}");
+            assert_eq!(
+                served_documents(root.path()),
+                served_documents(done.path()),
+                "served documents after rm {target} killed at {at}"
+            );
+            assert_eq!(
+                crate::harness::store::repos(root.path()),
+                crate::harness::store::repos(done.path())
+            );
+        }
+    }
+    drop(reference);
+}
+
+/// Every file under `.v2` with its bytes.
+fn served_documents(root: &Path) -> Vec<(String, String)> {
+    let base = root.join(".v2");
+    let mut docs: Vec<(String, String)> = walkdir::WalkDir::new(&base)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e.path().strip_prefix(&base).unwrap();
+            (
+                rel.to_string_lossy().into_owned(),
+                fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    docs.sort();
+    docs
+}
