@@ -70,8 +70,9 @@ pub struct VerifyArgs {
     /// Store directory.
     #[arg(long, default_value = "images", value_name = "DIR")]
     pub root: PathBuf,
-    /// Mend what can be mended in place first (files and directories the web server
-    /// cannot read get modes 0644/0755 less the umask), then verify.
+    /// Mend what can be mended in place first, with the store to ourselves: modes the
+    /// web server cannot read (0644/0755 less the umask), corrupt blobs removed (pool
+    /// and layouts), lost links restored; then verify. Names the images to fetch again.
     #[arg(long)]
     pub repair: bool,
     /// Print the report as JSON on stdout.

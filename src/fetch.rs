@@ -617,6 +617,9 @@ struct Ctx {
     /// Each repository's index.json as the run found it, read once (not once per tag:
     /// that is quadratic for repositories with thousands of tags).
     indexes: OncePer<String, Arc<TagIndex>>,
+    /// Whether the store still holds everything a stored manifest reaches, checked once
+    /// per repository and manifest (many tags share manifests).
+    complete: OncePer<(String, Digest), bool>,
     stats: Stats,
 }
 
@@ -642,6 +645,7 @@ pub async fn execute(
         blobs: OncePer::new(),
         manifests: OncePer::new(),
         indexes: OncePer::new(),
+        complete: OncePer::new(),
         tags: OncePer::new(),
         stats: Stats::default(),
     });
@@ -860,7 +864,7 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
                     .head_manifest(host, &r.repository, tag)
                     .await?;
                 if let Some(d) = head.digest.and_then(|d| d.parse::<Digest>().ok()) {
-                    if is_copy_of(stored, &d, filter) && ctx.store.has_blob(&stored.digest)? {
+                    if is_copy_of(stored, &d, filter) && complete(ctx, &p.name, stored).await? {
                         return Ok(Got::Unchanged(stored.clone()));
                     }
                     if d.algorithm() == "sha256" {
@@ -874,7 +878,9 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
                 Some(tag) => index.tag(tag).filter(|s| is_copy_of(s, d, filter)),
                 None => index.entries().iter().find(|s| is_copy_of(s, d, filter)),
             };
-            if let Some(stored) = stored {
+            if let Some(stored) = stored
+                && complete(ctx, &p.name, stored).await?
+            {
                 return Ok(Got::Unchanged(stored.clone()));
             }
         }
@@ -932,6 +938,23 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
         },
         referrers,
     })
+}
+
+/// Whether the store still holds everything the stored entry reaches (a stat a file):
+/// if a damaged store lost some of it, or `verify --repair` removed corrupt files, the
+/// image is fetched again instead of reported unchanged.
+async fn complete(ctx: &Ctx, name: &str, stored: &Descriptor) -> Result<bool, FetchError> {
+    let cell = ctx
+        .complete
+        .cell(&(name.to_owned(), stored.digest.clone()))
+        .await;
+    let complete = cell
+        .get_or_try_init(|| {
+            let (store, name, stored) = (ctx.store.clone(), name.to_owned(), stored.clone());
+            blocking(move || store.is_complete(&name, &stored))
+        })
+        .await?;
+    Ok(*complete)
 }
 
 /// "linux/amd64,linux/arm64": the platform list as recorded in annotations.

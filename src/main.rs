@@ -452,15 +452,31 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
     if !inventory::is_store(&args.root) {
         anyhow::bail!("{} is not a static-registry store", args.root.display());
     }
-    if args.repair {
-        let repaired = verify::repair(&args.root)
-            .with_context(|| format!("repairing the store at {}", args.root.display()))?;
-        eprintln!(
-            "repaired: {} files and directories made readable by the web server",
-            repaired.modes_fixed.len()
-        );
-    }
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if args.repair {
+        let store = Store::open(&args.root)
+            .with_context(|| format!("opening the store at {}", args.root.display()))?;
+        let repaired = verify::repair(&store, threads)
+            .with_context(|| format!("repairing the store at {}", args.root.display()))?;
+        for path in &repaired.removed {
+            eprintln!("repair: removed corrupt {}", path.display());
+        }
+        for path in &repaired.relinked {
+            eprintln!("repair: linked {}", path.display());
+        }
+        eprintln!(
+            "repaired: {} files and directories made readable by the web server, {} corrupt files removed, {} relinked",
+            repaired.modes_fixed.len(),
+            repaired.removed.len(),
+            repaired.relinked.len()
+        );
+        if !repaired.fetch_again.is_empty() {
+            eprintln!(
+                "fetch again (the same fetch downloads just what is missing): {}",
+                repaired.fetch_again.join(" ")
+            );
+        }
+    }
     let report = verify::verify(&args.root, threads)
         .with_context(|| format!("verifying the store at {}", args.root.display()))?;
     if args.json {

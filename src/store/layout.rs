@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::atomic::{replace, sync_dir, synced_temp, write_atomic};
+use super::inventory::reachable;
 use super::{POOL_DIR, Result, Store, StoreError, modes};
 use crate::crashpoint;
 use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
@@ -108,6 +109,23 @@ impl Store {
     pub fn read_index(&self, name: &str) -> Result<TagIndex> {
         let path = self.repo_dir(name)?.join("index.json");
         read_index_file(&path).map(TagIndex::from)
+    }
+
+    /// Whether everything an index.json entry reaches is in the repository's layout (at
+    /// its size) and in the pool: a stat a file, no hashing. Foreign layers are not
+    /// stored. (A manifest that is missing ends its branch, and makes this false.)
+    pub fn is_complete(&self, name: &str, entry: &Descriptor) -> Result<bool> {
+        let dir = self.repo_dir(name)?;
+        let pool = self.root.join(POOL_DIR).join("sha256");
+        let blobs = dir.join("blobs/sha256");
+        Ok(reachable(&dir, std::slice::from_ref(entry))
+            .iter()
+            .filter(|d| !d.is_foreign() && d.digest.algorithm() == "sha256")
+            .all(|d| {
+                let hex = d.digest.hex();
+                fs::metadata(blobs.join(hex)).is_ok_and(|m| m.len() == d.size)
+                    && pool.join(hex).is_file()
+            }))
     }
 
     /// Publish manifests in a repository, and `referrers` (subject digest, referrer

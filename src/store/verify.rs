@@ -12,9 +12,11 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::inventory::{reachable, repository_names};
-use super::modes;
-use super::{POOL_DIR, PUBLISH_MARKER, Result, StoreError, TMP_DIR, read_index_file, repo_path};
-use crate::manifest::{Descriptor, Manifest};
+use super::{
+    POOL_DIR, PUBLISH_MARKER, Result, Store, StoreError, TMP_DIR, link, modes, read_index_file,
+    repo_path,
+};
+use crate::manifest::{Descriptor, Manifest, REF_NAME};
 
 /// What `verify` found. `problems` make the store unfit to serve; `notes` do not.
 #[derive(Debug, Default, Serialize)]
@@ -27,6 +29,23 @@ pub struct Report {
     /// Published files and directories others cannot read or traverse (one problem
     /// names how many and how to fix them; this lists each).
     pub unreadable: Vec<modes::Unreadable>,
+    /// Damaged files `repair` can mend (each is also a problem).
+    pub damage: Vec<Damage>,
+}
+
+/// A damaged file, and what `repair` does with it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Damage {
+    /// A pool blob whose bytes do not hash to its name; the layout files linked to it
+    /// share its bytes. Removed with them (the next fetch downloads it again).
+    CorruptPool { path: PathBuf },
+    /// A layout file of its own (a copy, not the pool's inode) with wrong bytes. Removed.
+    CorruptLayout { path: PathBuf },
+    /// A layout file with the right bytes whose pool entry is gone. Linked back.
+    NotPooled { path: PathBuf, pool: PathBuf },
+    /// A blob an index.json reaches that the layout lacks and the pool has. Linked.
+    NotLinked { path: PathBuf, pool: PathBuf },
 }
 
 /// What `repair` changed.
@@ -34,14 +53,76 @@ pub struct Report {
 pub struct RepairReport {
     /// Files and directories made readable (traversable) by others.
     pub modes_fixed: Vec<PathBuf>,
+    /// Corrupt files removed (pool blobs with their layout links, layout copies).
+    pub removed: Vec<PathBuf>,
+    /// Layout files linked back into the pool, and pool blobs linked into layouts.
+    pub relinked: Vec<PathBuf>,
+    /// Images (`name:tag`, or `name@digest` when untagged) that no longer have all
+    /// their blobs: fetch them again (a fetch of the same references re-downloads
+    /// exactly what is missing).
+    pub fetch_again: Vec<String>,
 }
 
-/// Mend what verify reports and can be mended in place: published entries others cannot
-/// read get the modes a served tree needs (see `modes`).
-pub fn repair(root: &Path) -> Result<RepairReport> {
-    Ok(RepairReport {
+/// Mend what `verify` finds and can be mended in place, with the store to ourselves (no
+/// fetch may run): file modes (see `modes`), then the damaged files (see [`Damage`]).
+/// Nothing corrupt stays served; what is gone is listed to fetch again.
+pub fn repair(store: &Store, threads: usize) -> Result<RepairReport> {
+    store.exclusive()?;
+    let root = store.root();
+    let mut out = RepairReport {
         modes_fixed: modes::repair(root)?,
-    })
+        ..RepairReport::default()
+    };
+    for damage in verify(root, threads)?.damage {
+        match damage {
+            Damage::CorruptPool { path } => {
+                // Every layout link to these bytes is corrupt too.
+                let inode = fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
+                let hex = path.file_name().unwrap_or_default();
+                for name in repository_names(root)? {
+                    let Ok(dir) = repo_path(root, &name) else {
+                        continue;
+                    };
+                    let link = dir.join("blobs/sha256").join(hex);
+                    if fs::metadata(&link).is_ok_and(|m| Some((m.dev(), m.ino())) == inode) {
+                        remove(&link, &mut out.removed)?;
+                    }
+                }
+                remove(&path, &mut out.removed)?;
+            }
+            Damage::CorruptLayout { path } => remove(&path, &mut out.removed)?,
+            Damage::NotPooled { path, pool } => {
+                link::link_or_copy(&store.tmp_dir(), &path, &pool)?;
+                out.relinked.push(pool);
+            }
+            // Unless the pool's copy was corrupt and just went.
+            Damage::NotLinked { path, pool } if pool.is_file() => {
+                link::link_or_copy(&store.tmp_dir(), &pool, &path)?;
+                out.relinked.push(path);
+            }
+            Damage::NotLinked { .. } => {}
+        }
+    }
+    for name in repository_names(root)? {
+        let Ok(dir) = repo_path(root, &name) else {
+            continue;
+        };
+        for d in read_index_file(&dir.join("index.json"))?.manifests {
+            if !store.is_complete(&name, &d)? {
+                out.fetch_again.push(match d.annotations.get(REF_NAME) {
+                    Some(tag) => format!("{name}:{tag}"),
+                    None => format!("{name}@{}", d.digest),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove(path: &Path, removed: &mut Vec<PathBuf>) -> Result<()> {
+    super::remove_file_if_present(path)?;
+    removed.push(path.to_owned());
+    Ok(())
 }
 
 impl Report {
@@ -67,7 +148,7 @@ pub fn verify(root: &Path, threads: usize) -> Result<Report> {
     let chunks: Vec<&[PathBuf]> = blobs
         .chunks(blobs.len().div_ceil(threads.max(1)).max(1))
         .collect();
-    let results: Vec<(u64, Vec<String>)> = std::thread::scope(|s| {
+    let results: Vec<(u64, Vec<PathBuf>)> = std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .iter()
             .map(|chunk| s.spawn(move || check_pool_files(chunk)))
@@ -77,9 +158,15 @@ pub fn verify(root: &Path, threads: usize) -> Result<Report> {
             .map(|h| h.join().expect("hashing thread panicked"))
             .collect()
     });
-    for (bytes, problems) in results {
+    for (bytes, corrupt) in results {
         report.bytes_checked += bytes;
-        report.problems.extend(problems);
+        for path in corrupt {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            report.problems.push(format!(
+                "pool blob sha256:{name} is corrupt (its content does not hash to its name), and so is every layout linked to it; repair removes them"
+            ));
+            report.damage.push(Damage::CorruptPool { path });
+        }
     }
 
     for name in repository_names(root)? {
@@ -130,9 +217,11 @@ pub fn verify(root: &Path, threads: usize) -> Result<Report> {
     Ok(report)
 }
 
-fn check_pool_files(paths: &[PathBuf]) -> (u64, Vec<String>) {
+/// The pool files among `paths` whose bytes do not hash to their name (or cannot be
+/// read), and the bytes hashed.
+fn check_pool_files(paths: &[PathBuf]) -> (u64, Vec<PathBuf>) {
     let mut bytes = 0;
-    let mut problems = Vec::new();
+    let mut corrupt = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     for path in paths {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -140,15 +229,13 @@ fn check_pool_files(paths: &[PathBuf]) -> (u64, Vec<String>) {
             Ok((hex, n)) => {
                 bytes += n;
                 if hex != name {
-                    problems.push(format!(
-                        "pool blob sha256:{name} is corrupt: its content hashes to sha256:{hex}"
-                    ));
+                    corrupt.push(path.clone());
                 }
             }
-            Err(e) => problems.push(format!("pool blob {}: {e}", path.display())),
+            Err(_) => corrupt.push(path.clone()),
         }
     }
-    (bytes, problems)
+    (bytes, corrupt)
 }
 
 fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<(String, u64)> {
@@ -166,7 +253,8 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<(String, u64)> {
 }
 
 /// Everything index.json reaches: present in the layout (foreign layers excepted), sized
-/// as described, the pool's inode or the same bytes, and manifests parse.
+/// as described, the pool's inode or the same bytes (hashed: nginx serves the layout's
+/// file, whatever the pool holds), and manifests parse.
 fn check_repository(
     root: &Path,
     name: &str,
@@ -181,36 +269,61 @@ fn check_repository(
         }
         let key = &d.digest;
         let path = dir.join("blobs/sha256").join(d.digest.hex());
+        let pool = root.join(POOL_DIR).join("sha256").join(d.digest.hex());
+        let pooled = fs::metadata(&pool);
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
             Err(_) if d.is_foreign() => continue,
+            Err(_) if pooled.is_ok() => {
+                report.problems.push(format!(
+                    "{name}: {key} is referenced but missing from the layout (the pool has it; repair links it)"
+                ));
+                report.damage.push(Damage::NotLinked { path, pool });
+                continue;
+            }
             Err(_) => {
                 report.problems.push(format!(
-                    "{name}: {key} is referenced but missing from the layout"
+                    "{name}: {key} is referenced but missing from the layout and the pool (fetch the image again)"
                 ));
                 continue;
             }
         };
-        if meta.len() != d.size {
-            report.problems.push(format!(
-                "{name}: {key} is {} bytes, its descriptor says {}",
-                meta.len(),
-                d.size
-            ));
-        }
-        let pool = root.join(POOL_DIR).join("sha256").join(d.digest.hex());
-        match fs::metadata(&pool) {
-            Ok(p) if p.ino() == meta.ino() && p.dev() == meta.dev() => {}
-            // A copy or reflink (where hardlinks failed): its bytes must still match.
-            Ok(_) => match hash_file(&path, &mut buf) {
-                Ok((hex, _)) if hex == d.digest.hex() => {}
-                _ => report
-                    .problems
-                    .push(format!("{name}: the layout's copy of {key} is corrupt")),
-            },
-            Err(_) => report.notes.push(format!(
-                "{name}: {key} is in the layout but not in the pool"
-            )),
+        let same_inode = pooled
+            .as_ref()
+            .is_ok_and(|p| p.ino() == meta.ino() && p.dev() == meta.dev());
+        if same_inode {
+            // The pool's hash check covers these bytes.
+            if meta.len() != d.size {
+                report.problems.push(format!(
+                    "{name}: {key} is {} bytes, its descriptor says {}",
+                    meta.len(),
+                    d.size
+                ));
+            }
+        } else {
+            let intact = meta.len() == d.size
+                && hash_file(&path, &mut buf).is_ok_and(|(hex, _)| hex == d.digest.hex());
+            match (intact, pooled.is_ok()) {
+                (false, _) => {
+                    report.problems.push(format!(
+                        "{name}: the layout's copy of {key} is corrupt; repair removes it"
+                    ));
+                    report
+                        .damage
+                        .push(Damage::CorruptLayout { path: path.clone() });
+                }
+                (true, false) => {
+                    report.problems.push(format!(
+                        "{name}: {key} is in the layout but not in the pool; repair links it back"
+                    ));
+                    report.damage.push(Damage::NotPooled {
+                        path: path.clone(),
+                        pool,
+                    });
+                }
+                // A copy or reflink where hardlinks failed, with the right bytes.
+                (true, true) => {}
+            }
         }
         if (d.media_type.contains("manifest") || d.media_type.contains("index"))
             && let Ok(bytes) = fs::read(&path)
