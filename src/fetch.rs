@@ -198,6 +198,7 @@ pub struct Summary {
     pub blobs_fetched: u64,
     pub blobs_reused: u64,
     pub manifests_fetched: u64,
+    /// Blob and manifest bytes downloaded.
     pub bytes_fetched: u64,
     pub seconds: f64,
     /// What `--delete` took out (tags the selection no longer picks).
@@ -414,16 +415,31 @@ pub struct PlanRow {
     pub digest: Option<String>,
     /// Bytes of the manifests, configs and layers the image reaches, each once.
     pub size: u64,
-    /// Of those, bytes the store does not hold yet.
+    /// Of those, bytes the store does not hold yet and no earlier row counts: the rows
+    /// add up to what the fetch will download, each blob counted once.
     pub to_download: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub error: Vec<String>,
 }
 
 /// Read (never write) what each planned image reaches: its manifests from the registry,
-/// sizes from their descriptors; with `root`, what the store lacks.
+/// sizes from their descriptors; with `root`, what the store lacks. A tag the store
+/// holds as fetch would store it (a platform-cut index included) costs nothing.
 pub async fn survey(clients: &Clients, planned: &[Planned], root: Option<&Path>) -> Vec<PlanRow> {
-    futures::stream::iter(planned)
+    let mut indexes: HashMap<&str, TagIndex> = HashMap::new();
+    if let Some(root) = root {
+        for p in planned {
+            if !indexes.contains_key(p.name.as_str()) {
+                let index = store::repo_path(root, &p.name)
+                    .and_then(|dir| store::read_index_file(&dir.join("index.json")))
+                    .map(TagIndex::from)
+                    .unwrap_or_default();
+                indexes.insert(&p.name, index);
+            }
+        }
+    }
+    let indexes = &indexes;
+    let surveyed: Vec<(PlanRow, Lacking)> = futures::stream::iter(planned)
         .map(|p| async move {
             let mut row = PlanRow {
                 source: p.source.to_string(),
@@ -434,27 +450,64 @@ pub async fn survey(clients: &Clients, planned: &[Planned], root: Option<&Path>)
                 to_download: 0,
                 error: Vec::new(),
             };
-            match survey_image(clients, p, root, &mut row).await {
-                Ok(()) => {}
-                Err(e) => row.error = error_chain(&e),
-            }
-            row
+            let stored = indexes.get(p.name.as_str());
+            let lacking = match survey_image(clients, p, root, stored, &mut row).await {
+                Ok(lacking) => lacking,
+                Err(e) => {
+                    row.error = error_chain(&e);
+                    Lacking::default()
+                }
+            };
+            (row, lacking)
         })
         .buffered(16)
         .collect()
-        .await
+        .await;
+    // In plan order, so the same plan always attributes a shared blob to the same row.
+    let mut counted = HashSet::new();
+    surveyed
+        .into_iter()
+        .map(|(mut row, lacking)| {
+            row.to_download = lacking.by_tag
+                + lacking
+                    .shared
+                    .into_iter()
+                    .filter(|(d, _)| counted.insert(d.clone()))
+                    .map(|(_, size)| size)
+                    .sum::<u64>();
+            row
+        })
+        .collect()
 }
 
+/// What one image would download.
+#[derive(Default)]
+struct Lacking {
+    /// The manifest of a tag the store has never seen: fetched by tag whatever else
+    /// shares it (its digest is unknown until it arrives).
+    by_tag: u64,
+    /// Everything else the store lacks, by digest: fetched once per run.
+    shared: Vec<(Digest, u64)>,
+}
+
+/// Walk one image's manifests (sizing `row`) and return what the store lacks of it.
 async fn survey_image(
     clients: &Clients,
     p: &Planned,
     root: Option<&Path>,
+    stored: Option<&TagIndex>,
     row: &mut PlanRow,
-) -> Result<(), FetchError> {
+) -> Result<Lacking, FetchError> {
     let r = &p.source;
     let client = clients.get(&r.registry);
+    let filter = (!p.platforms.is_empty()).then(|| platform_list(&p.platforms));
     let mut pending = vec![(r.manifest_reference(), None::<String>, r.digest.clone())];
     let mut seen = std::collections::HashSet::new();
+    let mut lacking = Lacking::default();
+    let new_tag = r.digest.is_none()
+        && r.tag
+            .as_deref()
+            .is_some_and(|t| stored.is_none_or(|i| i.tag(t).is_none()));
     let lacks = |d: &Digest| root.is_none_or(|root| !store::inventory::has_blob(root, d));
     // A platform list cuts the top index only, as fetch does.
     let mut top = true;
@@ -473,13 +526,28 @@ async fn survey_image(
                 origin: "the digest asked for",
             });
         }
-        if row.digest.is_none() {
+        if top {
             row.digest = Some(digest.to_string());
+            // Stored as fetch would store it (after a platform cut its own digest
+            // differs from the registry's): a warm fetch downloads nothing of it.
+            let copy = stored.and_then(|i| match &r.tag {
+                Some(tag) => i.tag(tag),
+                None => i
+                    .entries()
+                    .iter()
+                    .find(|s| is_copy_of(s, &digest, filter.as_deref())),
+            });
+            if copy.is_some_and(|s| is_copy_of(s, &digest, filter.as_deref())) {
+                row.size += body.bytes.len() as u64;
+                return Ok(Lacking::default());
+            }
         }
         let size = body.bytes.len() as u64;
         row.size += size;
-        if lacks(&digest) {
-            row.to_download += size;
+        if top && new_tag {
+            lacking.by_tag += size;
+        } else if lacks(&digest) {
+            lacking.shared.push((digest.clone(), size));
         }
         let content_type = media_type.or(body.media_type);
         let manifest = Manifest::parse(&body.bytes, content_type.as_deref()).map_err(|source| {
@@ -507,14 +575,14 @@ async fn survey_image(
                     }
                     row.size += d.size;
                     if lacks(&d.digest) {
-                        row.to_download += d.size;
+                        lacking.shared.push((d.digest, d.size));
                     }
                 }
             }
         }
         top = false;
     }
-    Ok(())
+    Ok(lacking)
 }
 
 /// One image to fetch and the repository it goes to.
@@ -579,7 +647,16 @@ struct Stats {
     blobs_fetched: AtomicU64,
     blobs_reused: AtomicU64,
     manifests_fetched: AtomicU64,
+    /// Blob and manifest bytes downloaded.
     bytes_fetched: AtomicU64,
+}
+
+impl Stats {
+    fn manifest_fetched(&self, bytes: &[u8]) {
+        self.manifests_fetched.fetch_add(1, Ordering::Relaxed);
+        self.bytes_fetched
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Work done at most once per key (a digest, a repository) in a run; later askers wait
@@ -904,7 +981,7 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
                 .get(&r.registry)
                 .get_manifest(host, &r.repository, &reference)
                 .await?;
-            ctx.stats.manifests_fetched.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.manifest_fetched(&body.bytes);
             let actual = sha256_digest(&body.bytes);
             if let Some(header) = body.digest.as_deref().filter(|h| h.starts_with("sha256:"))
                 && header != actual.to_string()
@@ -1385,7 +1462,7 @@ async fn manifest_by_digest(
                     &digest.to_string(),
                 )
                 .await?;
-            ctx.stats.manifests_fetched.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.manifest_fetched(&body.bytes);
             let actual = sha256_digest(&body.bytes);
             if &actual != digest {
                 return Err(FetchError::ManifestDigest {

@@ -267,7 +267,22 @@ fn plan_command(args: PlanArgs) -> Result<ExitCode> {
             &table,
         );
         let total: u64 = rows.iter().map(|r| r.to_download).sum();
-        eprintln!("{} images, {} to download", rows.len(), human_bytes(total));
+        let unknown = rows.iter().filter(|r| !r.error.is_empty()).count();
+        if unknown == 0 && all_resolved {
+            eprintln!("{} images, {} to download", rows.len(), human_bytes(total));
+        } else {
+            eprintln!(
+                "{} images, {} to download for the {} that could be read; incomplete: the registry could not be read for {} (errors below), so this total says nothing about them",
+                rows.len(),
+                human_bytes(total),
+                rows.len() - unknown,
+                if all_resolved {
+                    format!("{unknown} images")
+                } else {
+                    format!("{unknown} images and some repositories' tag lists")
+                }
+            );
+        }
     }
     for r in rows.iter().filter(|r| !r.error.is_empty()) {
         eprintln!("error: {}: {}", r.source, r.error.join(": "));

@@ -460,11 +460,12 @@ fn plant_partial(root: &Path, digest: &str, bytes: &[u8]) {
     fs::write(tmp.join(format!("sha256-{}.part", &digest[7..])), bytes).unwrap();
 }
 
-/// The biggest blob of `repo:tag` and the sum of its blob sizes.
+/// The biggest blob of `repo:tag` (a single-platform image), and the bytes a cold fetch
+/// of it downloads: its manifest and its blobs.
 fn biggest_blob<'a>(fx: &'a Fixtures, repo: &str, tag: &str) -> (&'a str, &'a [u8], usize) {
     let m = fx.manifest(repo, tag);
     let big = m.blobs.iter().max_by_key(|d| fx.blob(d).len()).unwrap();
-    let total = m.blobs.iter().map(|d| fx.blob(d).len()).sum();
+    let total = m.bytes.len() + m.blobs.iter().map(|d| fx.blob(d).len()).sum::<usize>();
     (big, fx.blob(big), total)
 }
 

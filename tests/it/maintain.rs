@@ -465,3 +465,63 @@ async fn a_warm_fetch_downloads_again_a_blob_the_store_lost() {
     );
     assert_consistent(r);
 }
+
+fn plan_total(rows: &Value) -> u64 {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["to_download"].as_u64().unwrap())
+        .sum()
+}
+
+/// Issue: plan counted a blob shared by several images once per image (323.5 MB planned,
+/// 79.9 MB fetched), kept reporting a platform-cut index as missing after the fetch,
+/// and totalled "0 B to download" with the registry unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_totals_equal_what_the_following_fetch_downloads() {
+    let (reg, _fx, root) = registry_with_fixtures().await;
+    let r = root.path();
+    let rs = r.to_str().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let a = reg.addr();
+    // The base layer is shared by three repositories, many/tags has 10 tags on a few
+    // manifests, oci/multi is cut to one platform.
+    let config = write_config(
+        work.path(),
+        "mirror.yaml",
+        &format!(
+            "registries:\n  \"{a}\": {{tls-verify: false}}\nimages:\n  - source: {a}/base/alpine\n    all-tags: true\n  - source: {a}/apps/web\n    tags: [v1]\n  - source: {a}/apps/api\n    tags: [v1]\n  - source: {a}/oci/multi\n    tags: [\"1.0\", latest]\n    platforms: [linux/amd64]\n  - source: {a}/docker/multi\n    tags: [v1]\n  - source: {a}/many/tags\n    allow: ['t00[0-9]']\n"
+        ),
+    );
+    let (code, rows, stderr) = run(&["plan", "--config", &config, "--root", rs, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let planned = plan_total(&rows);
+    let (code, json, stderr) = run(&["fetch", "--config", &config, "--root", rs, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        planned,
+        json["bytes_fetched"].as_u64().unwrap(),
+        "plan vs fetch:\n{rows:#}"
+    );
+
+    // After the fetch (the cut index included) nothing is left to download.
+    let (code, rows, stderr) = run(&["plan", "--config", &config, "--root", rs, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(plan_total(&rows), 0, "{rows:#}");
+    let (code, json, stderr) = run(&["fetch", "--config", &config, "--root", rs, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json["bytes_fetched"], 0);
+
+    // The registry down: the total says it is incomplete.
+    let down = write_config(
+        work.path(),
+        "down.yaml",
+        "registries:\n  \"127.0.0.1:1\": {tls-verify: false}\nimages:\n  - source: 127.0.0.1:1/apps/web\n    tags: [v1]\n",
+    );
+    let (code, _, stderr) = run(&["plan", "--config", &down, "--root", rs, "--retries", "0"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("incomplete: the registry could not be read for 1 images"),
+        "{stderr}"
+    );
+}
