@@ -19,22 +19,33 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Usage lines are fixed: clap's own list the options an erroneous command line used,
+/// which reads as if `--root <DIR>` were required.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch images (every platform, config and layer) into the store under --root.
+    #[command(
+        override_usage = "static-registry fetch [OPTIONS] <REFERENCE>...\n       static-registry fetch [OPTIONS] --config <FILE>"
+    )]
     Fetch(FetchArgs),
     /// Show what `fetch --config` would fetch, with sizes; nothing is written.
+    #[command(override_usage = "static-registry plan [OPTIONS] --config <FILE>")]
     Plan(PlanArgs),
     /// Print nginx configuration that serves the store as a read-only registry.
+    #[command(override_usage = "static-registry gen-conf [OPTIONS]")]
     GenConf(GenConfArgs),
     /// List the repositories, tags, digests and sizes in a store.
+    #[command(override_usage = "static-registry ls [OPTIONS] [REPOSITORY]")]
     Ls(LsArgs),
     /// Check a store: every blob hashes to its name, every tag reaches only stored blobs.
+    #[command(override_usage = "static-registry verify [OPTIONS]")]
     Verify(VerifyArgs),
     /// Remove tags, manifests or whole repositories from the store (then prune frees
     /// the blobs nothing reaches).
+    #[command(override_usage = "static-registry rm [OPTIONS] <NAME[:TAG|@DIGEST]>...")]
     Rm(RmArgs),
     /// Remove blobs no tag reaches any more and stale temporary files.
+    #[command(override_usage = "static-registry prune [OPTIONS]")]
     Prune(PruneArgs),
 }
 

@@ -16,7 +16,8 @@ use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
 
 use crate::config::ImageSpec;
 use crate::manifest::{
-    Descriptor, KEPT_PLATFORMS, Kind, Manifest, ManifestError, OCI_INDEX, REF_NAME, UPSTREAM_DIGEST,
+    Descriptor, KEPT_PLATFORMS, Kind, Manifest, ManifestError, OCI_INDEX, REF_NAME, SOURCE,
+    UPSTREAM_DIGEST,
 };
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
@@ -115,6 +116,14 @@ pub enum FetchError {
     NameClash {
         name: String,
         first: String,
+        second: String,
+    },
+    #[error(
+        "{name:?} in the store holds images of {stored}; {second} would be merged into it: fetch into another --root, use --keep-host (or a config `target`), or remove it first (static-registry rm {name})"
+    )]
+    StoredNameClash {
+        name: String,
+        stored: String,
         second: String,
     },
     #[error(
@@ -276,7 +285,7 @@ pub async fn resolve(
     let mut planned = Vec::new();
     let mut failed = Vec::new();
     for (spec, listed) in specs.iter().zip(listed) {
-        let source = format!("{}/{}", spec.source.registry, spec.source.repository);
+        let source = spec.source.origin();
         let remote = match listed {
             Ok(tags) => tags,
             Err(e) => {
@@ -603,7 +612,7 @@ pub fn plan(refs: &[Reference], opts: &FetchOptions) -> Result<Vec<Planned>, Fet
     let mut planned = Vec::with_capacity(refs.len());
     for r in refs {
         let name = stored_name(r, opts.keep_host)?;
-        let origin = format!("{}/{}", r.registry, r.repository);
+        let origin = r.origin();
         match owners.get(&name) {
             Some(first) if first != &origin => {
                 return Err(FetchError::NameClash {
@@ -803,7 +812,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> Vec<String> {
     let mut out = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {
-        out.push(s.to_string());
+        let text = s.to_string();
+        // Some errors (io ones wrapped with their path, say) already end with their
+        // cause's text: printing it again said everything twice.
+        if !out.last().is_some_and(|prev| prev.ends_with(&text)) {
+            out.push(text);
+        }
         cur = s.source();
     }
     out
@@ -839,6 +853,15 @@ async fn fetch_image(
             async move { blocking(move || store.read_index(&name).map(Arc::new)).await }
         })
         .await?;
+    // The same stored name from another source, fetched by an earlier run.
+    let origin = p.source.origin();
+    if let Some(stored) = index.sources().iter().find(|s| **s != origin) {
+        return Err(FetchError::StoredNameClash {
+            name: p.name.clone(),
+            stored: stored.clone(),
+            second: origin,
+        });
+    }
     let (status, digest, upstream, mut updates, mut referrers) =
         match get_image(ctx, p, index).await? {
             Got::Unchanged(stored) => (
@@ -884,6 +907,9 @@ async fn fetch_image(
         referrers.extend(found);
     }
     drop(discovering);
+    for u in &mut updates {
+        u.annotations.insert(SOURCE.to_owned(), origin.clone());
+    }
     if !updates.is_empty() {
         publish(ctx, &p.name, updates, referrers).await?;
     }
@@ -1211,7 +1237,7 @@ async fn referrers_of(
 /// The repository's tags, listed once per run (for referrer tags).
 async fn repo_tags(ctx: &Ctx, p: &Planned) -> Arc<HashSet<String>> {
     let r = &p.source;
-    let key = format!("{}/{}", r.registry, r.repository);
+    let key = r.origin();
     let cell = ctx.tags.cell(&key).await;
     let tags = cell
         .get_or_init(|| async {

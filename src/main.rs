@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", fetch::error_chain(e.as_ref()).join(": "));
             if let Some(hint) = hint(&e) {
                 eprintln!("hint: {hint}");
             }
@@ -104,6 +104,13 @@ fn client_options(args: &RegistryArgs) -> Result<ClientOptions> {
         }
         None => None,
     };
+    if let Some(file) = args.authfile.as_ref().filter(|f| !f.is_file()) {
+        return Err(Usage(anyhow::anyhow!(
+            "--authfile {}: no such file (podman and skopeo keep theirs in $XDG_RUNTIME_DIR/containers/auth.json, docker in ~/.docker/config.json)",
+            file.display()
+        ))
+        .into());
+    }
     Ok(ClientOptions {
         tls_verify: args.tls_verify,
         ca_certs: args.ca_cert.clone(),
@@ -171,6 +178,17 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
             (clients, planned, unresolved)
         }
         None => {
+            // `--tls-verify false` (a space) would make "false" an image reference.
+            if let Some(v) = args
+                .references
+                .iter()
+                .find(|r| matches!(r.as_str(), "true" | "false"))
+            {
+                return Err(Usage(anyhow::anyhow!(
+                    "{v:?} is not an image reference: --tls-verify takes its value after '=' (--tls-verify={v})"
+                ))
+                .into());
+            }
             let refs = args
                 .references
                 .iter()
@@ -413,7 +431,7 @@ fn ls_remote(args: &LsArgs, repository: &str) -> Result<ExitCode> {
     let listed = runtime()?
         .block_on(client.list_tags(r.api_host(), &r.repository))
         .with_context(|| format!("listing the tags of {}/{}", r.registry, r.repository))?;
-    let source = format!("{}/{}", r.registry, r.repository);
+    let source = r.origin();
     let valid = fetch::valid_tags(listed, &source, progress::reporter(false).as_ref());
     let tags = selector.select(&valid);
     if args.json {

@@ -22,6 +22,10 @@ pub const UPSTREAM_DIGEST: &str = "io.static-registry.upstream.digest";
 /// On the index.json entry of a platform-filtered tag: the platforms asked for, so a
 /// change of list fetches again.
 pub const KEPT_PLATFORMS: &str = "io.static-registry.platforms";
+/// On every index.json entry fetch writes: the repository it came from
+/// (`registry/repository`), so a later fetch of another source into the same stored name
+/// is refused instead of merged.
+pub const SOURCE: &str = "io.static-registry.source";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

@@ -179,6 +179,10 @@ pub struct Reference {
 }
 
 impl Reference {
+    /// `registry/repository`: where its images come from, without tag or digest.
+    pub fn origin(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
     /// Host[:port] to talk HTTP to: "registry-1.docker.io" for docker.io, else `registry`.
     pub fn api_host(&self) -> &str {
         if self.registry == DOCKER_HUB {
@@ -212,6 +216,12 @@ impl FromStr for Reference {
         }
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("whitespace and control characters are not allowed"));
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return Err(bad(
+                "an image reference has no URL scheme: drop the \"http://\" or \"https://\" \
+                 (a plain-HTTP registry needs --tls-verify=false, or tls-verify: false in a config)",
+            ));
         }
 
         // Digest first: it contains a ':' that must not be mistaken for a tag separator.

@@ -1,7 +1,7 @@
 //! A repository's OCI image layout: `oci-layout` and `index.json`, one descriptor per tag
 //! (named by `org.opencontainers.image.ref.name`, as skopeo, oras and zot read it).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use super::atomic::{replace, sync_dir, synced_temp, write_atomic};
 use super::inventory::reachable;
 use super::{POOL_DIR, Result, Store, StoreError, modes};
 use crate::crashpoint;
-use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
+use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME, SOURCE};
 use crate::reference::{Digest, validate_tag};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -56,6 +56,8 @@ pub struct TagIndex {
     manifests: Vec<Descriptor>,
     by_tag: HashMap<String, usize>,
     digests: HashSet<Digest>,
+    /// The sources recorded on its entries (`SOURCE`), sorted.
+    sources: BTreeSet<String>,
 }
 
 impl From<ImageIndex> for TagIndex {
@@ -68,10 +70,16 @@ impl From<ImageIndex> for TagIndex {
             }
         }
         let digests = index.manifests.iter().map(|d| d.digest.clone()).collect();
+        let sources = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.annotations.get(SOURCE).cloned())
+            .collect();
         TagIndex {
             manifests: index.manifests,
             by_tag,
             digests,
+            sources,
         }
     }
 }
@@ -90,6 +98,12 @@ impl TagIndex {
     /// Every entry, in index.json order.
     pub fn entries(&self) -> &[Descriptor] {
         &self.manifests
+    }
+
+    /// Where its entries were fetched from (`repository` of `registry/repository`), as
+    /// recorded by fetch; entries of older stores record none.
+    pub fn sources(&self) -> &BTreeSet<String> {
+        &self.sources
     }
 }
 

@@ -525,3 +525,87 @@ async fn plan_totals_equal_what_the_following_fetch_downloads() {
         "{stderr}"
     );
 }
+
+/// Issue: errors that could say more. Each names what to do, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_errors_name_the_fix_once() {
+    let (reg, _fx, root) = registry_with_fixtures().await;
+    let r = root.path();
+    let rs = r.to_str().unwrap();
+    let a = reg.addr();
+    let (code, _, stderr) = run(&[
+        "fetch",
+        "--root",
+        rs,
+        &format!("http://{a}/base/alpine:latest"),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("no URL scheme") && stderr.contains("--tls-verify=false"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&[
+        "fetch",
+        "--root",
+        rs,
+        "--tls-verify",
+        "false",
+        &format!("{a}/base/alpine:latest"),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--tls-verify takes its value after '=' (--tls-verify=false)"),
+        "{stderr}"
+    );
+    assert!(
+        !r.join("library").exists(),
+        "nothing fetched as docker.io/library/false"
+    );
+    let (code, _, stderr) = run(&["fetch", "--root", rs]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("Usage: static-registry fetch [OPTIONS] <REFERENCE>..."),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&[
+        "fetch",
+        "--root",
+        rs,
+        "--authfile",
+        "/nonexistent/auth.json",
+        "x",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--authfile /nonexistent/auth.json: no such file"),
+        "{stderr}"
+    );
+    let file = r.join("a-file");
+    fs::write(&file, b"").unwrap();
+    let (code, _, stderr) = run(&[
+        "fetch",
+        "--root",
+        file.to_str().unwrap(),
+        "--tls-verify=false",
+        &format!("{a}/base/alpine:latest"),
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr.matches("File exists").count(),
+        1,
+        "the cause printed once: {stderr}"
+    );
+
+    // The same stored name from another source in a later run: refused, not merged.
+    let port = a.rsplit_once(':').unwrap().1;
+    let (code, _, stderr) = fetch(r, &[format!("{a}/base/alpine:latest")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = fs::read(r.join("base/alpine/index.json")).unwrap();
+    let (code, _, stderr) = fetch(r, &[format!("localhost:{port}/base/alpine:3.19")], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("\"base/alpine\" in the store holds images of {a}/base/alpine; localhost:{port}/base/alpine would be merged into it")),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(r.join("base/alpine/index.json")).unwrap(), before);
+}

@@ -292,7 +292,10 @@ async fn referrers_listed_by_the_api_are_stored_and_served() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|m| m["digest"] == signature.as_str() && m.get("annotations").is_none()),
+            .any(|m| m["digest"] == signature.as_str()
+                && m["annotations"]
+                    .get("org.opencontainers.image.ref.name")
+                    .is_none()),
         "{index}"
     );
     verify_clean(root);
