@@ -16,7 +16,7 @@ use super::{
     POOL_DIR, PUBLISH_MARKER, Result, Store, StoreError, TMP_DIR, link, modes, read_index_file,
     repo_path,
 };
-use crate::manifest::{Descriptor, Manifest, REF_NAME};
+use crate::manifest::{Descriptor, Manifest, REF_NAME, SOURCE};
 
 /// What `verify` found. `problems` make the store unfit to serve; `notes` do not.
 #[derive(Debug, Default, Serialize)]
@@ -57,9 +57,9 @@ pub struct RepairReport {
     pub removed: Vec<PathBuf>,
     /// Layout files linked back into the pool, and pool blobs linked into layouts.
     pub relinked: Vec<PathBuf>,
-    /// Images (`name:tag`, or `name@digest` when untagged) that no longer have all
-    /// their blobs: fetch them again (a fetch of the same references re-downloads
-    /// exactly what is missing).
+    /// Images that no longer have all their blobs, as references to fetch again
+    /// (`source:tag` or `source@digest`; the stored name where no source is recorded):
+    /// a fetch of them re-downloads exactly what is missing.
     pub fetch_again: Vec<String>,
 }
 
@@ -109,9 +109,11 @@ pub fn repair(store: &Store, threads: usize) -> Result<RepairReport> {
         };
         for d in read_index_file(&dir.join("index.json"))?.manifests {
             if !store.is_complete(&name, &d)? {
+                // As a reference to fetch, where the entry records its source.
+                let repo = d.annotations.get(SOURCE).unwrap_or(&name);
                 out.fetch_again.push(match d.annotations.get(REF_NAME) {
-                    Some(tag) => format!("{name}:{tag}"),
-                    None => format!("{name}@{}", d.digest),
+                    Some(tag) => format!("{repo}:{tag}"),
+                    None => format!("{repo}@{}", d.digest),
                 });
             }
         }
