@@ -404,8 +404,8 @@ async fn damaged_blobs_are_found_repaired_and_fetched_again_so_nginx_serves_the_
     assert_eq!(code, 1, "blobs are still missing:\n{stderr}");
     assert!(
         stderr.contains("fetch again")
-            && stderr.contains("apps/api:v1")
-            && stderr.contains("oci/zstd:1"),
+            && stderr.contains(&format!("{}/apps/api:v1", reg.addr()))
+            && stderr.contains(&format!("{}/oci/zstd:1", reg.addr())),
         "{stderr}"
     );
     assert!(
