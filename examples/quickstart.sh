@@ -76,7 +76,14 @@ fi
 echo "== fetching into $root"
 "$bin" fetch --root "$root" --tls-verify=false "127.0.0.1:$port/demo/hello:1.0"
 echo "== fetching again (unchanged: one HEAD request, no blob traffic)"
+seen=$(wc -l <"$work/registry.log")
 "$bin" fetch --root "$root" --tls-verify=false "127.0.0.1:$port/demo/hello:1.0"
+# The registry's access log says what the second fetch sent (its line may land just
+# after the reply, so wait for it, briefly).
+requests() { tail -n +"$((seen + 1))" "$work/registry.log" | grep -Eo '"(GET|HEAD) /v2/[^ ]+' || true; }
+for _ in $(seq 50); do [ -n "$(requests)" ] && break; sleep 0.1; done
+echo "registry saw: $(requests | tr '\n' ' ')"
+[ "$(requests)" = "\"HEAD /v2/demo/hello/manifests/1.0" ] || { echo "error: expected exactly one HEAD" >&2; exit 1; }
 
 echo "== generating the nginx configuration"
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -496,5 +496,39 @@ mod properties {
                 prop_assert_eq!(d.to_string(), s);
             }
         }
+
+        // The checks above only look inside `if let Ok`: a validator refusing everything
+        // would pass them. These generate what the grammar allows and require it accepted.
+
+        /// Every name the OCI grammar allows is accepted and lands inside the root, as
+        /// the directories its components name.
+        #[test]
+        fn valid_names_are_accepted_inside_the_root(
+            name in "[a-z0-9]{1,4}((\\.|_|__|-{1,2})[a-z0-9]{1,4}){0,2}(/[a-z0-9]{1,4}((\\.|_|__|-{1,2})[a-z0-9]{1,4}){0,2}){0,3}"
+        ) {
+            prop_assume!(!name.split('/').skip(1).any(|c| LAYOUT_ENTRIES.contains(&c)));
+            let root = Path::new("/store");
+            let path = repo_path(root, &name);
+            prop_assert!(path.is_ok(), "{:?} refused: {:?}", name, path.err());
+            prop_assert_eq!(path.unwrap(), root.join(&name));
+        }
+
+        /// Every tag the grammar allows is accepted.
+        #[test]
+        fn valid_tags_are_accepted(tag in "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}") {
+            prop_assert!(reference::validate_tag(&tag).is_ok(), "{:?} refused", tag);
+        }
+
+        /// Every sha256 and sha512 digest of lowercase hex is accepted, and names the pool
+        /// file of its hex.
+        #[test]
+        fn valid_digests_are_accepted(hex in "[0-9a-f]{64}", long in "[0-9a-f]{128}") {
+            let d: Result<Digest, _> = format!("sha256:{hex}").parse();
+            prop_assert!(d.is_ok(), "sha256:{} refused", hex);
+            let d = d.unwrap();
+            prop_assert_eq!(d.hex(), hex.as_str());
+            let sha512 = format!("sha512:{long}");
+            prop_assert!(sha512.parse::<Digest>().is_ok(), "{} refused", sha512);
+        }
     }
 }

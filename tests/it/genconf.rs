@@ -428,15 +428,16 @@ async fn container_helper_renders_a_config_nginx_serves() {
         .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/static-registry-nginx");
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
-    let out = std::process::Command::new(script)
-        .args(["start", "true"])
-        .env("PATH", path)
-        .env("STATIC_REGISTRY_ROOT", root.path())
-        .env("STATIC_REGISTRY_LISTEN", LISTEN)
-        .env("STATIC_REGISTRY_NAME_PREFIX", "mirror")
-        .env("STATIC_REGISTRY_CONF", &conf)
-        .output()
-        .unwrap();
+    let out = crate::harness::run_with_timeout(
+        std::process::Command::new(script)
+            .args(["start", "true"])
+            .env("PATH", path)
+            .env("STATIC_REGISTRY_ROOT", root.path())
+            .env("STATIC_REGISTRY_LISTEN", LISTEN)
+            .env("STATIC_REGISTRY_NAME_PREFIX", "mirror")
+            .env("STATIC_REGISTRY_CONF", &conf),
+        std::time::Duration::from_secs(60),
+    );
     assert!(
         out.status.success(),
         "{}",

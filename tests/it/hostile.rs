@@ -78,6 +78,15 @@ async fn hostile_upstreams_fail_cleanly_and_the_rest_of_the_run_completes() {
             );
         }
     }
+    // A body that broke off half way was resumed from where it stopped: a Range request
+    // for exactly the missing half, not the whole blob again.
+    let gets = reg.layer_gets("truncated");
+    let half = gets[0].1;
+    assert_eq!(
+        gets,
+        [(None, half), (Some(format!("bytes={half}-")), 65536 - half)],
+        "truncated layer: the rerun must resume with Range"
+    );
     // Credentials went to the registry that asked, never to its blob storage.
     let elsewhere = reg.authorization_seen_elsewhere();
     assert!(!elsewhere.is_empty(), "the redirect was not followed");

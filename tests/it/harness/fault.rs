@@ -75,6 +75,8 @@ struct Shared {
     log: Mutex<Vec<(String, String, Option<String>)>>,
     /// Requests seen per path, for "fail once" cases.
     seen: Mutex<HashMap<String, usize>>,
+    /// GETs of each case's layer: (case, Range header, body bytes sent).
+    layer_gets: Mutex<Vec<(String, Option<String>, usize)>>,
 }
 
 pub struct FaultRegistry {
@@ -240,6 +242,7 @@ impl FaultRegistry {
             elsewhere: Mutex::new(None),
             log: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
+            layer_gets: Mutex::new(Vec::new()),
         });
         let (addr, server) = serve(shared.clone()).await;
         // The "blob storage" that redirect-elsewhere points to: same content, other port.
@@ -254,6 +257,18 @@ impl FaultRegistry {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The GETs of `case`'s layer, in order: (its Range header, the body bytes sent).
+    pub fn layer_gets(&self, case: &str) -> Vec<(Option<String>, usize)> {
+        self.shared
+            .layer_gets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, _, _)| c == case)
+            .map(|(_, range, sent)| (range.clone(), *sent))
+            .collect()
     }
 
     /// Authorization headers the redirect target received for blob requests.
@@ -466,11 +481,27 @@ async fn handle(State((shared, me)): State<(Arc<Shared>, String)>, req: Request)
     } else {
         resp.status(StatusCode::OK)
     };
+    let sent = match case {
+        "truncated" if is_layer && count == 1 => body.len() / 2,
+        "slow-drip" if is_layer => 1,
+        _ => body.len(),
+    };
+    if is_layer && *req.method() == Method::GET {
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        shared
+            .layer_gets
+            .lock()
+            .unwrap()
+            .push((case.to_owned(), range, sent));
+    }
     let body = match case {
         // The first response breaks off half way; resuming with Range completes it.
-        "truncated" if is_layer && count == 1 => broken_body(body.slice(..body.len() / 2)),
+        "truncated" if is_layer && count == 1 => broken_body(body.slice(..sent)),
         // One byte, then silence: only a stall timeout ends it.
-        "slow-drip" if is_layer => dripping_body(body.slice(..1)),
+        "slow-drip" if is_layer => dripping_body(body.slice(..sent)),
         _ => Body::from(body),
     };
     resp.body(body).unwrap()
@@ -522,16 +553,20 @@ fn ranged(headers: &HeaderMap, bytes: &Bytes) -> (Option<usize>, Bytes) {
     }
 }
 
-/// A body that sends `part` and then fails, as a dropped connection does.
+/// A body that sends `part` and then fails, as a dropped connection does. Between the
+/// two the stream is pending for a moment, which is when hyper writes out what it has:
+/// failing at once made it drop the connection with `part` (and the headers) unsent, so
+/// the client saw a failed request, and resuming could not be told from starting over.
 fn broken_body(part: Bytes) -> Body {
-    let chunks = futures::stream::iter(vec![
-        Ok(part),
+    let first = futures::stream::iter(vec![Ok::<_, std::io::Error>(part)]);
+    let reset = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "injected reset",
-        )),
-    ]);
-    Body::from_stream(chunks)
+        ))
+    });
+    Body::from_stream(futures::StreamExt::chain(first, reset))
 }
 
 /// A body that sends `part` and then nothing for a long time.

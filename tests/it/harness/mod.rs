@@ -8,6 +8,7 @@ pub mod clients;
 pub mod fault;
 pub mod fixtures;
 pub mod nginx;
+pub mod proxy;
 pub mod push;
 pub mod registry;
 pub mod skopeo;
@@ -200,6 +201,8 @@ pub struct AccessLogEntry {
     pub status: u16,
     /// Body bytes written (`None` for `-`).
     pub bytes: Option<u64>,
+    /// The request's `Range` header (the recording proxy sees it; access logs do not).
+    pub range: Option<String>,
 }
 
 /// Parse every combined-format line in `text`, skipping anything else (the
@@ -220,6 +223,7 @@ pub fn parse_access_log(text: &str) -> Vec<AccessLogEntry> {
                 path: c[2].to_string(),
                 status: c[3].parse().ok()?,
                 bytes: c[4].parse().ok(),
+                range: None,
             })
         })
         .collect()

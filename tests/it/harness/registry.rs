@@ -1,4 +1,5 @@
-//! A real `docker-registry` (distribution 2.8) on a private loopback port.
+//! A real `docker-registry` (distribution 2.8) on a private loopback port, behind the
+//! harness's recording proxy (`proxy.rs`), which is what tests count requests at.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -6,20 +7,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::proxy::Proxy;
 use super::{
-    AccessLogEntry, HARNESS_QUERY, PORT_ATTEMPTS, START_TIMEOUT, SYNC_TIMEOUT, free_port, keep_tmp,
-    parse_access_log, raw_http_get, require_bin, tail,
+    AccessLogEntry, HARNESS_QUERY, PORT_ATTEMPTS, START_TIMEOUT, free_port, keep_tmp, raw_http_get,
+    require_bin, tail,
 };
 
 pub struct Registry {
     child: Child,
-    addr: String,
+    /// docker-registry's own address; clients use the proxy's.
+    upstream: String,
+    proxy: Option<Proxy>,
     log_path: PathBuf,
     /// `Option` only so `Drop` can `keep()` it when asked to.
     dir: Option<tempfile::TempDir>,
-    /// Number of (non-harness) access-log entries hidden by the last `mark()`.
+    /// Number of (non-harness) requests hidden by the last `mark()`.
     mark: AtomicUsize,
-    seq: AtomicUsize,
     http: reqwest::Client,
 }
 
@@ -62,11 +65,11 @@ impl Registry {
                 .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));
             let mut reg = Registry {
                 child,
-                addr,
+                upstream: addr,
+                proxy: None,
                 log_path: log_path.clone(),
                 dir: None,
                 mark: AtomicUsize::new(0),
-                seq: AtomicUsize::new(0),
                 http: reqwest::Client::builder()
                     .no_proxy()
                     .timeout(Duration::from_secs(60))
@@ -76,6 +79,7 @@ impl Registry {
             match reg.wait_ready(attempt) {
                 Startup::Ready => {
                     reg.dir = Some(dir);
+                    reg.proxy = Some(Proxy::start(&reg.upstream));
                     return reg;
                 }
                 // Lost the race for the port to someone else; `reg` drops
@@ -105,7 +109,7 @@ impl Registry {
                     tail(&self.log_path, 30)
                 );
             }
-            if let Ok(200) = raw_http_get(&self.addr, &probe, Duration::from_secs(1)) {
+            if let Ok(200) = raw_http_get(&self.upstream, &probe, Duration::from_secs(1)) {
                 let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
                 if log.contains(&probe) {
                     return Startup::Ready;
@@ -114,7 +118,7 @@ impl Registry {
             if Instant::now() >= deadline {
                 panic!(
                     "docker-registry on {} not answering 200 on GET /v2/ within {START_TIMEOUT:?}; log tail:\n{}",
-                    self.addr,
+                    self.upstream,
                     tail(&self.log_path, 30)
                 );
             }
@@ -122,14 +126,18 @@ impl Registry {
         }
     }
 
-    /// `127.0.0.1:PORT`
+    /// `127.0.0.1:PORT` (the recording proxy's)
     pub fn addr(&self) -> String {
-        self.addr.clone()
+        self.proxy().addr().to_owned()
     }
 
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
+    }
+
+    fn proxy(&self) -> &Proxy {
+        self.proxy.as_ref().expect("started")
     }
 
     /// Last `n` lines of the combined stdout/stderr log, for assertion messages.
@@ -143,46 +151,17 @@ impl Registry {
         &self.http
     }
 
-    /// Wait until every request already answered by the registry is in the log.
-    ///
-    /// The access-log line is written only after the handler returns, so a
-    /// client can see its response before the line exists. We send a marker
-    /// request and wait for its line; earlier requests have finished by then.
-    pub fn sync(&self) {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = format!("/v2/?{HARNESS_QUERY}sync-{n}");
-        let status = raw_http_get(&self.addr, &path, SYNC_TIMEOUT)
-            .unwrap_or_else(|e| panic!("registry sync request failed: {e}"));
-        assert_eq!(status, 200, "registry sync request status");
-        let deadline = Instant::now() + SYNC_TIMEOUT;
-        loop {
-            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            if log.lines().any(|l| l.contains(&path)) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "access log line for {path} never appeared; log tail:\n{}",
-                    self.log_tail(20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // Small grace for handlers that finished in the same instant.
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
-    /// Every request the registry logged since start, minus harness probes.
+    /// Every request the registry was sent since start, minus harness probes. Complete
+    /// for every response a client has received (see `proxy.rs`).
     pub fn all_entries(&self) -> Vec<AccessLogEntry> {
-        self.sync();
-        let text = std::fs::read_to_string(&self.log_path).expect("read registry.log");
-        parse_access_log(&text)
+        self.proxy()
+            .entries()
             .into_iter()
             .filter(|e| !e.path.contains(HARNESS_QUERY))
             .collect()
     }
 
-    /// Requests logged since the last `mark()` (or since start).
+    /// Requests since the last `mark()` (or since start).
     pub fn entries(&self) -> Vec<AccessLogEntry> {
         let mut all = self.all_entries();
         let skip = self.mark.load(Ordering::SeqCst).min(all.len());
@@ -221,7 +200,7 @@ impl Drop for Registry {
         if std::thread::panicking() {
             eprintln!(
                 "--- docker-registry {} log tail ({}; IT_KEEP_TMP=1 keeps it) ---\n{}",
-                self.addr,
+                self.upstream,
                 self.log_path.display(),
                 self.log_tail(40)
             );
