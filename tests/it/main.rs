@@ -7,6 +7,7 @@ mod harness;
 mod harness_selftest;
 mod hostile;
 mod maintain;
+mod options;
 mod permissions;
 mod readme;
 mod stock;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -21,7 +21,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Every case, and whether a fetch of it must succeed (after retries or resumes).
-pub const CASES: [(&str, bool); 16] = [
+pub const CASES: [(&str, bool); 17] = [
     ("good", true),
     ("blob-digest", false),
     ("manifest-digest", false),
@@ -34,6 +34,9 @@ pub const CASES: [(&str, bool); 16] = [
     ("redirect-elsewhere", true),
     ("token-fails", false),
     ("rate-limited-once", true),
+    // 429 with Retry-After: 1 on the first manifest request (a name whose layer bytes
+    // differ from every other case's, see `layer`).
+    ("throttled-1s", true),
     ("self-index", false),
     ("deep-index", false),
     // Not a fault: the referrers API, which distribution 2.8 lacks.
@@ -77,6 +80,8 @@ struct Shared {
     seen: Mutex<HashMap<String, usize>>,
     /// GETs of each case's layer: (case, Range header, body bytes sent).
     layer_gets: Mutex<Vec<(String, Option<String>, usize)>>,
+    /// When each manifest request of `throttled-1s` arrived.
+    manifest_times: Mutex<Vec<Instant>>,
 }
 
 pub struct FaultRegistry {
@@ -243,6 +248,7 @@ impl FaultRegistry {
             log: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
             layer_gets: Mutex::new(Vec::new()),
+            manifest_times: Mutex::new(Vec::new()),
         });
         let (addr, server) = serve(shared.clone()).await;
         // The "blob storage" that redirect-elsewhere points to: same content, other port.
@@ -269,6 +275,11 @@ impl FaultRegistry {
             .filter(|(c, _, _)| c == case)
             .map(|(_, range, sent)| (range.clone(), *sent))
             .collect()
+    }
+
+    /// Arrival times of the manifest requests of `throttled-1s`.
+    pub fn retry_after_times(&self) -> Vec<Instant> {
+        self.shared.manifest_times.lock().unwrap().clone()
     }
 
     /// Authorization headers the redirect target received for blob requests.
@@ -434,10 +445,14 @@ async fn handle(State((shared, me)): State<(Arc<Shared>, String)>, req: Request)
             .unwrap();
     }
     if kind == "manifests" {
-        if case == "rate-limited-once" && count == 1 {
+        if case == "throttled-1s" {
+            shared.manifest_times.lock().unwrap().push(Instant::now());
+        }
+        if (case == "rate-limited-once" || case == "throttled-1s") && count == 1 {
+            let wait = if case == "throttled-1s" { "1" } else { "0" };
             return Response::builder()
                 .status(StatusCode::TOO_MANY_REQUESTS)
-                .header(header::RETRY_AFTER, "0")
+                .header(header::RETRY_AFTER, wait)
                 .body(Body::empty())
                 .unwrap();
         }

@@ -95,8 +95,9 @@ pub struct Fixtures {
     /// The zstd layer of `oci/zstd:1`, and its uncompressed tar digest.
     pub zstd_layer: String,
     pub zstd_diff_id: String,
-    /// The foreign layer of `foreign/win:1` (never pushed).
+    /// The foreign layer of `foreign/win:1` (never pushed), and its bytes.
     pub foreign_layer: String,
+    pub foreign_layer_bytes: Vec<u8>,
     /// The SBOM artifact manifest in `apps/web` and its subject (`apps/web:v1`).
     pub artifact: String,
     pub artifact_subject: String,
@@ -668,6 +669,7 @@ fn build() -> Fixtures {
         base_layer: base.digest,
         zstd_layer: zst.digest,
         zstd_diff_id: zst.diff_id,
+        foreign_layer_bytes: foreign.blob.clone(),
         foreign_layer: foreign.digest,
         artifact,
         artifact_subject: web_desc.digest,
