@@ -1,6 +1,6 @@
 //! `static-registry fetch` against a real docker-registry holding the fixture set.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::ExitStatusExt;
@@ -15,8 +15,9 @@ use crate::harness::fixtures::{BASE_REPOS, Fixtures, OCI_INDEX, OCI_MANIFEST, SB
 use crate::harness::registry::Registry;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{
-    all_tag_refs, assert_consistent, assert_no_partials, assert_pool_verified, fetch, fetch_ok,
-    pool_path, registry_with_fixtures, repo_blob, static_registry, tags,
+    all_tag_refs, assert_consistent, assert_no_partials, assert_pool_verified, assert_verify_clean,
+    fetch, fetch_ok, pool_path, registry_with_fixtures, repo_blob, served_documents,
+    static_registry, tags,
 };
 use crate::harness::{run_with_timeout, sha256_digest};
 
@@ -476,33 +477,6 @@ fn fetch_killed_at(root: &Path, refs: &[String], at: &str) {
         "fetch with {CRASH_AT}={at} did not die there ({}): is the point still hit?\n{stderr}",
         out.status
     );
-}
-
-fn assert_verify_clean(root: &Path, when: &str) {
-    let out = static_registry(&["verify", "--root", root.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "verify {when}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Every file under `.v2` (catalog, tag lists, referrers) with its bytes.
-fn served_documents(root: &Path) -> BTreeMap<String, String> {
-    let base = root.join(".v2");
-    walkdir::WalkDir::new(&base)
-        .into_iter()
-        .map(Result::unwrap)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            let rel = e.path().strip_prefix(&base).unwrap();
-            (
-                rel.to_string_lossy().into_owned(),
-                fs::read_to_string(e.path()).unwrap(),
-            )
-        })
-        .collect()
 }
 
 /// Writes the first `len` bytes of `blob` as the partial download a killed run leaves.

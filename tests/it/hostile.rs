@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::harness::fault::{CASES, FaultRegistry};
-use crate::harness::store::{assert_consistent, fetch, static_registry, tags};
+use crate::harness::store::{assert_consistent, assert_verify_clean, fetch, tags};
 
 /// The error each failing case must name (part of the message).
 fn expected_error(case: &str) -> &'static str {
@@ -93,12 +93,7 @@ async fn hostile_upstreams_fail_cleanly_and_the_rest_of_the_run_completes() {
     assert!(elsewhere.iter().all(Option::is_none), "{elsewhere:?}");
 
     assert_consistent(root.path());
-    let out = static_registry(&["verify", "--root", root.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_verify_clean(root.path(), "after the hostile runs");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,8 @@ use crate::genconf::{error_code, gen_conf, request, serve};
 use crate::harness::sha256_digest;
 use crate::harness::skopeo::skopeo_inspect_raw;
 use crate::harness::store::{
-    all_tag_refs, assert_consistent, fetch, registry_with_fixtures, static_registry, tags,
+    all_tag_refs, assert_consistent, fetch, registry_with_fixtures, served_documents,
+    static_registry, tags,
 };
 
 fn run(args: &[&str]) -> (i32, Value, String) {
@@ -310,25 +311,6 @@ async fn rm_killed_at_any_step_is_finished_by_the_next_open() {
         }
     }
     drop(reference);
-}
-
-/// Every file under `.v2` with its bytes.
-fn served_documents(root: &Path) -> Vec<(String, String)> {
-    let base = root.join(".v2");
-    let mut docs: Vec<(String, String)> = walkdir::WalkDir::new(&base)
-        .into_iter()
-        .map(Result::unwrap)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            let rel = e.path().strip_prefix(&base).unwrap();
-            (
-                rel.to_string_lossy().into_owned(),
-                fs::read_to_string(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    docs.sort();
-    docs
 }
 
 fn flip_a_byte(path: &Path) {

@@ -15,7 +15,7 @@ use crate::harness::fixtures::{OCI_EMPTY, OCI_MANIFEST};
 use crate::harness::sha256_digest;
 use crate::harness::skopeo::skopeo_inspect_raw;
 use crate::harness::store::{
-    assert_consistent, fetch, fetch_ok, registry_with_fixtures, static_registry, tags,
+    assert_consistent, assert_verify_clean, fetch, fetch_ok, registry_with_fixtures, tags,
 };
 
 /// cosign keeps signatures, attestations and SBOMs under tags named after the image's
@@ -209,12 +209,7 @@ async fn ctrl_c_mid_download_publishes_nothing_and_keeps_the_partial_file() {
     assert!(!root.path().join("fault/slow-drip/index.json").exists());
     assert!(has_part(), "the partial download is kept for the next run");
     assert_consistent(root.path());
-    let out = static_registry(&["verify", "--root", root.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_verify_clean(root.path(), "after SIGINT");
 }
 
 /// A 429 with Retry-After: 1 is retried no sooner than a second later.

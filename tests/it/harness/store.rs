@@ -1,6 +1,6 @@
 //! Independent checks of a store on disk: what any reader (nginx, skopeo) relies on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -174,4 +174,32 @@ pub fn fetch_ok(root: &Path, refs: &[String]) -> Value {
     let (code, json, stderr) = fetch(root, refs, &[]);
     assert_eq!(code, 0, "fetch failed:\n{stderr}");
     json
+}
+
+/// `verify` of the store at `root` exits 0 (`when` names the moment, for the message).
+pub fn assert_verify_clean(root: &Path, when: &str) {
+    let out = static_registry(&["verify", "--root", root.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "verify {when}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `.v2` (catalog, tag lists, referrers) with its bytes.
+pub fn served_documents(root: &Path) -> BTreeMap<String, String> {
+    let base = root.join(".v2");
+    walkdir::WalkDir::new(&base)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e.path().strip_prefix(&base).unwrap();
+            (
+                rel.to_string_lossy().into_owned(),
+                fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect()
 }
