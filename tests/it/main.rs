@@ -1,5 +1,6 @@
 //! Integration tests: one binary so the harness is compiled once.
 
+mod auth;
 mod config;
 mod fetch;
 mod genconf;

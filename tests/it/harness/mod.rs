@@ -13,6 +13,8 @@ pub mod push;
 pub mod registry;
 pub mod skopeo;
 pub mod store;
+pub mod tls;
+pub mod token;
 pub mod zstd;
 
 use std::io::{Read, Write};

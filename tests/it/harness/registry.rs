@@ -15,9 +15,13 @@ use super::{
 
 pub struct Registry {
     child: Child,
-    /// docker-registry's own address; clients use the proxy's.
+    /// docker-registry's own address; clients of a plain one use the proxy's.
     upstream: String,
+    /// The recording proxy, for plain-HTTP registries without auth (TLS and auth
+    /// registries are addressed directly; their tests count nothing).
     proxy: Option<Proxy>,
+    tls: bool,
+    storage: PathBuf,
     log_path: PathBuf,
     /// `Option` only so `Drop` can `keep()` it when asked to.
     dir: Option<tempfile::TempDir>,
@@ -31,22 +35,46 @@ enum Startup {
     PortTaken,
 }
 
+/// What [`Registry::start_with`] adds to the plain registry of [`Registry::start`].
+#[derive(Default)]
+pub struct RegistryConfig {
+    /// Serve this filesystem storage (another registry's [`Registry::storage`], which
+    /// the caller keeps alive) instead of a fresh one.
+    pub storage: Option<PathBuf>,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Top-level YAML appended to the config, e.g. an `auth:` section.
+    pub extra_yaml: String,
+}
+
 impl Registry {
     /// Start a registry with filesystem storage in a fresh temp dir, no auth,
     /// access log on. Blocks (≤ ~10 s per port attempt) until `GET /v2/` is 200.
     pub fn start() -> Registry {
+        Self::start_with(RegistryConfig::default())
+    }
+
+    /// [`Registry::start`] with TLS, auth or shared storage. A registry with TLS or
+    /// auth cannot answer the harness's plain anonymous probe, so it counts as up
+    /// once it logs that it listens on its port (logged after the bind and the
+    /// TLS setup); `sync`, `entries` and the push helpers need a plain one.
+    pub fn start_with(cfg: RegistryConfig) -> Registry {
         let bin = require_bin("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("it-registry-")
             .tempdir()
             .expect("create registry temp dir");
-        let storage = dir.path().join("storage");
+        let storage = cfg
+            .storage
+            .clone()
+            .unwrap_or_else(|| dir.path().join("storage"));
+        let secured = cfg.tls.is_some() || !cfg.extra_yaml.is_empty();
         let log_path = dir.path().join("registry.log");
         let config = dir.path().join("config.yml");
 
         for attempt in 0..PORT_ATTEMPTS {
             let addr = format!("127.0.0.1:{}", free_port());
-            std::fs::write(&config, config_yaml(&addr, &storage)).expect("write config.yml");
+            std::fs::write(&config, config_yaml(&addr, &storage, &cfg)).expect("write config.yml");
             // One O_APPEND file for both streams: each log line is a single
             // write(2), so stdout (access log) and stderr (logrus) interleave
             // by whole lines.
@@ -67,6 +95,8 @@ impl Registry {
                 child,
                 upstream: addr,
                 proxy: None,
+                tls: cfg.tls.is_some(),
+                storage: storage.clone(),
                 log_path: log_path.clone(),
                 dir: None,
                 mark: AtomicUsize::new(0),
@@ -76,10 +106,12 @@ impl Registry {
                     .build()
                     .expect("reqwest client"),
             };
-            match reg.wait_ready(attempt) {
+            match reg.wait_ready(attempt, secured) {
                 Startup::Ready => {
                     reg.dir = Some(dir);
-                    reg.proxy = Some(Proxy::start(&reg.upstream));
+                    if !secured {
+                        reg.proxy = Some(Proxy::start(&reg.upstream));
+                    }
                     return reg;
                 }
                 // Lost the race for the port to someone else; `reg` drops
@@ -93,10 +125,12 @@ impl Registry {
         );
     }
 
-    fn wait_ready(&mut self, attempt: usize) -> Startup {
+    fn wait_ready(&mut self, attempt: usize, secured: bool) -> Startup {
         // A unique probe path proves that *our* process answered, not some
         // other server that won the port.
         let probe = format!("/v2/?{HARNESS_QUERY}ready-{attempt}");
+        // Only logged by the process that bound the port.
+        let listening = format!("listening on {}", self.upstream);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait registry") {
@@ -109,7 +143,12 @@ impl Registry {
                     tail(&self.log_path, 30)
                 );
             }
-            if let Ok(200) = raw_http_get(&self.upstream, &probe, Duration::from_secs(1)) {
+            if secured {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                if log.contains(&listening) {
+                    return Startup::Ready;
+                }
+            } else if let Ok(200) = raw_http_get(&self.upstream, &probe, Duration::from_secs(1)) {
                 let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
                 if log.contains(&probe) {
                     return Startup::Ready;
@@ -126,18 +165,29 @@ impl Registry {
         }
     }
 
-    /// `127.0.0.1:PORT` (the recording proxy's)
+    /// `127.0.0.1:PORT` (the recording proxy's, for a plain registry)
     pub fn addr(&self) -> String {
-        self.proxy().addr().to_owned()
+        match &self.proxy {
+            Some(proxy) => proxy.addr().to_owned(),
+            None => self.upstream.clone(),
+        }
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS)
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// The filesystem storage directory, for [`RegistryConfig::storage`].
+    pub fn storage(&self) -> &Path {
+        &self.storage
     }
 
     fn proxy(&self) -> &Proxy {
-        self.proxy.as_ref().expect("started")
+        self.proxy
+            .as_ref()
+            .expect("requests are recorded for plain registries only")
     }
 
     /// Last `n` lines of the combined stdout/stderr log, for assertion messages.
@@ -213,7 +263,7 @@ impl Drop for Registry {
     }
 }
 
-fn config_yaml(addr: &str, storage: &Path) -> String {
+fn config_yaml(addr: &str, storage: &Path, cfg: &RegistryConfig) -> String {
     // Upload purging off: nothing should delete state under a running test.
     // A fixed http.secret silences the "no HTTP secret" warning. Foreign-layer
     // URLs are rejected unless an allow list is configured.
@@ -240,7 +290,16 @@ validation:
 http:
   addr: "{addr}"
   secret: it-harness-not-a-secret
-"#,
-        storage = storage.display()
+{tls}{extra}"#,
+        storage = storage.display(),
+        tls = match &cfg.tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: \"{}\"\n    key: \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        },
+        extra = cfg.extra_yaml,
     )
 }
