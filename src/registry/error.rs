@@ -111,6 +111,17 @@ pub enum RegistryError {
     },
 
     #[error(
+        "the credentials for {registry} were refused for {repo} ({url}){}: check --creds, or the auth file's entry for it (log in again with `docker login {}`/`podman login {}`)",
+        oci_suffix(.oci), login_name(.registry), login_name(.registry)
+    )]
+    CredentialsRejected {
+        registry: String,
+        repo: String,
+        url: String,
+        oci: Option<OciError>,
+    },
+
+    #[error(
         "access denied to {repo} at {registry} ({url}){}: check that the credentials (--creds, `docker login {}`/`podman login {}`) may pull this repository",
         oci_suffix(.oci), login_name(.registry), login_name(.registry)
     )]
@@ -209,6 +220,7 @@ impl RegistryError {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Unauthorized { oci, .. }
+            | Self::CredentialsRejected { oci, .. }
             | Self::Denied { oci, .. }
             | Self::NotFound { oci, .. }
             | Self::Status { oci, .. } => oci.as_ref().map(|e| e.code.as_str()),
@@ -231,6 +243,7 @@ impl RegistryError {
     pub fn url(&self) -> Option<&str> {
         match self {
             Self::Unauthorized { url, .. }
+            | Self::CredentialsRejected { url, .. }
             | Self::Denied { url, .. }
             | Self::NotFound { url, .. }
             | Self::Status { url, .. }

@@ -223,6 +223,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Authz {
     header: HeaderValue,
     cached_token: Option<(TokenSlot, String)>,
+    /// Basic credentials, sent as they are: a 401 then means they were refused.
+    basic: bool,
 }
 
 impl Client {
@@ -558,8 +560,18 @@ impl Client {
                         *guard = None;
                     }
                 }
-                // A fresh token or Basic credentials were refused: asking
-                // again would get the same answer.
+                // Basic credentials refused: say so, not "authentication required"
+                // (which tells the user to pass the credentials they passed).
+                Some(Authz { basic: true, .. }) => {
+                    let (url, _, oci) = read_error(resp).await;
+                    return Err(RegistryError::CredentialsRejected {
+                        registry: host.to_string(),
+                        repo: repo.to_string(),
+                        url: url.to_string(),
+                        oci,
+                    });
+                }
+                // A fresh token was refused: asking again would get the same answer.
                 Some(_) => return Ok(resp),
             }
             let usable = match scheme {
@@ -587,6 +599,7 @@ impl Client {
                 Some(Credential::Basic { username, password }) => Ok(Some(Authz {
                     header: basic_header(&username, &password),
                     cached_token: None,
+                    basic: true,
                 })),
                 _ => Ok(None),
             },
@@ -605,6 +618,7 @@ impl Client {
                     return Ok(Some(Authz {
                         header,
                         cached_token: Some((slot, value)),
+                        basic: false,
                     }));
                 }
                 let token = self
@@ -615,6 +629,7 @@ impl Client {
                 Ok(Some(Authz {
                     header,
                     cached_token: None,
+                    basic: false,
                 }))
             }
         }
