@@ -351,37 +351,55 @@ impl Summary {
     }
 }
 
-/// `fetch --config --delete`: take out of each repository the config names the tags this
-/// run's selection no longer picks (mirror semantics). Kept: every tag the run asked for
-/// (fetched, unchanged or failed), and the referrer tags (`sha256-<hex>[.sig|.att|.sbom]`)
-/// of manifests those reach. A repository whose tags could not be listed is left alone,
-/// and so is every repository the config does not name.
-pub fn remove_unselected(
-    store: &Store,
-    specs: &[ImageSpec],
-    summary: &Summary,
-) -> Result<Vec<Removed>, StoreError> {
-    let mut removed = Vec::new();
-    let mut names: Vec<&str> = specs.iter().map(|s| s.target.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    for name in names {
-        let asked: Vec<&ImageReport> = summary.images.iter().filter(|i| i.name == name).collect();
-        let unlisted = asked
+/// What a configuration selected in this run, for `fetch --delete`: per repository the
+/// config names, the tags planned, and whether its tag list could be read. Taken from the
+/// plan, before the fetch (a summary leaves out what --fail-fast never started).
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// Stored name -> tags planned (an entry even when nothing was selected).
+    tags: BTreeMap<String, HashSet<String>>,
+    /// Stored names whose tag list could not be read: nothing of theirs may go.
+    unlisted: HashSet<String>,
+}
+
+impl Selection {
+    pub fn of(specs: &[ImageSpec], planned: &[Planned], unresolved: &[ImageReport]) -> Selection {
+        let mut tags: BTreeMap<String, HashSet<String>> = specs
             .iter()
-            .any(|i| i.status == Status::Failed && i.tag.is_none() && i.digest.is_none());
-        if unlisted {
+            .map(|s| (s.target.clone(), HashSet::new()))
+            .collect();
+        for p in planned {
+            if let (Some(set), Some(tag)) = (tags.get_mut(&p.name), &p.source.tag) {
+                set.insert(tag.clone());
+            }
+        }
+        Selection {
+            tags,
+            unlisted: unresolved.iter().map(|r| r.name.clone()).collect(),
+        }
+    }
+}
+
+/// `fetch --config --delete`: take out of each repository the config names the tags this
+/// run's selection no longer picks (mirror semantics). Kept: every tag the selection
+/// picks (whether or not its fetch succeeded), and the referrer tags
+/// (`sha256-<hex>[.sig|.att|.sbom]`) of manifests those reach. A repository whose tags
+/// could not be listed is left alone, and so is every repository the config does not
+/// name.
+pub fn remove_unselected(store: &Store, selection: &Selection) -> Result<Vec<Removed>, StoreError> {
+    let mut removed = Vec::new();
+    for (name, selected) in &selection.tags {
+        if selection.unlisted.contains(name) {
             continue;
         }
         let index = store.read_index(name)?;
-        let selected: HashSet<&str> = asked.iter().filter_map(|i| i.tag.as_deref()).collect();
         let roots: Vec<Descriptor> = index
             .entries()
             .iter()
             .filter(|d| {
                 d.annotations
                     .get(REF_NAME)
-                    .is_none_or(|t| selected.contains(t.as_str()))
+                    .is_none_or(|t| selected.contains(t))
             })
             .cloned()
             .collect();
@@ -393,7 +411,7 @@ pub fn remove_unselected(
             .entries()
             .iter()
             .filter_map(|d| d.annotations.get(REF_NAME))
-            .filter(|t| !selected.contains(t.as_str()))
+            .filter(|t| !selected.contains(*t))
             .filter(|t| referrer_tag_subject(t).is_none_or(|hex| !live.contains(hex)))
             .map(|t| Removal::Tag(t.clone()))
             .collect();

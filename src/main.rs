@@ -167,14 +167,16 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     let base = client_options(&args.registry)?;
     let reporter: Arc<dyn fetch::Reporter> = Arc::from(progress::reporter(args.quiet));
     let runtime = runtime()?;
-    let mut specs = Vec::new();
+    let mut selection = None;
     let (clients, planned, unresolved) = match &args.config {
         Some(path) => {
             let config = load_config(path)?;
             let clients = clients_for(&config, &base)?;
             let (planned, unresolved) =
                 runtime.block_on(fetch::resolve(&clients, &config.images, reporter.as_ref()));
-            specs = config.images;
+            if args.delete {
+                selection = Some(fetch::Selection::of(&config.images, &planned, &unresolved));
+            }
             (clients, planned, unresolved)
         }
         None => {
@@ -226,8 +228,8 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
         }
     };
     summary.add_failed(unresolved);
-    if args.delete {
-        summary.removed = fetch::remove_unselected(&store, &specs, &summary)
+    if let Some(selection) = &selection {
+        summary.removed = fetch::remove_unselected(&store, selection)
             .context("removing the tags the configuration no longer selects")?;
         for r in &summary.removed {
             for tag in &r.tags {

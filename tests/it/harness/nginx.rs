@@ -272,7 +272,7 @@ fn nginx_conf(prefix: &Path, port: u16, server_block: &str) -> String {
         .replace("{{PORT}}", &port.to_string())
         .replace("{{TMP}}", &p.to_string());
     // As users run it: started as root, the workers run as an unprivileged user and
-    // read the store only through its own file modes (never `user root;`, which hid
+    // read the store only through its own file modes (never workers as root, which hid
     // a store published 0600). Debian's `nobody` has the group `nogroup`.
     let user = if running_as_root() {
         format!("user {WORKER_USER} {WORKER_GROUP};\n")
