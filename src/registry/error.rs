@@ -206,6 +206,25 @@ pub enum RegistryError {
     },
 
     #[error(
+        "{registry} started an upload to {repo} at {location:?}, which is not a URL on {registry}; uploads elsewhere are not supported"
+    )]
+    UploadLocation {
+        registry: String,
+        repo: String,
+        location: String,
+    },
+
+    #[error(
+        "{registry} stored other bytes than were pushed to {repo}: it answered with digest {got}, the bytes hash to {expected}"
+    )]
+    PushedDigest {
+        registry: String,
+        repo: String,
+        expected: String,
+        got: String,
+    },
+
+    #[error(
         "credential helper docker-credential-{helper} for {registry} failed: {cause}; check `docker-credential-{helper} list` or remove credsStore/credHelpers from the auth file"
     )]
     CredentialHelper {

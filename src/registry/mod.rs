@@ -1,15 +1,18 @@
-//! HTTP client for the pull side of OCI/Docker v2 registries.
+//! HTTP client for OCI/Docker v2 registries: pulls here, pushes in `push`.
 //!
 //! It resolves the scheme per host, authenticates (anonymous, Basic, Bearer
-//! tokens), retries transient failures and hands raw manifest bytes and blob
-//! byte streams to the caller. It never writes files and never prints.
+//! tokens with pull or push scopes), retries transient failures and hands raw
+//! manifest bytes and blob byte streams to the caller (or sends the caller's). It
+//! never writes files and never prints.
 
 mod auth;
 mod error;
+mod push;
 #[cfg(test)]
 mod tests;
 
 pub use error::{OciError, RegistryError};
+pub use push::Pushed;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -216,6 +219,43 @@ impl fmt::Debug for Client {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded maps stay consistent even if a holder panicked.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a request needs the registry to allow, as token scopes: pulling from `repo`, or
+/// pushing to it (and, for a cross-repository mount, pulling from `from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Access {
+    Pull,
+    Push { mount_from: Option<String> },
+}
+
+impl Access {
+    /// The token scopes for `repo` (distribution's `repository:<name>:<actions>`).
+    fn scopes(&self, repo: &str) -> Vec<String> {
+        match self {
+            Access::Pull => vec![format!("repository:{repo}:pull")],
+            Access::Push { mount_from } => std::iter::once(format!("repository:{repo}:pull,push"))
+                .chain(
+                    mount_from
+                        .iter()
+                        .map(|from| format!("repository:{from}:pull")),
+                )
+                .collect(),
+        }
+    }
+}
+
+/// One request to a registry's API: where, what it needs allowed, and a body that every
+/// attempt (retry, re-authentication) sends again.
+pub(crate) struct ApiRequest<'a> {
+    pub method: Method,
+    pub host: &'a str,
+    pub repo: &'a str,
+    /// Path and query, e.g. `/v2/<repo>/blobs/uploads/?digest=...`.
+    pub path: &'a str,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+    pub access: Access,
 }
 
 /// An Authorization header and, for a token taken from the cache, what is
@@ -516,6 +556,7 @@ impl Client {
 
     /// Sends a request to the registry API, answering 401 challenges. The
     /// returned response may have any status; a final 401 is left to the caller.
+    /// A pull request: GET or HEAD under the repository's pull scope, no body.
     async fn registry_request(
         &self,
         method: Method,
@@ -524,13 +565,30 @@ impl Client {
         path: &str,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, RegistryError> {
+        self.api_request(&ApiRequest {
+            method,
+            host,
+            repo,
+            path,
+            headers,
+            body: None,
+            access: Access::Pull,
+        })
+        .await
+    }
+
+    pub(crate) async fn api_request(
+        &self,
+        req: &ApiRequest<'_>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let (host, repo) = (req.host, req.repo);
         // Anonymous (or remembered auth), then at most two more rounds: one
         // after the first challenge and one to replace a stale cached token.
         let mut rounds = 0;
         loop {
-            let authz = self.authorization(host, repo).await?;
+            let authz = self.authorization(host, repo, &req.access).await?;
             let resp = self
-                .with_retries(|| self.send_registry(&method, host, path, &headers, authz.as_ref()))
+                .with_retries(|| self.send_registry(req, authz.as_ref()))
                 .await?;
             if resp.status() != StatusCode::UNAUTHORIZED || rounds >= 2 {
                 return Ok(resp);
@@ -591,7 +649,12 @@ impl Client {
 
     /// The Authorization header for (host, repo) given what the host
     /// challenged us with before, fetching a token if needed.
-    async fn authorization(&self, host: &str, repo: &str) -> Result<Option<Authz>, RegistryError> {
+    async fn authorization(
+        &self,
+        host: &str,
+        repo: &str,
+        access: &Access,
+    ) -> Result<Option<Authz>, RegistryError> {
         let scheme = lock(&self.inner.challenges).get(host).cloned();
         match scheme {
             None => Ok(None),
@@ -604,8 +667,8 @@ impl Client {
                 _ => Ok(None),
             },
             Some(AuthScheme::Bearer { realm, service }) => {
-                let scope = format!("repository:{repo}:pull");
-                let slot = self.inner.tokens.slot(host, &scope);
+                let scopes = access.scopes(repo);
+                let slot = self.inner.tokens.slot(host, &scopes.join(" "));
                 // Held across the fetch: concurrent requests for the same scope
                 // wait here and then reuse the token instead of fetching their own.
                 let mut guard = slot.lock().await;
@@ -622,7 +685,7 @@ impl Client {
                     }));
                 }
                 let token = self
-                    .fetch_token(host, repo, &realm, service.as_deref(), &scope)
+                    .fetch_token(host, repo, &realm, service.as_deref(), &scopes)
                     .await?;
                 let header = bearer_header(host, &realm, &token.value)?;
                 *guard = Some(token);
@@ -674,7 +737,7 @@ impl Client {
         repo: &str,
         realm: &str,
         service: Option<&str>,
-        scope: &str,
+        scopes: &[String],
     ) -> Result<auth::CachedToken, RegistryError> {
         let token_err = |reason: String| RegistryError::Token {
             registry: host.to_string(),
@@ -695,7 +758,8 @@ impl Client {
                 f.append_pair("grant_type", "refresh_token")
                     .append_pair("refresh_token", refresh)
                     .append_pair("client_id", OAUTH_CLIENT_ID)
-                    .append_pair("scope", scope);
+                    // OAuth2 takes several scopes space-separated in one parameter.
+                    .append_pair("scope", &scopes.join(" "));
                 if let Some(s) = service {
                     f.append_pair("service", s);
                 }
@@ -706,7 +770,10 @@ impl Client {
                 if let Some(s) = service {
                     q.append_pair("service", s);
                 }
-                q.append_pair("scope", scope);
+                // The docker token protocol repeats the parameter, a scope each.
+                for scope in scopes {
+                    q.append_pair("scope", scope);
+                }
                 None
             }
         };
@@ -761,16 +828,14 @@ impl Client {
     /// remembered per host.
     async fn send_registry(
         &self,
-        method: &Method,
-        host: &str,
-        path: &str,
-        headers: &HeaderMap,
+        req: &ApiRequest<'_>,
         authz: Option<&Authz>,
     ) -> Result<reqwest::Response, RegistryError> {
+        let (host, path) = (req.host, req.path);
         let known = lock(&self.inner.schemes).get(host).copied();
         let scheme = known.unwrap_or(Scheme::Https);
         let url = registry_url(scheme, host, path)?;
-        match send(self.build(method, &url, headers, authz), &url).await {
+        match send(self.build(req, &url, authz), &url).await {
             Ok(resp) => {
                 if known.is_none() {
                     lock(&self.inner.schemes).insert(host.to_string(), scheme);
@@ -779,7 +844,7 @@ impl Client {
             }
             Err(e) if known.is_none() && !self.inner.tls_verify && e.is_connection_level() => {
                 let http_url = registry_url(Scheme::Http, host, path)?;
-                match send(self.build(method, &http_url, headers, authz), &http_url).await {
+                match send(self.build(req, &http_url, authz), &http_url).await {
                     Ok(resp) => {
                         // Expected for plain-http registries; not worth a warning.
                         tracing::info!(
@@ -802,18 +867,21 @@ impl Client {
 
     fn build(
         &self,
-        method: &Method,
+        req: &ApiRequest<'_>,
         url: &Url,
-        headers: &HeaderMap,
         authz: Option<&Authz>,
     ) -> reqwest::RequestBuilder {
         let mut rb = self
             .inner
             .http
-            .request(method.clone(), url.clone())
-            .headers(headers.clone());
+            .request(req.method.clone(), url.clone())
+            .headers(req.headers.clone());
         if let Some(a) = authz {
             rb = rb.header(header::AUTHORIZATION, a.header.clone());
+        }
+        if let Some(body) = &req.body {
+            // Bytes: a cheap clone, so a retry sends the whole body again.
+            rb = rb.body(body.clone());
         }
         rb
     }

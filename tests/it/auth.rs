@@ -504,3 +504,92 @@ async fn authfile_auths_entry_with_base64_credentials_authenticates() {
     .await;
     assert_fetched(root.path(), &out, &[PUBLIC, PRIVATE]);
 }
+
+/// Pushing asks the token server for `pull,push` on the target repository (and `pull`
+/// on the repository a blob is mounted from); without credentials the push is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_auth_push_asks_for_push_scopes_and_needs_credentials() {
+    use bytes::Bytes;
+    use static_registry::registry::{Client, ClientOptions, Pushed};
+
+    let ca = TestCa::new("it private CA");
+    let tokens = TokenServer::start(&ca, &[PUBLIC.0], USER, PASSWORD).await;
+    let up = Upstream::start(&ca, |dir| {
+        tokens.registry_yaml(&ca.write_pem(&dir.join("token-roots.pem")))
+    })
+    .await;
+    let client = |creds: Option<(String, String)>| {
+        Client::new(ClientOptions {
+            ca_certs: vec![up.ca_pem.clone()],
+            creds,
+            retries: 0,
+            ..ClientOptions::default()
+        })
+        .unwrap()
+    };
+    let fx = Fixtures::get();
+    let host = up.registry.addr();
+    let m = fx.manifest(PRIVATE.0, PRIVATE.1);
+    let layer = m.blobs.last().unwrap();
+    let layer_digest = layer.parse().unwrap();
+    let bytes = Bytes::copy_from_slice(fx.blob(layer));
+
+    let anonymous = client(None);
+    let refused = anonymous
+        .push_blob(&host, "pushed/app", &layer_digest, bytes.clone(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("authentication required"),
+        "{refused}"
+    );
+
+    let user = client(Some((USER.to_string(), PASSWORD.to_string())));
+    let pushed = user
+        .push_blob(
+            &host,
+            "pushed/app",
+            &layer_digest,
+            bytes.clone(),
+            Some(PRIVATE.0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        pushed,
+        Pushed::Mounted,
+        "the layer is in {} already",
+        PRIVATE.0
+    );
+    for blob in &m.blobs {
+        let b = Bytes::copy_from_slice(fx.blob(blob));
+        user.push_blob(&host, "pushed/app", &blob.parse().unwrap(), b, None)
+            .await
+            .unwrap();
+    }
+    user.put_manifest(
+        &host,
+        "pushed/app",
+        "v1",
+        &m.media_type,
+        &m.digest.parse().unwrap(),
+        Bytes::copy_from_slice(&m.bytes),
+    )
+    .await
+    .unwrap();
+    let body = user.get_manifest(&host, "pushed/app", "v1").await.unwrap();
+    assert_eq!(crate::harness::sha256_digest(&body.bytes), m.digest);
+
+    let asked: Vec<Vec<String>> = tokens.issued().into_iter().map(|i| i.scopes).collect();
+    assert!(
+        asked.contains(&vec![
+            "repository:pushed/app:pull,push".to_string(),
+            format!("repository:{}:pull", PRIVATE.0)
+        ]),
+        "{asked:?}"
+    );
+    assert!(
+        asked.contains(&vec!["repository:pushed/app:pull,push".to_string()]),
+        "{asked:?}"
+    );
+}

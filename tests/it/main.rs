@@ -10,6 +10,7 @@ mod hostile;
 mod maintain;
 mod options;
 mod permissions;
+mod push;
 mod readme;
 mod stock;
 mod subset;

@@ -5,7 +5,7 @@
 //! [`TestCa`] issued: distribution 2.8 verifies that chain against `rootcertbundle`
 //! (the CA), then the signature with the leaf's key (registry/auth/token/token.go).
 //! Policy: anyone may pull the public repositories; the one user (Basic auth to this
-//! server) may pull everything; wrong credentials get 401, no credentials on another
+//! server) may pull and push everything; wrong credentials get 401, no credentials on another
 //! repository get a token with no access (as Docker Hub does), which the registry
 //! then refuses.
 
@@ -38,7 +38,7 @@ pub struct Issued {
     pub scopes: Vec<String>,
     /// The user the request authenticated as (`None`: anonymous).
     pub account: Option<String>,
-    /// Repositories the token grants pull on.
+    /// Repositories the token grants something on.
     pub granted: Vec<String>,
     pub status: u16,
 }
@@ -156,18 +156,26 @@ async fn issue(
     if !service_ok {
         return (StatusCode::BAD_REQUEST, "unknown or missing service").into_response();
     }
-    // "repository:<name>:<actions>"; only pull is ever granted.
-    let granted: Vec<String> = scopes
+    // "repository:<name>:<actions>": anyone may pull the public repositories; the user
+    // may pull and push everything.
+    let access: Vec<(String, Vec<&str>)> = scopes
         .iter()
         .filter_map(|sc| {
             let rest = sc.strip_prefix("repository:")?;
             let (name, actions) = rest.rsplit_once(':')?;
-            actions.split(',').any(|a| a == "pull").then_some(name)
+            let allowed: Vec<&str> = actions
+                .split(',')
+                .filter(|a| match *a {
+                    "pull" => account.is_some() || s.public.iter().any(|p| p == name),
+                    "push" => account.is_some(),
+                    _ => false,
+                })
+                .collect();
+            (!allowed.is_empty()).then(|| (name.to_string(), allowed))
         })
-        .filter(|name| account.is_some() || s.public.iter().any(|p| p == name))
-        .map(str::to_string)
         .collect();
-    let token = jwt(&s, account.as_deref().unwrap_or(""), &granted);
+    let token = jwt(&s, account.as_deref().unwrap_or(""), &access);
+    let granted = access.into_iter().map(|(name, _)| name).collect();
     s.log.lock().unwrap().push(Issued {
         scopes,
         account,
@@ -183,16 +191,16 @@ async fn issue(
         .into_response()
 }
 
-fn jwt(s: &Shared, subject: &str, pull: &[String]) -> String {
+fn jwt(s: &Shared, subject: &str, granted: &[(String, Vec<&str>)]) -> String {
     static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let header = json!({"typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(&s.cert_der)]});
-    let access: Vec<_> = pull
+    let access: Vec<_> = granted
         .iter()
-        .map(|name| json!({"type": "repository", "name": name, "actions": ["pull"]}))
+        .map(|(name, actions)| json!({"type": "repository", "name": name, "actions": actions}))
         .collect();
     // distribution 2.8 takes `aud` as one string, not a list.
     let claims = json!({
