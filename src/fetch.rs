@@ -25,7 +25,6 @@ use crate::select::{PlatformCut, PlatformSpec, cut_index};
 use crate::store::inventory::reachable;
 use crate::store::{
     self, BlobClaim, PartialBlob, Removal, Removed, Store, StoreError, TagIndex, TagUpdate,
-    sha256_digest,
 };
 
 /// Index nesting deeper than this is refused (real images use one level).
@@ -542,7 +541,7 @@ async fn survey_image(
         let body = client
             .get_manifest(r.api_host(), &r.repository, &reference)
             .await?;
-        let digest = sha256_digest(&body.bytes);
+        let digest = Digest::sha256_of(&body.bytes);
         if let Some(exp) = &expected
             && exp != &digest
         {
@@ -1026,7 +1025,7 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
                 .get_manifest(host, &r.repository, &reference)
                 .await?;
             ctx.stats.manifest_fetched(&body.bytes);
-            let actual = sha256_digest(&body.bytes);
+            let actual = Digest::sha256_of(&body.bytes);
             if let Some(header) = body.digest.as_deref().filter(|h| h.starts_with("sha256:"))
                 && header != actual.to_string()
             {
@@ -1118,7 +1117,7 @@ fn cut_platforms(
             available: available.join(", "),
         }),
         PlatformCut::Cut { bytes, dropped } => {
-            let digest = sha256_digest(&bytes);
+            let digest = Digest::sha256_of(&bytes);
             ctx.reporter.warn(&format!(
                 "{}: kept {list}, left out {}; the stored index is {digest}, not the registry's \
                  {upstream} (pull it by tag or by the new digest)",
@@ -1507,7 +1506,7 @@ async fn manifest_by_digest(
                 )
                 .await?;
             ctx.stats.manifest_fetched(&body.bytes);
-            let actual = sha256_digest(&body.bytes);
+            let actual = Digest::sha256_of(&body.bytes);
             if &actual != digest {
                 return Err(FetchError::ManifestDigest {
                     reference: format!("{}/{}@{digest}", p.source.registry, p.source.repository),

@@ -105,6 +105,13 @@ impl Digest {
     pub fn sha256_from_hex(hex: &str) -> Result<Digest, ReferenceError> {
         format!("sha256:{hex}").parse()
     }
+
+    /// The sha256 digest of `bytes` (the sha2 crate uses SHA-NI where the CPU has it).
+    pub fn sha256_of(bytes: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        Digest::sha256_from_hex(&hex).expect("sha256 output is valid hex")
+    }
 }
 
 impl FromStr for Digest {

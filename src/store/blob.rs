@@ -220,7 +220,6 @@ impl PartialBlob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sha256_digest;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -239,7 +238,7 @@ mod tests {
     fn interrupted_write_resumes_and_commits() {
         let (_dir, store) = store();
         let data = b"0123456789abcdef";
-        let d = sha256_digest(data);
+        let d = Digest::sha256_of(data);
         let mut w = writer(&store, &d, data.len() as u64);
         w.write(&data[..7]).unwrap();
         drop(w); // as if the process died here
@@ -258,7 +257,7 @@ mod tests {
     #[test]
     fn wrong_bytes_are_never_published() {
         let (_dir, store) = store();
-        let d = sha256_digest(b"good");
+        let d = Digest::sha256_of(b"good");
         let mut w = writer(&store, &d, 4);
         w.write(b"evil").unwrap();
         assert!(matches!(w.commit(), Err(StoreError::DigestMismatch { .. })));

@@ -330,13 +330,12 @@ pub fn read_index_file(path: &Path) -> Result<ImageIndex> {
 mod tests {
     use super::*;
     use crate::manifest::OCI_MANIFEST;
-    use crate::store::sha256_digest;
 
     fn update(tag: Option<&str>, body: &[u8]) -> TagUpdate {
         TagUpdate {
             tag: tag.map(str::to_owned),
             media_type: OCI_MANIFEST.into(),
-            digest: sha256_digest(body),
+            digest: Digest::sha256_of(body),
             size: body.len() as u64,
             annotations: BTreeMap::new(),
         }
@@ -359,9 +358,11 @@ mod tests {
         store.publish("a/b", &[update(None, b"two")], &[]).unwrap();
         let index = store.read_index("a/b").unwrap();
         assert_eq!(index.manifests.len(), 2);
-        assert!(index.contains(&sha256_digest(b"one")) && !index.contains(&sha256_digest(b"1")));
-        assert_eq!(index.tag("v1").unwrap().digest, sha256_digest(b"two"));
-        assert_eq!(index.tag("v0").unwrap().digest, sha256_digest(b"one"));
+        assert!(
+            index.contains(&Digest::sha256_of(b"one")) && !index.contains(&Digest::sha256_of(b"1"))
+        );
+        assert_eq!(index.tag("v1").unwrap().digest, Digest::sha256_of(b"two"));
+        assert_eq!(index.tag("v0").unwrap().digest, Digest::sha256_of(b"one"));
         assert!(dir.path().join("a/b/oci-layout").is_file());
         let served = |p: &str| fs::read_to_string(dir.path().join(".v2").join(p)).unwrap();
         assert_eq!(
@@ -394,7 +395,7 @@ mod tests {
     fn a_tag_listed_twice_resolves_to_its_first_entry() {
         let entry = |tag: &str, body: &[u8]| Descriptor {
             media_type: OCI_MANIFEST.into(),
-            digest: sha256_digest(body),
+            digest: Digest::sha256_of(body),
             size: body.len() as u64,
             urls: Vec::new(),
             platform: None,
@@ -405,9 +406,9 @@ mod tests {
             manifests: vec![entry("v1", b"one"), entry("v1", b"two")],
             ..ImageIndex::default()
         });
-        assert_eq!(index.tag("v1").unwrap().digest, sha256_digest(b"one"));
+        assert_eq!(index.tag("v1").unwrap().digest, Digest::sha256_of(b"one"));
         assert!(index.tag("v2").is_none());
-        assert!(index.contains(&sha256_digest(b"two")));
+        assert!(index.contains(&Digest::sha256_of(b"two")));
     }
 
     #[test]
@@ -444,7 +445,7 @@ mod tests {
             )
             .unwrap();
         let index = store.read_index("r").unwrap();
-        assert_eq!(index.tag("v1").unwrap().digest, sha256_digest(b"two"));
+        assert_eq!(index.tag("v1").unwrap().digest, Digest::sha256_of(b"two"));
         assert_eq!(index.entries().len(), 2, "{:?}", index.entries());
     }
 

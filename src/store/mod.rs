@@ -278,7 +278,7 @@ impl Store {
         if path.is_file() {
             return Ok(());
         }
-        let actual = sha256_digest(bytes);
+        let actual = Digest::sha256_of(bytes);
         if &actual != digest {
             return Err(StoreError::DigestMismatch {
                 expected: digest.clone(),
@@ -330,12 +330,6 @@ fn sha256_only(digest: &Digest) -> Result<()> {
     } else {
         Err(StoreError::UnsupportedAlgorithm(digest.algorithm().into()))
     }
-}
-
-pub fn sha256_digest(bytes: &[u8]) -> Digest {
-    use sha2::Digest as _;
-    let hex = hex::encode(sha2::Sha256::digest(bytes));
-    Digest::sha256_from_hex(&hex).expect("sha256 output is valid hex")
 }
 
 fn remove_file_if_present(path: &Path) -> Result<()> {
@@ -438,7 +432,7 @@ mod tests {
     fn put_blob_checks_digest() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let d = sha256_digest(b"hello");
+        let d = Digest::sha256_of(b"hello");
         assert!(store.put_blob(&d, b"hellO").is_err());
         assert!(!store.has_blob(&d).unwrap());
         store.put_blob(&d, b"hello").unwrap();

@@ -191,11 +191,11 @@ mod tests {
 
     use super::*;
     use crate::manifest::OCI_MANIFEST;
-    use crate::store::{CATALOG_FILE, SERVED_DIR, TagUpdate, sha256_digest};
+    use crate::store::{CATALOG_FILE, SERVED_DIR, TagUpdate};
 
     fn publish(store: &Store, name: &str, tag: &str) -> Digest {
         let body = format!("{{\"schemaVersion\":2,\"n\":\"{name}:{tag}\"}}");
-        let digest = sha256_digest(body.as_bytes());
+        let digest = Digest::sha256_of(body.as_bytes());
         store.put_blob(&digest, body.as_bytes()).unwrap();
         store.link_blob(name, &digest).unwrap();
         let update = TagUpdate {

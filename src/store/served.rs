@@ -51,7 +51,7 @@ impl Store {
     /// Where `publish` marks repository `name` while its served documents may lag its
     /// index.json (the name is hashed: a nested name is no file name).
     pub(super) fn publish_marker(&self, name: &str) -> PathBuf {
-        let hex = super::sha256_digest(name.as_bytes()).hex().to_owned();
+        let hex = Digest::sha256_of(name.as_bytes()).hex().to_owned();
         self.tmp_dir().join(format!("{hex}.{PUBLISH_MARKER}"))
     }
 
