@@ -208,8 +208,9 @@ pub struct FetchArgs {
     /// Give up after this many seconds in all (0: no limit); nothing partial is published.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub timeout: u64,
-    /// Store images as <host>/<name> (a port becomes -port) instead of <name>.
-    #[arg(long)]
+    /// Store images as <host>/<name> (a port becomes -port) instead of <name>. Not with
+    /// --config, whose entries name their targets (`target`, `prefix`).
+    #[arg(long, conflicts_with = "config")]
     pub keep_host: bool,
     /// Also fetch foreign (non-distributable) layers instead of skipping them.
     #[arg(long)]

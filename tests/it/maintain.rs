@@ -543,6 +543,10 @@ async fn cli_errors_name_the_fix_once() {
         !r.join("library").exists(),
         "nothing fetched as docker.io/library/false"
     );
+    // --keep-host was silently ignored with --config; the file names targets.
+    let (code, _, stderr) = run(&["fetch", "--root", rs, "--config", "x.yaml", "--keep-host"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
     let (code, _, stderr) = run(&["fetch", "--root", rs]);
     assert_eq!(code, 2);
     assert!(
