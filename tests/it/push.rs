@@ -129,4 +129,25 @@ async fn a_blob_another_repository_holds_is_mounted_not_uploaded() {
         "{requests:?}"
     );
     assert!(client.blob_exists(&host, "team/b", &base).await.unwrap());
+
+    // A mount the registry will not do (the source repository lacks the blob) starts
+    // an upload session instead, which the push then completes.
+    let other = fx.blob(&fx.zstd_layer);
+    let refused = client
+        .push_blob(
+            &host,
+            "team/c",
+            &digest(&fx.zstd_layer),
+            Bytes::copy_from_slice(other),
+            Some("team/a"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, Pushed::Uploaded);
+    assert!(
+        client
+            .blob_exists(&host, "team/c", &digest(&fx.zstd_layer))
+            .await
+            .unwrap()
+    );
 }
