@@ -1,26 +1,14 @@
 //! `fetch --config` and `plan --config` against the real registry fixtures: both YAML
 //! formats, every selector kind, and config errors reported before any request.
 
-use std::fs;
 use std::path::Path;
 
 use serde_json::Value;
 
 use crate::harness::fault::{FaultRegistry, PAGED_TAGS};
-use crate::harness::store::{assert_consistent, registry_with_fixtures, static_registry, tags};
-
-fn write(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    fs::write(&path, body).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
-fn run(args: &[&str]) -> (i32, Value, String) {
-    let out = static_registry(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json, stderr)
-}
+use crate::harness::store::{
+    assert_consistent, registry_with_fixtures, run, static_registry, tag_names, write_file,
+};
 
 fn fetch_config(config: &str, root: &Path) -> (i32, Value, String) {
     run(&[
@@ -32,19 +20,13 @@ fn fetch_config(config: &str, root: &Path) -> (i32, Value, String) {
     ])
 }
 
-fn tag_names(root: &Path, repo: &str) -> Vec<String> {
-    let mut t: Vec<String> = tags(root, repo).into_iter().map(|(t, _)| t).collect();
-    t.sort();
-    t
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn own_format_selects_by_list_regex_semver_latest_and_digest() {
     let (reg, fx, root) = registry_with_fixtures().await;
     let work = tempfile::tempdir().unwrap();
     let a = reg.addr();
     let web = &fx.manifest("apps/web", "v1").digest;
-    let config = write(
+    let config = write_file(
         work.path(),
         "mirror.yaml",
         &format!(
@@ -118,7 +100,7 @@ async fn skopeo_sync_yaml_is_accepted_unchanged() {
     let (reg, fx, root) = registry_with_fixtures().await;
     let work = tempfile::tempdir().unwrap();
     let a = reg.addr();
-    let config = write(
+    let config = write_file(
         work.path(),
         "sync.yml",
         &format!(
@@ -150,7 +132,7 @@ async fn skopeo_sync_yaml_is_accepted_unchanged() {
 #[test]
 fn config_errors_name_file_field_and_fix_before_any_request() {
     let work = tempfile::tempdir().unwrap();
-    let config = write(
+    let config = write_file(
         work.path(),
         "bad.yaml",
         r#"
@@ -189,7 +171,7 @@ async fn hostile_tag_names_from_upstream_are_dropped_with_a_warning() {
     let reg = FaultRegistry::start().await;
     let work = tempfile::tempdir().unwrap();
     let a = reg.addr();
-    let config = write(
+    let config = write_file(
         work.path(),
         "m.yaml",
         &format!(
@@ -258,7 +240,7 @@ async fn tag_lists_are_followed_across_pages() {
     assert_eq!(listed.as_array().unwrap().len(), PAGED_TAGS + 1, "{listed}");
 
     let work = tempfile::tempdir().unwrap();
-    let config = write(
+    let config = write_file(
         work.path(),
         "m.yaml",
         &format!(

@@ -12,22 +12,9 @@ use crate::genconf::{error_code, gen_conf, request, serve};
 use crate::harness::sha256_digest;
 use crate::harness::skopeo::skopeo_inspect_raw;
 use crate::harness::store::{
-    all_tag_refs, assert_consistent, fetch, registry_with_fixtures, served_documents,
-    static_registry, tags,
+    all_tag_refs, assert_consistent, fetch, registry_with_fixtures, run, served_documents,
+    tag_names, write_file,
 };
-
-fn run(args: &[&str]) -> (i32, Value, String) {
-    let out = static_registry(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json, stderr)
-}
-
-fn tag_names(root: &Path, repo: &str) -> Vec<String> {
-    let mut t: Vec<String> = tags(root, repo).into_iter().map(|(t, _)| t).collect();
-    t.sort();
-    t
-}
 
 fn served(root: &Path, doc: &str) -> Value {
     serde_json::from_slice(&fs::read(root.join(".v2").join(doc)).unwrap()).unwrap()
@@ -152,12 +139,6 @@ async fn rm_of_tags_and_a_repository_updates_what_is_served_and_prune_frees_the_
     .unwrap();
 }
 
-fn write_config(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    fs::write(&path, body).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
 /// Issue: a re-fetch with a smaller selection kept every old tag.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_smaller_reselection_with_delete_removes_only_the_tags_no_longer_picked() {
@@ -171,12 +152,12 @@ async fn a_smaller_reselection_with_delete_removes_only_the_tags_no_longer_picke
             "registries:\n  \"{a}\": {{tls-verify: false}}\nimages:\n  - source: {a}/many/tags\n    allow: ['{many}']\n  - source: {a}/oci/multi\n    tags: [{oci}]\n  - source: {a}/apps/web\n    tags: [v1]\n    referrers: true\n"
         )
     };
-    let wide = write_config(
+    let wide = write_file(
         work.path(),
         "wide.yaml",
         &config("t00[0-9]", "\"1.0\", latest"),
     );
-    let narrow = write_config(work.path(), "narrow.yaml", &config("t00[0-4]", "\"1.0\""));
+    let narrow = write_file(work.path(), "narrow.yaml", &config("t00[0-4]", "\"1.0\""));
     let (code, _, stderr) = run(&["fetch", "--config", &wide, "--root", rs]);
     assert_eq!(code, 0, "{stderr}");
     let (code, _, stderr) = fetch(r, &[format!("{a}/a/b/c:1")], &[]);
@@ -235,7 +216,7 @@ async fn a_smaller_reselection_with_delete_removes_only_the_tags_no_longer_picke
     assert_consistent(r);
 
     // A repository whose tags cannot be listed is left alone.
-    let down = write_config(
+    let down = write_file(
         work.path(),
         "down.yaml",
         "registries:\n  \"127.0.0.1:1\": {tls-verify: false}\nimages:\n  - source: 127.0.0.1:1/many/tags\n    allow: ['t000']\n",
@@ -468,7 +449,7 @@ async fn plan_totals_equal_what_the_following_fetch_downloads() {
     let a = reg.addr();
     // The base layer is shared by three repositories, many/tags has 10 tags on a few
     // manifests, oci/multi is cut to one platform.
-    let config = write_config(
+    let config = write_file(
         work.path(),
         "mirror.yaml",
         &format!(
@@ -495,7 +476,7 @@ async fn plan_totals_equal_what_the_following_fetch_downloads() {
     assert_eq!(json["bytes_fetched"], 0);
 
     // The registry down: the total says it is incomplete.
-    let down = write_config(
+    let down = write_file(
         work.path(),
         "down.yaml",
         "registries:\n  \"127.0.0.1:1\": {tls-verify: false}\nimages:\n  - source: 127.0.0.1:1/apps/web\n    tags: [v1]\n",

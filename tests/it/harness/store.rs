@@ -152,15 +152,34 @@ pub fn all_tag_refs(reg: &Registry, fx: &Fixtures) -> Vec<String> {
         .collect()
 }
 
+/// Run the binary: (exit code, stdout as JSON or Null, stderr).
+pub fn run(args: &[&str]) -> (i32, Value, String) {
+    let out = static_registry(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
 pub fn fetch(root: &Path, refs: &[String], extra: &[&str]) -> (i32, Value, String) {
     let root = root.to_str().unwrap();
     let mut args = vec!["fetch", "--root", root, "--tls-verify=false", "--json"];
     args.extend_from_slice(extra);
     args.extend(refs.iter().map(String::as_str));
-    let out = static_registry(&args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json, stderr)
+    run(&args)
+}
+
+/// Sorted tag names of a repository's index.json.
+pub fn tag_names(root: &Path, repo: &str) -> Vec<String> {
+    let mut t: Vec<String> = tags(root, repo).into_iter().map(|(t, _)| t).collect();
+    t.sort();
+    t
+}
+
+/// Write `body` to `dir/name` (a config file); returns the path as an argument.
+pub fn write_file(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_owned()
 }
 
 /// A registry holding the fixture set, and an empty store root.
