@@ -100,8 +100,8 @@ impl TagIndex {
         &self.manifests
     }
 
-    /// Where its entries were fetched from (`repository` of `registry/repository`), as
-    /// recorded by fetch; entries of older stores record none.
+    /// Where its entries were fetched from (`registry/repository`), as recorded by
+    /// fetch; entries of older stores record none.
     pub fn sources(&self) -> &BTreeSet<String> {
         &self.sources
     }

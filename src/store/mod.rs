@@ -333,7 +333,16 @@ fn sha256_only(digest: &Digest) -> Result<()> {
 }
 
 fn remove_file_if_present(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+    absent_is_fine(fs::remove_file(path), path)
+}
+
+/// Remove the directory tree `path`, if there is one.
+fn remove_tree_if_present(path: &Path) -> Result<()> {
+    absent_is_fine(fs::remove_dir_all(path), path)
+}
+
+fn absent_is_fine(removed: io::Result<()>, path: &Path) -> Result<()> {
+    match removed {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", path)(e)),
         _ => Ok(()),
     }

@@ -5,13 +5,13 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io;
 
 use serde::Serialize;
 
 use super::inventory::reachable;
 use super::{
     Result, Store, StoreError, read_index_file, remove_empty_dirs, remove_file_if_present,
+    remove_tree_if_present,
 };
 use crate::crashpoint;
 use crate::manifest::{Descriptor, REF_NAME};
@@ -165,13 +165,7 @@ impl Store {
         super::atomic::sync_dir(&dir)?;
         crashpoint::hit("index-removed");
         self.remove_served(name)?;
-        let blobs = dir.join("blobs");
-        match fs::remove_dir_all(&blobs) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(StoreError::io("remove", &blobs)(e));
-            }
-            _ => {}
-        }
+        remove_tree_if_present(&dir.join("blobs"))?;
         // Last: while it is there, `rm` of this name finishes an interrupted removal.
         remove_file_if_present(&dir.join("oci-layout"))?;
         remove_empty_dirs(&dir, self.root())?;

@@ -213,13 +213,7 @@ impl Store {
         }
         let dir = self.served_repo_dir(name);
         remove_file_if_present(&dir.join(TAGS_FILE))?;
-        let referrers = dir.join(REFERRERS_DIR);
-        match fs::remove_dir_all(&referrers) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(StoreError::io("remove", &referrers)(e));
-            }
-            _ => {}
-        }
+        super::remove_tree_if_present(&dir.join(REFERRERS_DIR))?;
         super::remove_empty_dirs(&dir, &self.root.join(SERVED_DIR))?;
         self.write_catalog()
     }
