@@ -215,6 +215,16 @@ pub enum RegistryError {
     },
 
     #[error(
+        "{registry} lost part of an upload to {repo}: it holds {kept} bytes, {sent} had been sent before the failed chunk"
+    )]
+    UploadLost {
+        registry: String,
+        repo: String,
+        kept: u64,
+        sent: u64,
+    },
+
+    #[error(
         "{registry} stored other bytes than were pushed to {repo}: it answered with digest {got}, the bytes hash to {expected}"
     )]
     PushedDigest {

@@ -14,6 +14,32 @@ use super::{
 };
 use crate::reference::Digest;
 
+/// An upload session a registry opened: where the next bytes go, and how many it holds.
+#[derive(Debug)]
+pub struct Upload {
+    host: String,
+    repo: String,
+    /// Path and query of the session, from the registry's latest `Location`.
+    location: String,
+    offset: u64,
+    access: Access,
+}
+
+impl Upload {
+    /// Bytes the registry holds in this session.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// What asking for an upload got.
+#[derive(Debug)]
+pub enum Started {
+    /// The registry mounted the blob from the other repository: nothing to send.
+    Mounted,
+    Session(Upload),
+}
+
 /// How a blob reached the target repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -69,6 +95,27 @@ impl Client {
         if self.blob_exists(host, repo, digest).await? {
             return Ok(Pushed::Present);
         }
+        match self.start_upload(host, repo, digest, mount_from).await? {
+            Started::Mounted => Ok(Pushed::Mounted),
+            Started::Session(upload) => {
+                self.finish_upload(upload, digest, bytes).await?;
+                Ok(Pushed::Uploaded)
+            }
+        }
+    }
+
+    /// Open an upload session for blob `digest` in `repo` (POST), asking for a
+    /// cross-repository mount from `mount_from` first when given: a registry that mounts
+    /// answers 201 and no bytes are needed; one that will not opens a session instead.
+    pub async fn start_upload(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+        mount_from: Option<&str>,
+    ) -> Result<Started, RegistryError> {
+        validate_host(host)?;
+        validate_repo(repo)?;
         let mut path = format!("/v2/{repo}/blobs/uploads/");
         if let Some(from) = mount_from {
             validate_repo(from)?;
@@ -87,20 +134,96 @@ impl Client {
             })
             .await?;
         match started.status() {
-            StatusCode::CREATED if mount_from.is_some() => return Ok(Pushed::Mounted),
-            // A registry that will not mount starts an upload session instead.
+            StatusCode::CREATED if mount_from.is_some() => return Ok(Started::Mounted),
             StatusCode::ACCEPTED => {}
             _ => return Err(status_error(started, host, repo).await),
         }
-        let location =
-            header_string(started.headers(), header::LOCATION.as_str()).ok_or_else(|| {
-                RegistryError::UploadLocation {
-                    registry: host.to_string(),
-                    repo: repo.to_string(),
-                    location: String::new(),
+        let location = self.session_location(host, repo, started.headers())?;
+        Ok(Started::Session(Upload {
+            host: host.to_owned(),
+            repo: repo.to_owned(),
+            location,
+            offset: 0,
+            access,
+        }))
+    }
+
+    /// Append `chunk` to the session (PATCH with its Content-Range). When a PATCH fails
+    /// part-way (a 5xx, a dropped connection), the registry is asked how much it kept
+    /// (GET on the session) and only the rest is sent again, up to the client's retry
+    /// count.
+    pub async fn upload_chunk(
+        &self,
+        upload: &mut Upload,
+        chunk: Bytes,
+    ) -> Result<(), RegistryError> {
+        let start = upload.offset;
+        let end = start + chunk.len() as u64;
+        let mut resumes = 0;
+        while upload.offset < end {
+            let rest = chunk.slice((upload.offset - start) as usize..);
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            let range = format!("{}-{}", upload.offset, end - 1);
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&range).expect("digits and '-' only"),
+            );
+            let sent = self
+                .api_request(&ApiRequest {
+                    method: Method::PATCH,
+                    host: &upload.host,
+                    repo: &upload.repo,
+                    path: &upload.location,
+                    headers,
+                    body: Some(rest),
+                    access: upload.access.clone(),
+                })
+                .await;
+            let failure = match sent {
+                Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                    upload.location =
+                        self.session_location(&upload.host, &upload.repo, resp.headers())?;
+                    upload.offset = received(resp.headers()).unwrap_or(end);
+                    continue;
                 }
-            })?;
-        let mut target = self.upload_path(host, repo, &location)?;
+                Ok(resp) => status_error(resp, &upload.host, &upload.repo).await,
+                Err(e) => e,
+            };
+            if resumes >= self.inner.retries.max(1) {
+                return Err(failure);
+            }
+            resumes += 1;
+            tracing::warn!(
+                "{failure}; asking {} how much of the upload it kept",
+                upload.host
+            );
+            let kept = self.upload_status(upload).await.map_err(|_| failure)?;
+            if kept < start {
+                return Err(RegistryError::UploadLost {
+                    registry: upload.host.clone(),
+                    repo: upload.repo.clone(),
+                    kept,
+                    sent: start,
+                });
+            }
+            upload.offset = kept.min(end);
+        }
+        Ok(())
+    }
+
+    /// Close the session with `last` as its final bytes (empty after chunks): the
+    /// registry checks the whole blob against `digest`.
+    pub async fn finish_upload(
+        &self,
+        upload: Upload,
+        digest: &Digest,
+        last: Bytes,
+    ) -> Result<(), RegistryError> {
+        let mut target = upload.location.clone();
         target.push(if target.contains('?') { '&' } else { '?' });
         target.push_str(&format!("digest={digest}"));
         let mut headers = HeaderMap::new();
@@ -111,19 +234,57 @@ impl Client {
         let done = self
             .api_request(&ApiRequest {
                 method: Method::PUT,
-                host,
-                repo,
+                host: &upload.host,
+                repo: &upload.repo,
                 path: &target,
                 headers,
-                body: Some(bytes),
-                access,
+                body: Some(last),
+                access: upload.access.clone(),
             })
             .await?;
         if done.status() != StatusCode::CREATED {
-            return Err(status_error(done, host, repo).await);
+            return Err(status_error(done, &upload.host, &upload.repo).await);
         }
-        check_digest(done.headers(), digest, host, repo)?;
-        Ok(Pushed::Uploaded)
+        check_digest(done.headers(), digest, &upload.host, &upload.repo)
+    }
+
+    /// How many bytes the session holds (GET on it: 204 with `Range: 0-<last>`).
+    async fn upload_status(&self, upload: &mut Upload) -> Result<u64, RegistryError> {
+        let resp = self
+            .api_request(&ApiRequest {
+                method: Method::GET,
+                host: &upload.host,
+                repo: &upload.repo,
+                path: &upload.location,
+                headers: HeaderMap::new(),
+                body: None,
+                access: upload.access.clone(),
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp, &upload.host, &upload.repo).await);
+        }
+        if header_string(resp.headers(), header::LOCATION.as_str()).is_some() {
+            upload.location = self.session_location(&upload.host, &upload.repo, resp.headers())?;
+        }
+        Ok(received(resp.headers()).unwrap_or(0))
+    }
+
+    /// The session URL a response's `Location` names, as a path and query on `host`.
+    fn session_location(
+        &self,
+        host: &str,
+        repo: &str,
+        headers: &HeaderMap,
+    ) -> Result<String, RegistryError> {
+        let location = header_string(headers, header::LOCATION.as_str()).ok_or_else(|| {
+            RegistryError::UploadLocation {
+                registry: host.to_string(),
+                repo: repo.to_string(),
+                location: String::new(),
+            }
+        })?;
+        self.upload_path(host, repo, &location)
     }
 
     /// PUT a manifest as its bytes are, under `reference` (a tag, or its digest). The
@@ -194,6 +355,17 @@ impl Client {
 fn push(mount_from: Option<&str>) -> Access {
     Access::Push {
         mount_from: mount_from.map(str::to_owned),
+    }
+}
+
+/// The bytes an upload session holds, from its `Range: 0-<last>` header. distribution
+/// answers `0-0` for an empty session too; we never send a one-byte chunk, so it is 0.
+fn received(headers: &HeaderMap) -> Option<u64> {
+    let range = header_string(headers, header::RANGE.as_str())?;
+    let (_, last) = range.trim_start_matches("bytes=").split_once('-')?;
+    match last.trim().parse::<u64>().ok()? {
+        0 => Some(0),
+        l => Some(l + 1),
     }
 }
 
