@@ -587,9 +587,16 @@ impl Client {
         let mut rounds = 0;
         loop {
             let authz = self.authorization(host, repo, &req.access).await?;
-            let resp = self
-                .with_retries(|| self.send_registry(req, authz.as_ref()))
-                .await?;
+            let send = || self.send_registry(req, authz.as_ref());
+            // A PATCH appends to an upload session at an offset, and a failed one may
+            // have left part of its body there: sent again blind it is refused (416) or,
+            // by a registry that ignores Content-Range, appended twice. Its caller asks
+            // the session what it holds and sends the rest instead.
+            let resp = if req.method == Method::PATCH {
+                send().await?
+            } else {
+                self.with_retries(send).await?
+            };
             if resp.status() != StatusCode::UNAUTHORIZED || rounds >= 2 {
                 return Ok(resp);
             }

@@ -9,8 +9,8 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::{
-    Access, ApiRequest, Client, RegistryError, Scheme, header_string, lock, registry_url,
-    status_error, validate_host, validate_reference, validate_repo,
+    Access, ApiRequest, Client, RegistryError, Scheme, backoff, header_string, lock, registry_url,
+    retry_after, status_error, validate_host, validate_reference, validate_repo,
 };
 use crate::reference::Digest;
 
@@ -151,7 +151,7 @@ impl Client {
     /// Append `chunk` to the session (PATCH with its Content-Range). When a PATCH fails
     /// part-way (a 5xx, a dropped connection), the registry is asked how much it kept
     /// (GET on the session) and only the rest is sent again, up to the client's retry
-    /// count.
+    /// count: a failed PATCH is never sent again before the session is asked.
     pub async fn upload_chunk(
         &self,
         upload: &mut Upload,
@@ -183,24 +183,31 @@ impl Client {
                     access: upload.access.clone(),
                 })
                 .await;
-            let failure = match sent {
+            let (failure, wait) = match sent {
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                     upload.location =
                         self.session_location(&upload.host, &upload.repo, resp.headers())?;
                     upload.offset = received(resp.headers()).unwrap_or(end);
                     continue;
                 }
-                Ok(resp) => status_error(resp, &upload.host, &upload.repo).await,
-                Err(e) => e,
+                Ok(resp) => {
+                    let wait = retry_after(resp.headers());
+                    (status_error(resp, &upload.host, &upload.repo).await, wait)
+                }
+                Err(e) => (e, None),
             };
             if resumes >= self.inner.retries.max(1) {
                 return Err(failure);
             }
+            // The pipeline does not retry a PATCH, so the pause it would make before a
+            // retry (a rate limit's Retry-After, or backoff) is made here.
+            let delay = wait.unwrap_or_else(|| backoff(resumes));
             resumes += 1;
             tracing::warn!(
-                "{failure}; asking {} how much of the upload it kept",
+                "{failure}; asking {} in {delay:?} how much of the upload it kept",
                 upload.host
             );
+            tokio::time::sleep(delay).await;
             let kept = self.upload_status(upload).await.map_err(|_| failure)?;
             if kept < start {
                 return Err(RegistryError::UploadLost {

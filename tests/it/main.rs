@@ -11,6 +11,7 @@ mod maintain;
 mod options;
 mod permissions;
 mod push;
+mod push_faults;
 mod readme;
 mod stock;
 mod subset;

@@ -6,6 +6,7 @@
 
 pub mod clients;
 pub mod fault;
+pub mod fault_push;
 pub mod fixtures;
 pub mod nginx;
 pub mod proxy;
