@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use static_registry::copy::Overwrite;
+use static_registry::plan::Target;
 use static_registry::select::PlatformSpec;
 
 #[derive(Debug, Parser)]
@@ -31,6 +33,18 @@ pub enum Command {
     /// Show what `fetch --config` would fetch, with sizes; nothing is written.
     #[command(override_usage = "static-registry plan [OPTIONS] --config <FILE>")]
     Plan(PlanArgs),
+    /// Push stored images (all, or those named) to one or more registries, each as
+    /// <prefix>/<stored name> with its own tags and digests.
+    #[command(
+        override_usage = "static-registry push [OPTIONS] --to <HOST[:PORT][/PREFIX]>... [NAME[:TAG|@DIGEST]]..."
+    )]
+    Push(PushArgs),
+    /// Copy one image from a registry to one or more registries, without a store: each
+    /// blob is read from the source once.
+    #[command(
+        override_usage = "static-registry copy [OPTIONS] --to <HOST[:PORT]/REPOSITORY[:TAG]>... <REFERENCE>"
+    )]
+    Copy(CopyArgs),
     /// Print nginx configuration that serves the store as a read-only registry.
     #[command(override_usage = "static-registry gen-conf [OPTIONS]")]
     GenConf(GenConfArgs),
@@ -47,6 +61,92 @@ pub enum Command {
     /// Remove blobs no tag reaches any more and stale temporary files.
     #[command(override_usage = "static-registry prune [OPTIONS]")]
     Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// What to push: NAME (every tag and untagged manifest of it), NAME:TAG or
+    /// NAME@DIGEST; nothing means the whole store.
+    #[arg(value_name = "NAME[:TAG|@DIGEST]")]
+    pub images: Vec<String>,
+    /// Store directory.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// A registry to push to, and the prefix of every name there; may be repeated.
+    #[arg(long, required = true, value_name = "HOST[:PORT][/PREFIX]")]
+    pub to: Vec<Target>,
+    #[command(flatten)]
+    pub copy: CopyOptionArgs,
+    #[command(flatten)]
+    pub dest: DestArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The image to copy: [host[:port]/]name[:tag][@digest].
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+    /// Where to: a registry, the repository there and optionally a tag (default: the
+    /// source's); may be repeated.
+    #[arg(long, required = true, value_name = "HOST[:PORT]/REPOSITORY[:TAG]")]
+    pub to: Vec<Target>,
+    #[command(flatten)]
+    pub copy: CopyOptionArgs,
+    /// The source registry's TLS, credentials and retries.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub dest: DestArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyOptionArgs {
+    /// A tag that already points at another digest at a target: skip it (and say so),
+    /// replace it, or fail that image there.
+    #[arg(long, default_value = "replace", value_name = "skip|replace|fail")]
+    pub overwrite: Overwrite,
+    /// Blob transfers in flight at once.
+    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Also send foreign (non-distributable) layers, which registries usually do not hold.
+    #[arg(long)]
+    pub include_foreign: bool,
+    /// No progress output; errors are still printed.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print a JSON summary on stdout (per target, and per image and target).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The target registries' TLS and credentials (as skopeo's --dest-* options).
+#[derive(Debug, Args)]
+pub struct DestArgs {
+    /// Require HTTPS with verified certificates at the targets; `--dest-tls-verify=false`
+    /// also allows plain HTTP and unverified TLS.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          require_equals = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub dest_tls_verify: bool,
+    /// Directory of extra CA certificates (*.crt) for the targets.
+    #[arg(long, value_name = "DIR")]
+    pub dest_cert_dir: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust at the targets; may be repeated.
+    #[arg(long, value_name = "FILE")]
+    pub dest_ca_cert: Vec<PathBuf>,
+    /// Credentials for the targets (else the auth files, as for pulls).
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        env = "STATIC_REGISTRY_DEST_CREDS",
+        hide_env_values = true
+    )]
+    pub dest_creds: Option<String>,
+    /// Auth file (docker config.json or containers auth.json format) for the targets.
+    #[arg(long, value_name = "FILE")]
+    pub dest_authfile: Option<PathBuf>,
+    /// Retries for 429, 5xx and connection failures at the targets.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub dest_retries: u32,
 }
 
 #[derive(Debug, Args)]

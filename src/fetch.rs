@@ -21,6 +21,7 @@ use crate::manifest::{
 };
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
+use crate::report::{ImageReport, Reporter, Status, error_chain};
 use crate::select::{PlatformCut, PlatformSpec, cut_index};
 use crate::store::inventory::reachable;
 use crate::store::{
@@ -152,51 +153,6 @@ impl From<RegistryError> for FetchError {
     }
 }
 
-/// Progress events. Implementations render them (bars on a TTY, lines otherwise); the
-/// library never prints.
-pub trait Reporter: Send + Sync {
-    fn image_started(&self, _source: &str) {}
-    fn image_finished(&self, _report: &ImageReport) {}
-    fn blob_started(&self, _digest: &Digest, _size: u64, _offset: u64) {}
-    fn blob_progress(&self, _digest: &Digest, _bytes: u64) {}
-    fn blob_finished(&self, _digest: &Digest) {}
-    fn warn(&self, _message: &str) {}
-}
-
-/// A reporter that shows nothing (`--quiet`, tests).
-pub struct Silent;
-impl Reporter for Silent {}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Downloaded (some or all of it) and published.
-    Fetched,
-    /// The store already had exactly this; only the manifest was checked.
-    Unchanged,
-    Failed,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ImageReport {
-    /// The normalised reference as asked for.
-    pub source: String,
-    /// Repository name in the store.
-    pub name: String,
-    pub tag: Option<String>,
-    pub digest: Option<String>,
-    pub status: Status,
-    /// The registry's digest, where a platform cut made the stored index differ.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_digest: Option<String>,
-    /// Signatures, SBOMs and attestations newly stored for it.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub referrers: usize,
-    /// The error chain, one cause per element.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub error: Vec<String>,
-}
-
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub images: Vec<ImageReport>,
@@ -212,10 +168,6 @@ pub struct Summary {
     /// What `--delete` took out (tags the selection no longer picks).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<Removed>,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 /// The registry client for each registry: the default one, and others where a config
@@ -822,22 +774,6 @@ pub async fn execute(
         seconds: started.elapsed().as_secs_f64(),
         removed: Vec::new(),
     }
-}
-
-/// An error and its causes, outermost first.
-pub fn error_chain(e: &dyn std::error::Error) -> Vec<String> {
-    let mut out = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        // Some errors (io ones wrapped with their path, say) already end with their
-        // cause's text: printing it again said everything twice.
-        if !out.last().is_some_and(|prev| prev.ends_with(&text)) {
-            out.push(text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 async fn blocking<T: Send + 'static>(

@@ -2,11 +2,14 @@
 //! nginx serves as a read-only OCI distribution (pull) API.
 
 pub mod config;
+pub mod copy;
 mod crashpoint;
 pub mod fetch;
 pub mod manifest;
 pub mod nginx;
+pub mod plan;
 pub mod reference;
 pub mod registry;
+pub mod report;
 pub mod select;
 pub mod store;

@@ -5,22 +5,28 @@ mod cli;
 mod progress;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use static_registry::config::{self, MirrorConfig};
+use static_registry::copy::registry::{RegistryDestination, RegistrySource};
+use static_registry::copy::store::StoreSource;
+use static_registry::copy::{self, Engine};
 use static_registry::fetch::{self, FetchOptions, Summary};
 use static_registry::nginx;
+use static_registry::plan;
 use static_registry::reference::{self, Reference};
 use static_registry::registry::{Client, ClientOptions};
+use static_registry::report;
 use static_registry::select;
-use static_registry::store::{Removal, Store, inventory, verify};
+use static_registry::store::{Removal, Store, StoreView, inventory, verify};
 
 use cli::{
-    Cli, Command, FetchArgs, GenConfArgs, LsArgs, PlanArgs, PruneArgs, RegistryArgs, RmArgs,
-    VerifyArgs,
+    Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, FetchArgs, GenConfArgs, LsArgs, PlanArgs,
+    PruneArgs, PushArgs, RegistryArgs, RmArgs, VerifyArgs,
 };
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
@@ -34,7 +40,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", fetch::error_chain(e.as_ref()).join(": "));
+            eprintln!("error: {}", report::error_chain(e.as_ref()).join(": "));
             if let Some(hint) = hint(&e) {
                 eprintln!("hint: {hint}");
             }
@@ -84,6 +90,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Fetch(args) => fetch_command(args),
         Command::Plan(args) => plan_command(args),
+        Command::Push(args) => push_command(args),
+        Command::Copy(args) => copy_command(args),
         Command::GenConf(args) => gen_conf_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
@@ -92,36 +100,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn client_options(args: &RegistryArgs) -> Result<ClientOptions> {
-    let creds = match &args.creds {
-        Some(c) => {
-            let (user, pass) = c.split_once(':').ok_or_else(|| {
-                Usage(anyhow::anyhow!(
-                    "--creds must be USER:PASSWORD (got no ':')"
-                ))
-            })?;
-            Some((user.to_owned(), pass.to_owned()))
-        }
-        None => None,
-    };
-    if let Some(file) = args.authfile.as_ref().filter(|f| !f.is_file()) {
+/// `USER:PASS` from `flag`.
+fn credentials(flag: &str, value: Option<&String>) -> Result<Option<(String, String)>> {
+    let Some(c) = value else { return Ok(None) };
+    let (user, pass) = c
+        .split_once(':')
+        .ok_or_else(|| Usage(anyhow::anyhow!("{flag} must be USER:PASSWORD (got no ':')")))?;
+    Ok(Some((user.to_owned(), pass.to_owned())))
+}
+
+fn existing_authfile(flag: &str, file: Option<&PathBuf>) -> Result<Option<PathBuf>> {
+    if let Some(file) = file.filter(|f| !f.is_file()) {
         return Err(Usage(anyhow::anyhow!(
-            "--authfile {}: no such file (podman and skopeo keep theirs in $XDG_RUNTIME_DIR/containers/auth.json, docker in ~/.docker/config.json)",
+            "{flag} {}: no such file (podman and skopeo keep theirs in $XDG_RUNTIME_DIR/containers/auth.json, docker in ~/.docker/config.json)",
             file.display()
         ))
         .into());
     }
+    Ok(file.cloned())
+}
+
+fn client_options(args: &RegistryArgs) -> Result<ClientOptions> {
     Ok(ClientOptions {
         tls_verify: args.tls_verify,
         ca_certs: args.ca_cert.clone(),
         cert_dir: args.cert_dir.clone(),
-        creds,
-        authfile: args.authfile.clone(),
+        creds: credentials("--creds", args.creds.as_ref())?,
+        authfile: existing_authfile("--authfile", args.authfile.as_ref())?,
         retries: args.retries,
         stall_timeout: std::time::Duration::from_secs(args.stall_timeout),
         max_manifest_bytes: args.max_manifest_size,
-        user_agent: concat!("static-registry/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ..ClientOptions::default()
     })
+}
+
+/// The client for the targets of a push or copy.
+fn dest_client(args: &DestArgs) -> Result<Client> {
+    Client::new(ClientOptions {
+        tls_verify: args.dest_tls_verify,
+        ca_certs: args.dest_ca_cert.clone(),
+        cert_dir: args.dest_cert_dir.clone(),
+        creds: credentials("--dest-creds", args.dest_creds.as_ref())?,
+        authfile: existing_authfile("--dest-authfile", args.dest_authfile.as_ref())?,
+        retries: args.dest_retries,
+        ..ClientOptions::default()
+    })
+    .context("setting up the HTTP client for the targets")
 }
 
 /// Clients for a configuration: the command line's options, overridden per registry
@@ -165,7 +189,7 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
         referrers: args.referrers,
     };
     let base = client_options(&args.registry)?;
-    let reporter: Arc<dyn fetch::Reporter> = Arc::from(progress::reporter(args.quiet));
+    let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
     let runtime = runtime()?;
     let mut selection = None;
     let (clients, planned, unresolved) = match &args.config {
@@ -247,6 +271,97 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
         eprintln!("error: {}: {}", failed.source, failed.error.join(": "));
     }
     Ok(if summary.images_failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn push_command(args: PushArgs) -> Result<ExitCode> {
+    let view = StoreView::open(&args.root)
+        .with_context(|| format!("opening the store at {}", args.root.display()))?;
+    let plan = plan::push(&view, &args.images, &args.to).map_err(|e| Usage(e.into()))?;
+    let client = dest_client(&args.dest)?;
+    let dests = destinations(&client, &args.to);
+    let source = StoreSource::new(view, plan.indexes);
+    run_copy(source, dests, plan.waves, &args.copy)
+}
+
+fn copy_command(args: CopyArgs) -> Result<ExitCode> {
+    let reference: Reference = args
+        .reference
+        .parse()
+        .map_err(|e| Usage(anyhow::Error::from(e)))?;
+    let job = plan::copy(&reference, &args.to).map_err(|e| Usage(e.into()))?;
+    let source_client =
+        Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
+    let source = RegistrySource::new(source_client, reference.api_host());
+    let dests = destinations(&dest_client(&args.dest)?, &args.to);
+    run_copy(source, dests, vec![vec![job]], &args.copy)
+}
+
+fn destinations(client: &Client, targets: &[plan::Target]) -> Vec<RegistryDestination> {
+    targets
+        .iter()
+        .map(|t| RegistryDestination::new(client.clone(), &t.host))
+        .collect()
+}
+
+/// Run the engine; print the summary and each failure; exit 1 when any image failed at
+/// any target.
+fn run_copy<S: copy::Source, D: copy::Destination>(
+    source: S,
+    dests: Vec<D>,
+    waves: Vec<Vec<copy::ImageJob>>,
+    args: &CopyOptionArgs,
+) -> Result<ExitCode> {
+    let opts = copy::Options {
+        jobs: args.jobs.into(),
+        overwrite: args.overwrite,
+        include_foreign: args.include_foreign,
+    };
+    let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
+    let engine = Engine::new(source, dests, opts, reporter);
+    let summary = runtime()?.block_on(async {
+        tokio::select! {
+            s = engine.run(waves) => Some(s),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(summary) = summary else {
+        eprintln!(
+            "interrupted: tags not yet set at a target were not set; blobs already sent stay"
+        );
+        return Ok(ExitCode::from(130));
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    if !args.quiet {
+        for t in &summary.targets {
+            eprintln!(
+                "{}: {} copied, {} unchanged, {} skipped, {} failed; blobs: {} sent ({}), {} mounted, {} present",
+                t.target,
+                t.copied,
+                t.unchanged,
+                t.skipped,
+                t.failed,
+                t.blobs_uploaded,
+                human_bytes(t.bytes_sent),
+                t.blobs_mounted,
+                t.blobs_present
+            );
+        }
+    }
+    for r in summary.images.iter().filter(|r| !r.error.is_empty()) {
+        eprintln!(
+            "error: {} -> {}: {}",
+            r.source,
+            r.target,
+            r.error.join(": ")
+        );
+    }
+    Ok(if summary.failed() == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::reference::Digest;
@@ -94,6 +95,36 @@ pub struct Manifest {
     pub subject: Option<Descriptor>,
     pub artifact_type: Option<String>,
     pub annotations: BTreeMap<String, String>,
+}
+
+/// A manifest as one value, made where its bytes arrive: the bytes, the digest they hash
+/// to, and their parsed form. Everything downstream takes this rather than hashing or
+/// parsing the bytes again.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub digest: Digest,
+    pub bytes: Bytes,
+    pub manifest: Manifest,
+}
+
+impl Verified {
+    /// Hash and parse `bytes` (see [`Manifest::parse`] for `content_type`).
+    pub fn new(bytes: Bytes, content_type: Option<&str>) -> Result<Verified, ManifestError> {
+        let manifest = Manifest::parse(&bytes, content_type)?;
+        Ok(Verified {
+            digest: Digest::sha256_of(&bytes),
+            bytes,
+            manifest,
+        })
+    }
+
+    pub fn media_type(&self) -> &str {
+        &self.manifest.media_type
+    }
+
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
 }
 
 #[derive(Deserialize)]

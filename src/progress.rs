@@ -5,12 +5,12 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use static_registry::fetch::{ImageReport, Reporter, Status};
 use static_registry::reference::Digest;
+use static_registry::report::{CopyStatus, ImageReport, Reporter, Status, TargetReport};
 
 pub fn reporter(quiet: bool) -> Box<dyn Reporter> {
     if quiet {
-        Box::new(static_registry::fetch::Silent)
+        Box::new(static_registry::report::Silent)
     } else if std::io::stderr().is_terminal() {
         Box::new(Bars::new())
     } else {
@@ -39,11 +39,29 @@ fn image_line(r: &ImageReport) -> String {
     }
 }
 
+fn copy_line(r: &TargetReport) -> String {
+    let digest = r.digest.as_deref().unwrap_or("");
+    match r.status {
+        CopyStatus::Copied => format!("copied    {} -> {} {digest}", r.source, r.target),
+        CopyStatus::Unchanged => format!("unchanged {} -> {}", r.source, r.target),
+        CopyStatus::Skipped => format!(
+            "skipped   {} -> {} (it points at {}; --overwrite=replace would move it)",
+            r.source,
+            r.target,
+            r.existing.as_deref().unwrap_or("another digest")
+        ),
+        CopyStatus::Failed => format!("failed    {} -> {}", r.source, r.target),
+    }
+}
+
 struct Lines;
 
 impl Reporter for Lines {
     fn image_finished(&self, report: &ImageReport) {
         eprintln!("{}", image_line(report));
+    }
+    fn copied(&self, report: &TargetReport) {
+        eprintln!("{}", copy_line(report));
     }
     fn warn(&self, message: &str) {
         eprintln!("warning: {message}");
@@ -79,6 +97,9 @@ impl Bars {
 impl Reporter for Bars {
     fn image_finished(&self, report: &ImageReport) {
         let _ = self.multi.println(image_line(report));
+    }
+    fn copied(&self, report: &TargetReport) {
+        let _ = self.multi.println(copy_line(report));
     }
     fn blob_started(&self, digest: &Digest, size: u64, offset: u64) {
         self.total.inc_length(size - offset.min(size));

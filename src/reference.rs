@@ -109,7 +109,13 @@ impl Digest {
     /// The sha256 digest of `bytes` (the sha2 crate uses SHA-NI where the CPU has it).
     pub fn sha256_of(bytes: &[u8]) -> Digest {
         use sha2::Digest as _;
-        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        Digest::sha256_finish(sha2::Sha256::new_with_prefix(bytes))
+    }
+
+    /// The digest of everything `hasher` was fed (bytes hashed as they stream by).
+    pub fn sha256_finish(hasher: sha2::Sha256) -> Digest {
+        use sha2::Digest as _;
+        let hex = hex::encode(hasher.finalize());
         Digest::sha256_from_hex(&hex).expect("sha256 output is valid hex")
     }
 }
@@ -302,7 +308,7 @@ fn normalise_host(host: &str) -> String {
     }
 }
 
-fn validate_host(host: &str) -> Result<(), ReferenceError> {
+pub fn validate_host(host: &str) -> Result<(), ReferenceError> {
     let ok = host.len() <= MAX_HOST_LEN
         && HOST_RE.captures(host).is_some_and(|c| {
             c.get(1)

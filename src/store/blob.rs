@@ -184,8 +184,7 @@ impl PartialBlob {
                 actual: self.written,
             });
         }
-        let actual = Digest::sha256_from_hex(&hex::encode(self.hasher.clone().finalize()))
-            .expect("sha256 output is valid hex");
+        let actual = Digest::sha256_finish(self.hasher.clone());
         if actual != self.digest {
             let expected = self.digest.clone();
             self.discard();

@@ -15,6 +15,7 @@ pub mod prune;
 pub mod remove;
 mod served;
 pub mod verify;
+mod view;
 
 use std::fs::{self, File};
 use std::io;
@@ -29,6 +30,7 @@ pub use layout::{ImageIndex, TagIndex, TagUpdate, read_index_file};
 pub use link::LinkKind;
 pub use remove::{Removal, Removed};
 pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
+pub use view::StoreView;
 
 use crate::crashpoint;
 use crate::reference::{self, Digest, ReferenceError};
@@ -88,6 +90,8 @@ pub enum StoreError {
         "another static-registry process is writing to {0} (a fetch holds its .lock); try again when it has finished"
     )]
     Busy(PathBuf),
+    #[error("{0} is not a static-registry store (it has no .static-registry marker)")]
+    NotAStore(PathBuf),
     #[error("repository {0} is not in the store")]
     UnknownRepository(String),
     #[error("repository {name} has no tag {tag:?}")]
@@ -103,7 +107,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    pub(crate) fn io<'a>(
+        action: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(io::Error) -> StoreError + 'a {
         move |source| {
             if source.kind() == io::ErrorKind::StorageFull {
                 StoreError::DiskFull {
@@ -147,6 +154,29 @@ struct FormatMarker {
     /// the next open for writing.
     #[serde(default, rename = "served-modes")]
     served_modes: bool,
+}
+
+/// The store's format marker, `None` when there is none; a marker of a newer major
+/// format is refused.
+fn read_format(root: &Path) -> Result<Option<FormatMarker>> {
+    let marker = root.join(FORMAT_FILE);
+    let bytes = match fs::read(&marker) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("read", &marker)(e)),
+    };
+    let found: FormatMarker =
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::BadFormatFile {
+            path: marker.clone(),
+            reason: e.to_string(),
+        })?;
+    if found.format > FORMAT_VERSION {
+        return Err(StoreError::NewerFormat {
+            path: marker,
+            found: found.format,
+        });
+    }
+    Ok(Some(found))
 }
 
 impl FormatMarker {
@@ -193,33 +223,18 @@ impl Store {
         lock.lock_shared()
             .map_err(StoreError::io("lock", &lock_path))?;
         let marker = root.join(FORMAT_FILE);
-        match fs::read(&marker) {
-            Ok(bytes) => {
-                let found: FormatMarker =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::BadFormatFile {
-                        path: marker.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if found.format > FORMAT_VERSION {
-                    return Err(StoreError::NewerFormat {
-                        path: marker,
-                        found: found.format,
-                    });
-                }
-                if !found.served_modes {
-                    let changed = modes::repair(root)?;
-                    tracing::info!(
-                        "made {} files and directories of {} readable by the web server",
-                        changed.len(),
-                        root.display()
-                    );
-                    write_atomic(&root.join(TMP_DIR), &marker, &FormatMarker::current())?;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        match read_format(root)? {
+            Some(found) if !found.served_modes => {
+                let changed = modes::repair(root)?;
+                tracing::info!(
+                    "made {} files and directories of {} readable by the web server",
+                    changed.len(),
+                    root.display()
+                );
                 write_atomic(&root.join(TMP_DIR), &marker, &FormatMarker::current())?;
             }
-            Err(e) => return Err(StoreError::io("read", &marker)(e)),
+            Some(_) => {}
+            None => write_atomic(&root.join(TMP_DIR), &marker, &FormatMarker::current())?,
         }
         let store = Store {
             root: root.to_path_buf(),

@@ -2,6 +2,7 @@
 
 mod auth;
 mod config;
+mod copy;
 mod fetch;
 mod genconf;
 mod harness;

@@ -82,6 +82,32 @@ impl Registry {
         resp.status() == StatusCode::OK
     }
 
+    /// The digest `repo:reference` resolves to (its `Docker-Content-Digest`, with every
+    /// manifest type accepted), or `None` when the registry has no such manifest.
+    pub async fn manifest_digest(&self, repo: &str, reference: &str) -> Option<String> {
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.url());
+        let resp = self
+            .http()
+            .head(&url)
+            .header(reqwest::header::ACCEPT, super::fixtures::ACCEPT_ALL)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {url}: {e}"));
+        if resp.status() == StatusCode::NOT_FOUND {
+            return None;
+        }
+        let resp = expect_status(
+            resp,
+            StatusCode::OK,
+            &format!("manifest {repo}:{reference}"),
+        )
+        .await;
+        resp.headers()
+            .get(DIGEST_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
     /// Full tag list of `repo` (asks for a page size larger than any fixture).
     pub async fn tags(&self, repo: &str) -> Vec<String> {
         let url = format!("{}/v2/{repo}/tags/list?n=10000", self.url());

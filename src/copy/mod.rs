@@ -1,0 +1,989 @@
+//! The copy engine: one walk of a manifest tree from a source endpoint into any number
+//! of destination endpoints (registries today; the store, bundles and buckets are the
+//! same two traits). `push` is store → registries, `copy` is registry → registries.
+//!
+//! Order at every destination is the spec's: blobs before the manifest naming them,
+//! children before their index, the tag last. Each source blob is read once per image
+//! however many destinations lack it, and streamed to all of them chunk by chunk. Per
+//! destination one claimant per blob: a second image wanting the same blob waits, then
+//! finds it present (same repository) or mounts it from the repository that got it.
+//! One destination failing never stops the others; every outcome is reported per image
+//! and destination.
+
+pub mod registry;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{BoxFuture, join_all};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::manifest::{Descriptor, Kind, ManifestError, Verified};
+use crate::reference::Digest;
+use crate::registry::RegistryError;
+use crate::report::{CopyStatus, Reporter, TargetReport, error_chain};
+use crate::store::StoreError;
+
+/// Blobs up to this size go in one request; larger ones in chunks of this size, which is
+/// also what one transfer holds in memory.
+pub const CHUNK: usize = 8 << 20;
+/// Index nesting deeper than this is refused (real images use one level; a cycle ends
+/// here too).
+const MAX_INDEX_DEPTH: usize = 4;
+/// Times a source blob read that broke off is resumed.
+const SOURCE_RESUMES: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("manifest {what} is not usable")]
+    Manifest {
+        what: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("manifest {what} hashes to {actual}, not to {expected} ({origin})")]
+    ManifestDigest {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+        origin: &'static str,
+    },
+    #[error("manifest {digest} is {actual} bytes; the index naming it says {expected}")]
+    ManifestSize {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("index {digest} nests indexes deeper than {MAX_INDEX_DEPTH} levels (or in a cycle)")]
+    IndexTooDeep { digest: Digest },
+    #[error(
+        "blob {digest} from the source hashes to {actual}; nothing was committed at the targets"
+    )]
+    BlobDigest { digest: Digest, actual: Digest },
+    #[error("blob {digest}: the source sent more than its {size} bytes")]
+    BlobTooLong { digest: Digest, size: u64 },
+    #[error("blob {digest}: the source stopped at byte {got} of {size}")]
+    BlobIncomplete {
+        digest: Digest,
+        got: u64,
+        size: u64,
+        #[source]
+        source: Option<Box<CopyError>>,
+    },
+    #[error("{target} points at {existing}, not {digest}; left as it is (--overwrite=fail)")]
+    TagExists {
+        target: String,
+        existing: Digest,
+        digest: Digest,
+    },
+}
+
+impl From<RegistryError> for CopyError {
+    fn from(e: RegistryError) -> Self {
+        CopyError::Registry(Box::new(e))
+    }
+}
+
+/// A blob's bytes from a source, from `offset` (which may be 0 when the source cannot
+/// start where it was asked to).
+pub struct BlobRead {
+    pub offset: u64,
+    pub stream: BoxStream<'static, Result<Bytes, CopyError>>,
+}
+
+/// Where images come from. Every manifest it returns is verified (its digest computed
+/// from its bytes, checked against the digest asked for) and parsed, once.
+pub trait Source: Send + Sync {
+    /// The manifest `tag` of `repo` points at.
+    fn resolve(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> impl Future<Output = Result<Verified, CopyError>> + Send;
+    /// Manifest `digest` of `repo`; `media_type` is what its descriptor says (for
+    /// documents without the field).
+    fn manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        media_type: Option<&str>,
+    ) -> impl Future<Output = Result<Verified, CopyError>> + Send;
+    /// Blob `desc` of `repo`, from byte `offset`.
+    fn blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> impl Future<Output = Result<BlobRead, CopyError>> + Send;
+}
+
+/// How a destination took a blob.
+pub enum Start<W> {
+    /// From another repository of the destination: nothing to send.
+    Mounted,
+    /// Send the bytes to this writer.
+    Write(W),
+}
+
+/// A blob being written at a destination. Chunks come in order, each [`CHUNK`] bytes;
+/// `finish` gets the rest (all of a blob no larger than one chunk).
+pub trait BlobWriter: Send {
+    fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), CopyError>> + Send;
+    fn finish(
+        self,
+        digest: &Digest,
+        last: Bytes,
+    ) -> impl Future<Output = Result<(), CopyError>> + Send;
+}
+
+/// Where images go.
+pub trait Destination: Send + Sync {
+    type Writer: BlobWriter;
+    /// How reports name it (`registry.example:5000`).
+    fn name(&self) -> &str;
+    /// The digest `tag` of `repo` points at, if any.
+    fn tag(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> impl Future<Output = Result<Option<Digest>, CopyError>> + Send;
+    fn has_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<bool, CopyError>> + Send;
+    fn has_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<bool, CopyError>> + Send;
+    /// Begin blob `desc` in `repo`; `mount_from` is a repository of this destination
+    /// that holds it, to mount from where the destination can.
+    fn start_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        mount_from: Option<&str>,
+    ) -> impl Future<Output = Result<Start<Self::Writer>, CopyError>> + Send;
+    /// Store `manifest` as its bytes are, under `reference` (a tag, or its digest).
+    fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        manifest: &Verified,
+    ) -> impl Future<Output = Result<(), CopyError>> + Send;
+}
+
+/// What a tag that already points at another digest at a target gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overwrite {
+    /// Leave it, and report the tag skipped.
+    Skip,
+    /// Point it at the source's digest.
+    #[default]
+    Replace,
+    /// Leave it, and report the image failed at that target.
+    Fail,
+}
+
+impl std::str::FromStr for Overwrite {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "skip" => Ok(Overwrite::Skip),
+            "replace" => Ok(Overwrite::Replace),
+            "fail" => Ok(Overwrite::Fail),
+            _ => Err(format!("{s:?}: expected skip, replace or fail")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Blob transfers in flight at once.
+    pub jobs: usize,
+    pub overwrite: Overwrite,
+    /// Also copy foreign (non-distributable) layers; by default they are left out, as
+    /// registries do not hold them.
+    pub include_foreign: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jobs: 8,
+            overwrite: Overwrite::default(),
+            include_foreign: false,
+        }
+    }
+}
+
+/// A manifest at the source: by tag, or by digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceRef {
+    Tag(String),
+    Digest(Digest),
+}
+
+/// One image and where it goes.
+#[derive(Debug, Clone)]
+pub struct ImageJob {
+    /// Source repository.
+    pub repo: String,
+    pub reference: SourceRef,
+    pub targets: Vec<JobTarget>,
+}
+
+impl ImageJob {
+    /// `repo:tag` or `repo@digest`, for reports.
+    fn label(&self) -> String {
+        match &self.reference {
+            SourceRef::Tag(t) => format!("{}:{t}", self.repo),
+            SourceRef::Digest(d) => format!("{}@{d}", self.repo),
+        }
+    }
+}
+
+/// One destination of an image.
+#[derive(Debug, Clone)]
+pub struct JobTarget {
+    /// Index into the engine's destinations.
+    pub dest: usize,
+    pub repo: String,
+    /// The tag to set; `None` stores the manifest by digest only.
+    pub tag: Option<String>,
+}
+
+/// What one destination got in a run.
+#[derive(Debug, Default, Serialize)]
+pub struct DestinationSummary {
+    pub target: String,
+    pub copied: usize,
+    pub unchanged: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    /// Blobs whose bytes were sent.
+    pub blobs_uploaded: u64,
+    /// Blobs mounted from another repository of the destination.
+    pub blobs_mounted: u64,
+    /// Blobs the destination had already.
+    pub blobs_present: u64,
+    pub manifests_put: u64,
+    pub bytes_sent: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub targets: Vec<DestinationSummary>,
+    pub images: Vec<TargetReport>,
+    pub seconds: f64,
+}
+
+impl Summary {
+    pub fn failed(&self) -> usize {
+        self.targets.iter().map(|t| t.failed).sum()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    blobs_uploaded: AtomicU64,
+    blobs_mounted: AtomicU64,
+    blobs_present: AtomicU64,
+    manifests_put: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Per destination and blob: a repository of the destination known to hold it. Its
+/// async lock is the one claim on the blob there.
+type Holder = Arc<tokio::sync::Mutex<Option<String>>>;
+
+/// A claim on one manifest in one repository of a destination: whether this run put it.
+type Claim = Arc<tokio::sync::Mutex<bool>>;
+
+pub struct Engine<S, D> {
+    source: S,
+    dests: Vec<D>,
+    opts: Options,
+    reporter: Arc<dyn Reporter>,
+    transfers: Semaphore,
+    holders: Vec<Mutex<HashMap<Digest, Holder>>>,
+    /// Per destination, (repository, manifest digest) → put there in this run.
+    manifest_claims: Vec<Mutex<HashMap<(String, Digest), Claim>>>,
+    /// Source manifests by digest, read once however many images share them.
+    manifests: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Verified>>>>>,
+    counters: Vec<Counters>,
+}
+
+/// One image's target while it is copied, and the first error it met (after which
+/// nothing more is sent there).
+struct Slot {
+    /// Index of its target in the job.
+    target: usize,
+    dest: usize,
+    repo: String,
+    error: Mutex<Option<Arc<CopyError>>>,
+}
+
+impl Slot {
+    fn fail(&self, e: Arc<CopyError>) {
+        self.error.lock().expect("slot lock").get_or_insert(e);
+    }
+
+    fn failed(&self) -> bool {
+        self.error.lock().expect("slot lock").is_some()
+    }
+}
+
+fn live<'a>(slots: &[&'a Slot]) -> Vec<&'a Slot> {
+    slots.iter().copied().filter(|s| !s.failed()).collect()
+}
+
+fn fail_all(slots: &[&Slot], e: CopyError) {
+    let e = Arc::new(e);
+    for s in slots {
+        s.fail(e.clone());
+    }
+}
+
+impl<S: Source, D: Destination> Engine<S, D> {
+    pub fn new(source: S, dests: Vec<D>, opts: Options, reporter: Arc<dyn Reporter>) -> Self {
+        let n = dests.len();
+        Engine {
+            source,
+            transfers: Semaphore::new(opts.jobs.max(1)),
+            holders: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+            manifest_claims: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+            manifests: Mutex::new(HashMap::new()),
+            counters: (0..n).map(|_| Counters::default()).collect(),
+            dests,
+            opts,
+            reporter,
+        }
+    }
+
+    /// Copy every image to each of its targets. The images of a wave run concurrently
+    /// (transfers bounded by `jobs`); a wave starts when the one before has ended, so
+    /// that subjects are at the targets before their referrers.
+    pub async fn run(&self, waves: Vec<Vec<ImageJob>>) -> Summary {
+        let started = Instant::now();
+        let width = self.opts.jobs.max(1) * 2;
+        let mut targets: Vec<DestinationSummary> = self
+            .dests
+            .iter()
+            .map(|d| DestinationSummary {
+                target: d.name().to_owned(),
+                ..DestinationSummary::default()
+            })
+            .collect();
+        let mut images = Vec::new();
+        for wave in &waves {
+            let reports: Vec<Vec<TargetReport>> = futures::stream::iter(wave)
+                .map(|job| self.copy_image(job))
+                .buffered(width)
+                .collect()
+                .await;
+            for (job, reports) in wave.iter().zip(reports) {
+                for (t, r) in job.targets.iter().zip(&reports) {
+                    let s = &mut targets[t.dest];
+                    *match r.status {
+                        CopyStatus::Copied => &mut s.copied,
+                        CopyStatus::Unchanged => &mut s.unchanged,
+                        CopyStatus::Skipped => &mut s.skipped,
+                        CopyStatus::Failed => &mut s.failed,
+                    } += 1;
+                }
+                images.extend(reports);
+            }
+        }
+        for (s, c) in targets.iter_mut().zip(&self.counters) {
+            s.blobs_uploaded = c.blobs_uploaded.load(Ordering::Relaxed);
+            s.blobs_mounted = c.blobs_mounted.load(Ordering::Relaxed);
+            s.blobs_present = c.blobs_present.load(Ordering::Relaxed);
+            s.manifests_put = c.manifests_put.load(Ordering::Relaxed);
+            s.bytes_sent = c.bytes_sent.load(Ordering::Relaxed);
+        }
+        Summary {
+            targets,
+            images,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    async fn copy_image(&self, job: &ImageJob) -> Vec<TargetReport> {
+        let label = job.label();
+        let report = |t: &JobTarget,
+                      digest: Option<&Digest>,
+                      status: CopyStatus,
+                      existing: Option<Digest>,
+                      error: Vec<String>| {
+            let d = &self.dests[t.dest];
+            let at = match (&t.tag, digest) {
+                (Some(tag), _) => format!("{}/{}:{tag}", d.name(), t.repo),
+                (None, Some(digest)) => format!("{}/{}@{digest}", d.name(), t.repo),
+                (None, None) => format!("{}/{}", d.name(), t.repo),
+            };
+            let r = TargetReport {
+                source: label.clone(),
+                target: at,
+                digest: digest.map(Digest::to_string),
+                status,
+                existing: existing.as_ref().map(Digest::to_string),
+                error,
+            };
+            self.reporter.copied(&r);
+            r
+        };
+        let top = match &job.reference {
+            SourceRef::Tag(tag) => self.source.resolve(&job.repo, tag).await,
+            SourceRef::Digest(d) => self
+                .source_manifest(&job.repo, d, None)
+                .await
+                .map(|v| (*v).clone()),
+        };
+        let top = match top {
+            Ok(v) => v,
+            Err(e) => {
+                let chain = error_chain(&e);
+                return job
+                    .targets
+                    .iter()
+                    .map(|t| report(t, None, CopyStatus::Failed, None, chain.clone()))
+                    .collect();
+            }
+        };
+        // What each target holds under the name decides whether to copy there at all:
+        // an unchanged target costs this one request.
+        let found = join_all(job.targets.iter().map(|t| async {
+            let d = &self.dests[t.dest];
+            match &t.tag {
+                Some(tag) => d.tag(&t.repo, tag).await,
+                None => Ok(d
+                    .has_manifest(&t.repo, &top.digest)
+                    .await?
+                    .then(|| top.digest.clone())),
+            }
+        }))
+        .await;
+        let mut reports: Vec<Option<TargetReport>> = Vec::new();
+        let mut slots = Vec::new();
+        for (i, (t, found)) in job.targets.iter().zip(found).enumerate() {
+            let decided = match found {
+                Ok(Some(d)) if d == top.digest => Some(report(
+                    t,
+                    Some(&top.digest),
+                    CopyStatus::Unchanged,
+                    None,
+                    vec![],
+                )),
+                Ok(Some(d)) if self.opts.overwrite == Overwrite::Skip => Some(report(
+                    t,
+                    Some(&top.digest),
+                    CopyStatus::Skipped,
+                    Some(d),
+                    vec![],
+                )),
+                Ok(Some(d)) if self.opts.overwrite == Overwrite::Fail => {
+                    let e = CopyError::TagExists {
+                        target: format!(
+                            "{}/{}:{}",
+                            self.dests[t.dest].name(),
+                            t.repo,
+                            t.tag.as_deref().unwrap_or_default()
+                        ),
+                        existing: d.clone(),
+                        digest: top.digest.clone(),
+                    };
+                    Some(report(
+                        t,
+                        Some(&top.digest),
+                        CopyStatus::Failed,
+                        Some(d),
+                        error_chain(&e),
+                    ))
+                }
+                Ok(_) => {
+                    slots.push(Slot {
+                        target: i,
+                        dest: t.dest,
+                        repo: t.repo.clone(),
+                        error: Mutex::new(None),
+                    });
+                    None
+                }
+                Err(e) => Some(report(
+                    t,
+                    Some(&top.digest),
+                    CopyStatus::Failed,
+                    None,
+                    error_chain(&e),
+                )),
+            };
+            reports.push(decided);
+        }
+        if !slots.is_empty() {
+            let refs: Vec<&Slot> = slots.iter().collect();
+            let claims = self.claim_manifest(&top.digest, &refs).await;
+            // Another tag of this run may have put the same manifest there already.
+            let need: Vec<&Slot> = claims
+                .iter()
+                .filter(|(_, put)| !**put)
+                .map(|(s, _)| *s)
+                .collect();
+            self.copy_tree(&job.repo, &top, &need, 0).await;
+            let top = &top;
+            join_all(claims.into_iter().map(|(slot, mut put)| async move {
+                if slot.failed() {
+                    return;
+                }
+                let t = &job.targets[slot.target];
+                let reference = t.tag.clone().unwrap_or_else(|| top.digest.to_string());
+                *put |= self.put_manifest(slot, &reference, top).await;
+            }))
+            .await;
+            for slot in &slots {
+                let t = &job.targets[slot.target];
+                let error = slot.error.lock().expect("slot lock").take();
+                reports[slot.target] = Some(match error {
+                    None => report(t, Some(&top.digest), CopyStatus::Copied, None, vec![]),
+                    Some(e) => report(
+                        t,
+                        Some(&top.digest),
+                        CopyStatus::Failed,
+                        None,
+                        error_chain(e.as_ref()),
+                    ),
+                });
+            }
+        }
+        reports
+            .into_iter()
+            .map(|r| r.expect("every target decided"))
+            .collect()
+    }
+
+    /// Put `manifest` under `reference` at the slot; whether it went.
+    async fn put_manifest(&self, slot: &Slot, reference: &str, manifest: &Verified) -> bool {
+        match self.dests[slot.dest]
+            .put_manifest(&slot.repo, reference, manifest)
+            .await
+        {
+            Ok(()) => {
+                bump(&self.counters[slot.dest].manifests_put, 1);
+                true
+            }
+            Err(e) => {
+                slot.fail(Arc::new(e));
+                false
+            }
+        }
+    }
+
+    /// A source manifest by digest, read and verified once per run.
+    async fn source_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        media_type: Option<&str>,
+    ) -> Result<Arc<Verified>, CopyError> {
+        let cell = self
+            .manifests
+            .lock()
+            .expect("manifest cache lock")
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            self.source
+                .manifest(repo, digest, media_type)
+                .await
+                .map(Arc::new)
+        })
+        .await
+        .cloned()
+    }
+
+    /// Everything `manifest` reaches, into every slot: blobs, child manifests (by
+    /// digest, after their own content). The manifest itself is the caller's to put.
+    fn copy_tree<'a>(
+        &'a self,
+        repo: &'a str,
+        manifest: &'a Verified,
+        slots: &'a [&'a Slot],
+        depth: usize,
+    ) -> BoxFuture<'a, ()> {
+        async move {
+            match &manifest.manifest.kind {
+                Kind::Index(children) => {
+                    if depth >= MAX_INDEX_DEPTH {
+                        return fail_all(
+                            slots,
+                            CopyError::IndexTooDeep {
+                                digest: manifest.digest.clone(),
+                            },
+                        );
+                    }
+                    join_all(
+                        children
+                            .iter()
+                            .map(|c| self.copy_child(repo, c, slots, depth)),
+                    )
+                    .await;
+                }
+                Kind::Image { config, layers } => {
+                    let blobs = std::iter::once(config.as_ref())
+                        .chain(layers)
+                        .filter(|d| self.opts.include_foreign || !d.is_foreign());
+                    join_all(blobs.map(|b| self.copy_blob(repo, b, slots))).await;
+                }
+            }
+        }
+        .boxed()
+    }
+
+    async fn copy_child(&self, repo: &str, child: &Descriptor, slots: &[&Slot], depth: usize) {
+        let slots = live(slots);
+        if slots.is_empty() {
+            return;
+        }
+        let verified = match self
+            .source_manifest(repo, &child.digest, Some(&child.media_type))
+            .await
+        {
+            Ok(v) if v.size() != child.size => Err(CopyError::ManifestSize {
+                digest: child.digest.clone(),
+                expected: child.size,
+                actual: v.size(),
+            }),
+            other => other,
+        };
+        let verified = match verified {
+            Ok(v) => v,
+            Err(e) => return fail_all(&slots, e),
+        };
+        let claims = self.claim_manifest(&child.digest, &slots).await;
+        // Targets that have the child have all it reaches (registries check on PUT).
+        let has = join_all(claims.iter().map(|(s, put)| async move {
+            if **put {
+                return Ok(true);
+            }
+            self.dests[s.dest]
+                .has_manifest(&s.repo, &child.digest)
+                .await
+        }))
+        .await;
+        let mut need = Vec::new();
+        for ((s, mut put), has) in claims.into_iter().zip(has) {
+            match has {
+                Ok(true) => *put = true,
+                Ok(false) => need.push((s, put)),
+                Err(e) => s.fail(Arc::new(e)),
+            }
+        }
+        if need.is_empty() {
+            return;
+        }
+        let slots: Vec<&Slot> = need.iter().map(|(s, _)| *s).collect();
+        self.copy_tree(repo, &verified, &slots, depth + 1).await;
+        let digest = child.digest.to_string();
+        join_all(need.into_iter().map(|(s, mut put)| {
+            let (digest, verified) = (&digest, &verified);
+            async move {
+                if !s.failed() {
+                    *put = self.put_manifest(s, digest, verified).await;
+                }
+            }
+        }))
+        .await;
+    }
+
+    /// Each slot's claim on manifest `digest` in its repository, taken in destination
+    /// order; the flag says whether this run has put it there. Held while the manifest's
+    /// tree is copied and the manifest put: distribution rewrites a manifest's link
+    /// files in place, and a PUT or HEAD of the same manifest meanwhile can read one
+    /// half-written (DIGEST_INVALID). Two tags of one image were enough to hit it.
+    async fn claim_manifest<'s>(
+        &self,
+        digest: &Digest,
+        slots: &[&'s Slot],
+    ) -> Vec<(&'s Slot, tokio::sync::OwnedMutexGuard<bool>)> {
+        let mut slots = slots.to_vec();
+        slots.sort_by_key(|s| s.dest);
+        let mut claims = Vec::with_capacity(slots.len());
+        for s in slots {
+            let lock = self.manifest_claims[s.dest]
+                .lock()
+                .expect("claim lock")
+                .entry((s.repo.clone(), digest.clone()))
+                .or_default()
+                .clone();
+            claims.push((s, lock.lock_owned().await));
+        }
+        claims
+    }
+
+    fn holder(&self, dest: usize, digest: &Digest) -> Holder {
+        self.holders[dest]
+            .lock()
+            .expect("holder lock")
+            .entry(digest.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// One blob into every slot that lacks it: present (nothing), mounted, or sent, the
+    /// bytes read from the source once for all slots that need them.
+    async fn copy_blob(&self, repo: &str, desc: &Descriptor, slots: &[&Slot]) {
+        let mut slots = live(slots);
+        // Claims taken in destination order, so that two images never wait on each
+        // other's.
+        slots.sort_by_key(|s| s.dest);
+        let mut writers = Vec::new();
+        let mut guards = Vec::new();
+        for slot in slots {
+            let dest = &self.dests[slot.dest];
+            let counters = &self.counters[slot.dest];
+            let mut held = self.holder(slot.dest, &desc.digest).lock_owned().await;
+            if held.as_deref() == Some(slot.repo.as_str()) {
+                bump(&counters.blobs_present, 1);
+                continue;
+            }
+            match dest.has_blob(&slot.repo, &desc.digest).await {
+                Ok(true) => {
+                    bump(&counters.blobs_present, 1);
+                    held.get_or_insert_with(|| slot.repo.clone());
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    slot.fail(Arc::new(e));
+                    continue;
+                }
+            }
+            match dest.start_blob(&slot.repo, desc, held.as_deref()).await {
+                Ok(Start::Mounted) => bump(&counters.blobs_mounted, 1),
+                Ok(Start::Write(w)) => {
+                    writers.push((slot, w));
+                    guards.push(held);
+                }
+                Err(e) => slot.fail(Arc::new(e)),
+            }
+        }
+        if writers.is_empty() {
+            return;
+        }
+        let _permit = self.transfers.acquire().await.expect("never closed");
+        self.reporter.blob_started(&desc.digest, desc.size, 0);
+        let sent = self.transfer(repo, desc, writers).await;
+        self.reporter.blob_finished(&desc.digest);
+        for (slot, mut held) in sent.into_iter().zip(guards) {
+            if let Some(slot) = slot {
+                held.get_or_insert_with(|| slot.repo.clone());
+            }
+        }
+    }
+
+    /// Read the blob from the source once and send it to every writer; returns, in
+    /// writer order, the slots that got all of it.
+    async fn transfer<'s>(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        writers: Vec<(&'s Slot, D::Writer)>,
+    ) -> Vec<Option<&'s Slot>> {
+        let n = writers.len();
+        let mut writers: Vec<Option<(&Slot, D::Writer)>> = writers.into_iter().map(Some).collect();
+        let mut reader = SourceReader::new(&self.source, repo, desc);
+        let fail = |writers: &mut Vec<Option<(&Slot, D::Writer)>>, e: CopyError| {
+            let e = Arc::new(e);
+            for (slot, _) in writers.iter_mut().filter_map(Option::take) {
+                slot.fail(e.clone());
+            }
+        };
+        let mut last = Bytes::new();
+        loop {
+            let chunk = match reader.next_chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    fail(&mut writers, e);
+                    return vec![None; n];
+                }
+            };
+            self.reporter
+                .blob_progress(&desc.digest, chunk.len() as u64);
+            if reader.done() {
+                last = chunk;
+                break;
+            }
+            // Every writer takes the chunk before the next is read.
+            let results = join_all(writers.iter_mut().flatten().map(|(slot, w)| {
+                let chunk = chunk.clone();
+                async move { (slot.dest, w.write(chunk).await) }
+            }))
+            .await;
+            for (dest, result) in results {
+                match result {
+                    Ok(()) => bump(&self.counters[dest].bytes_sent, chunk.len() as u64),
+                    Err(e) => drop_writer(&mut writers, dest, e),
+                }
+            }
+        }
+        if let Err(e) = reader.verify() {
+            fail(&mut writers, e);
+            return vec![None; n];
+        }
+        let len = last.len() as u64;
+        join_all(writers.into_iter().map(|w| {
+            let last = last.clone();
+            async move {
+                let (slot, w) = w?;
+                match w.finish(&desc.digest, last).await {
+                    Ok(()) => {
+                        let c = &self.counters[slot.dest];
+                        bump(&c.bytes_sent, len);
+                        bump(&c.blobs_uploaded, 1);
+                        Some(slot)
+                    }
+                    Err(e) => {
+                        slot.fail(Arc::new(e));
+                        None
+                    }
+                }
+            }
+        }))
+        .await
+    }
+}
+
+fn drop_writer<W>(writers: &mut [Option<(&Slot, W)>], dest: usize, e: CopyError) {
+    if let Some(entry) = writers
+        .iter_mut()
+        .find(|w| w.as_ref().is_some_and(|(s, _)| s.dest == dest))
+    {
+        let (slot, _) = entry.take().expect("found above");
+        slot.fail(Arc::new(e));
+    }
+}
+
+/// A source blob read in [`CHUNK`]s, hashed on the way, resumed where it broke off.
+struct SourceReader<'a, S> {
+    source: &'a S,
+    repo: &'a str,
+    desc: &'a Descriptor,
+    stream: Option<BoxStream<'static, Result<Bytes, CopyError>>>,
+    /// Bytes of the blob read so far.
+    pos: u64,
+    /// Bytes the open stream will send that were read already (a restart from 0).
+    skip: u64,
+    resumes: u32,
+    hasher: Sha256,
+}
+
+impl<'a, S: Source> SourceReader<'a, S> {
+    fn new(source: &'a S, repo: &'a str, desc: &'a Descriptor) -> Self {
+        SourceReader {
+            source,
+            repo,
+            desc,
+            stream: None,
+            pos: 0,
+            skip: 0,
+            resumes: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.pos == self.desc.size
+    }
+
+    /// The next [`CHUNK`] bytes (fewer at the end); `None` past the end.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, CopyError> {
+        let size = self.desc.size;
+        let want = (size - self.pos).min(CHUNK as u64) as usize;
+        let mut buf = BytesMut::with_capacity(want);
+        while buf.len() < want {
+            let stream = match &mut self.stream {
+                Some(s) => s,
+                None => {
+                    let read = self.source.blob(self.repo, self.desc, self.pos).await?;
+                    self.skip = self.pos.saturating_sub(read.offset);
+                    self.stream.insert(read.stream)
+                }
+            };
+            let broke = match stream.next().await {
+                Some(Ok(mut bytes)) => {
+                    let skip = self.skip.min(bytes.len() as u64);
+                    self.skip -= skip;
+                    let bytes = bytes.split_off(skip as usize);
+                    let take = bytes.len().min(want - buf.len());
+                    self.hasher.update(&bytes[..take]);
+                    buf.extend_from_slice(&bytes[..take]);
+                    self.pos += take as u64;
+                    if take < bytes.len() {
+                        if self.pos == size {
+                            return Err(CopyError::BlobTooLong {
+                                digest: self.desc.digest.clone(),
+                                size,
+                            });
+                        }
+                        // The rest belongs to the next chunk: keep it for then.
+                        let rest = bytes.slice(take..);
+                        let tail = self.stream.take().expect("open");
+                        self.stream = Some(
+                            futures::stream::once(async { Ok(rest) })
+                                .chain(tail)
+                                .boxed(),
+                        );
+                    }
+                    continue;
+                }
+                Some(Err(e)) => Some(e),
+                None => None,
+            };
+            self.stream = None;
+            if self.resumes == SOURCE_RESUMES {
+                return Err(CopyError::BlobIncomplete {
+                    digest: self.desc.digest.clone(),
+                    got: self.pos,
+                    size,
+                    source: broke.map(Box::new),
+                });
+            }
+            self.resumes += 1;
+        }
+        Ok((!buf.is_empty()).then(|| buf.freeze()))
+    }
+
+    /// After the last chunk: the bytes read hash to the descriptor's digest.
+    fn verify(&mut self) -> Result<(), CopyError> {
+        let actual = Digest::sha256_finish(std::mem::take(&mut self.hasher));
+        if actual == self.desc.digest {
+            Ok(())
+        } else {
+            Err(CopyError::BlobDigest {
+                digest: self.desc.digest.clone(),
+                actual,
+            })
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! What a push or copy will do, resolved before any endpoint is touched: the targets
+//! parsed and checked, the images to send and the name and tag each gets at each
+//! target. Planning reads the store's index.json files (push) but no registry.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::copy::{ImageJob, JobTarget, SourceRef};
+use crate::reference::{
+    Digest, Reference, ReferenceError, validate_host, validate_repository, validate_tag,
+};
+use crate::store::{StoreError, StoreView, TagIndex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("--to {target:?}: {reason}")]
+    Target {
+        target: String,
+        reason: &'static str,
+    },
+    #[error("--to {target:?}")]
+    TargetName {
+        target: String,
+        #[source]
+        source: ReferenceError,
+    },
+    #[error("{name:?} would be {joined:?} at the target, which is not a valid repository")]
+    JoinedName {
+        name: String,
+        joined: String,
+        #[source]
+        source: ReferenceError,
+    },
+    #[error("{spec:?} is not NAME, NAME:TAG or NAME@DIGEST")]
+    Selection {
+        spec: String,
+        #[source]
+        source: ReferenceError,
+    },
+    #[error("the store at {root} holds nothing to push")]
+    EmptyStore { root: PathBuf },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A registry to send to: `HOST[:PORT]/PATH[:TAG]`. For push PATH is a prefix put before
+/// every stored name (it may be empty); for copy it is the repository, with an optional
+/// tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub path: String,
+    pub tag: Option<String>,
+}
+
+impl std::str::FromStr for Target {
+    type Err = PlanError;
+
+    fn from_str(s: &str) -> Result<Target, PlanError> {
+        let bad = |reason| PlanError::Target {
+            target: s.to_owned(),
+            reason,
+        };
+        let named = |source| PlanError::TargetName {
+            target: s.to_owned(),
+            source,
+        };
+        if s.contains("://") {
+            return Err(bad(
+                "give HOST[:PORT]/PATH without a scheme (--dest-tls-verify=false allows plain http)",
+            ));
+        }
+        let (host, rest) = s.split_once('/').unwrap_or((s, ""));
+        validate_host(host).map_err(named)?;
+        let (path, tag) = match rest.rsplit_once(':') {
+            Some((path, tag)) => (path, Some(tag.to_owned())),
+            None => (rest, None),
+        };
+        if rest.contains('@') {
+            return Err(bad(
+                "a target takes a tag, not a digest (the digest is the source's)",
+            ));
+        }
+        let path = path.trim_end_matches('/');
+        if !path.is_empty() {
+            validate_repository(path).map_err(named)?;
+        }
+        if let Some(tag) = &tag {
+            validate_tag(tag).map_err(named)?;
+        }
+        Ok(Target {
+            host: host.to_owned(),
+            path: path.to_owned(),
+            tag,
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.host, self.path)?;
+        match &self.tag {
+            Some(t) => write!(f, ":{t}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A push: the images in waves (each after the one before: tagged images first, then the
+/// untagged manifests, which are mostly referrers of the tagged ones), and the index.json
+/// of every repository read, for the store source.
+#[derive(Debug)]
+pub struct PushPlan {
+    pub waves: Vec<Vec<ImageJob>>,
+    pub indexes: HashMap<String, Arc<TagIndex>>,
+}
+
+/// What `push` sends: every stored repository, or those `selection` names (`NAME`,
+/// `NAME:TAG`, `NAME@DIGEST`); each as `<prefix>/<name>` at every target.
+pub fn push(
+    view: &StoreView,
+    selection: &[String],
+    targets: &[Target],
+) -> Result<PushPlan, PlanError> {
+    if let Some(t) = targets.iter().find(|t| t.tag.is_some()) {
+        return Err(PlanError::Target {
+            target: t.to_string(),
+            reason: "push keeps every image's own tags; give HOST[:PORT][/PREFIX]",
+        });
+    }
+    let mut wanted: Vec<(String, Option<SourceRef>)> = Vec::new();
+    if selection.is_empty() {
+        wanted.extend(view.repositories()?.into_iter().map(|n| (n, None)));
+    }
+    for spec in selection {
+        wanted.push(parse_selection(spec)?);
+    }
+    let mut indexes: HashMap<String, Arc<TagIndex>> = HashMap::new();
+    let (mut tagged, mut untagged) = (Vec::new(), Vec::new());
+    for (name, only) in wanted {
+        validate_repository(&name).map_err(|source| PlanError::Selection {
+            spec: name.clone(),
+            source,
+        })?;
+        let index = match indexes.get(&name) {
+            Some(i) => i.clone(),
+            None => {
+                let i = Arc::new(view.read_index(&name)?);
+                indexes.insert(name.clone(), i.clone());
+                i
+            }
+        };
+        let refs: Vec<(SourceRef, Option<String>)> = match only {
+            Some(SourceRef::Tag(tag)) => {
+                index.tag(&tag).ok_or_else(|| StoreError::UnknownTag {
+                    name: name.clone(),
+                    tag: tag.clone(),
+                })?;
+                vec![(SourceRef::Tag(tag.clone()), Some(tag))]
+            }
+            Some(SourceRef::Digest(d)) => {
+                if !index.contains(&d) {
+                    return Err(StoreError::UnknownManifest { name, digest: d }.into());
+                }
+                vec![(SourceRef::Digest(d), None)]
+            }
+            None => index
+                .entries()
+                .iter()
+                .map(|e| match e.annotations.get(crate::manifest::REF_NAME) {
+                    Some(tag) => (SourceRef::Tag(tag.clone()), Some(tag.clone())),
+                    None => (SourceRef::Digest(e.digest.clone()), None),
+                })
+                .collect(),
+        };
+        for (reference, tag) in refs {
+            let job = ImageJob {
+                repo: name.clone(),
+                targets: targets
+                    .iter()
+                    .enumerate()
+                    .map(|(dest, t)| {
+                        Ok(JobTarget {
+                            dest,
+                            repo: joined(&name, t)?,
+                            tag: tag.clone(),
+                        })
+                    })
+                    .collect::<Result<_, PlanError>>()?,
+                reference,
+            };
+            if tag.is_some() {
+                tagged.push(job);
+            } else {
+                untagged.push(job);
+            }
+        }
+    }
+    if tagged.is_empty() && untagged.is_empty() {
+        return Err(PlanError::EmptyStore {
+            root: view.root().to_owned(),
+        });
+    }
+    Ok(PushPlan {
+        waves: vec![tagged, untagged],
+        indexes,
+    })
+}
+
+/// `<prefix>/<name>` at target `t`.
+fn joined(name: &str, t: &Target) -> Result<String, PlanError> {
+    if t.path.is_empty() {
+        return Ok(name.to_owned());
+    }
+    let joined = format!("{}/{name}", t.path);
+    validate_repository(&joined).map_err(|source| PlanError::JoinedName {
+        name: name.to_owned(),
+        joined: joined.clone(),
+        source,
+    })?;
+    Ok(joined)
+}
+
+fn parse_selection(spec: &str) -> Result<(String, Option<SourceRef>), PlanError> {
+    let bad = |source| PlanError::Selection {
+        spec: spec.to_owned(),
+        source,
+    };
+    if let Some((name, digest)) = spec.split_once('@') {
+        let d: Digest = digest.parse().map_err(bad)?;
+        return Ok((name.to_owned(), Some(SourceRef::Digest(d))));
+    }
+    match spec.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => {
+            validate_tag(tag).map_err(bad)?;
+            Ok((name.to_owned(), Some(SourceRef::Tag(tag.to_owned()))))
+        }
+        _ => Ok((spec.to_owned(), None)),
+    }
+}
+
+/// A copy: one upstream image to every target. A target without a tag gets the source's
+/// (or, for a source named by digest only, the manifest by digest).
+pub fn copy(source: &Reference, targets: &[Target]) -> Result<ImageJob, PlanError> {
+    let reference = match (&source.digest, &source.tag) {
+        (Some(d), _) => SourceRef::Digest(d.clone()),
+        (None, Some(t)) => SourceRef::Tag(t.clone()),
+        (None, None) => SourceRef::Tag("latest".to_owned()),
+    };
+    let targets = targets
+        .iter()
+        .enumerate()
+        .map(|(dest, t)| {
+            if t.path.is_empty() {
+                return Err(PlanError::Target {
+                    target: t.to_string(),
+                    reason: "copy needs the repository at the target: HOST[:PORT]/REPOSITORY[:TAG]",
+                });
+            }
+            Ok(JobTarget {
+                dest,
+                repo: t.path.clone(),
+                tag: t.tag.clone().or_else(|| source.tag.clone()),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ImageJob {
+        repo: source.repository.clone(),
+        reference,
+        targets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_host_port_prefix_and_tag() {
+        let t: Target = "10.0.0.5:5000/copy".parse().unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str(), t.tag),
+            ("10.0.0.5:5000", "copy", None)
+        );
+        let t: Target = "reg-b.example/ops/bb:stable".parse().unwrap();
+        assert_eq!(
+            (t.path.as_str(), t.tag.as_deref()),
+            ("ops/bb", Some("stable"))
+        );
+        let t: Target = "localhost:5000".parse().unwrap();
+        assert_eq!((t.host.as_str(), t.path.as_str()), ("localhost:5000", ""));
+    }
+
+    #[test]
+    fn hostile_targets_are_refused_before_any_request() {
+        for bad in [
+            "https://reg.example/x",
+            "reg.example/../etc",
+            "reg.example/Upper",
+            "reg.example/x@sha256:00",
+            "reg.example/x:bad tag",
+            "bad host/x",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! A read-only view of a store for copying out of it (`push`): it takes no lock, so a
+//! long-running reader never keeps `prune` waiting. What it reads stays consistent
+//! without one: index.json is replaced by rename, and a layout's blobs are links whose
+//! content never changes; a blob removed meanwhile is an error naming it, not bad bytes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::inventory::repository_names;
+use super::{Result, StoreError, TagIndex, read_format, read_index_file, repo_path, sha256_only};
+use crate::reference::Digest;
+
+#[derive(Debug, Clone)]
+pub struct StoreView {
+    root: PathBuf,
+}
+
+impl StoreView {
+    /// Open the store at `root` for reading; it must exist (nothing is created).
+    pub fn open(root: &Path) -> Result<StoreView> {
+        match read_format(root)? {
+            Some(_) => Ok(StoreView {
+                root: root.to_path_buf(),
+            }),
+            None => Err(StoreError::NotAStore(root.to_path_buf())),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every repository, sorted.
+    pub fn repositories(&self) -> Result<Vec<String>> {
+        repository_names(&self.root)
+    }
+
+    /// A repository's index.json; a repository the store lacks is an error.
+    pub fn read_index(&self, name: &str) -> Result<TagIndex> {
+        let path = repo_path(&self.root, name)?.join("index.json");
+        if !path.is_file() {
+            return Err(StoreError::UnknownRepository(name.to_owned()));
+        }
+        read_index_file(&path).map(TagIndex::from)
+    }
+
+    /// Where repository `name` keeps blob `digest` (a link into the pool).
+    pub fn blob_path(&self, name: &str, digest: &Digest) -> Result<PathBuf> {
+        sha256_only(digest)?;
+        Ok(repo_path(&self.root, name)?
+            .join("blobs")
+            .join("sha256")
+            .join(digest.hex()))
+    }
+
+    /// A manifest's bytes as repository `name` holds them.
+    pub fn read_manifest(&self, name: &str, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(name, digest)?;
+        fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::UnknownManifest {
+                name: name.to_owned(),
+                digest: digest.clone(),
+            },
+            _ => StoreError::io("read", &path)(e),
+        })
+    }
+}

@@ -1,0 +1,281 @@
+//! `push` (store → registries) and `copy` (registry → registries) end to end with real
+//! docker-registry targets: every tag arrives with the source's digest, a second push
+//! only asks, a source blob is read once for all targets, one target failing leaves the
+//! others whole, and the overwrite policy does what it says.
+
+use serde_json::Value;
+
+use crate::harness::fixtures::{Fixtures, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
+use crate::harness::registry::Registry;
+use crate::harness::store::{all_tag_refs, fetch_ok, registry_with_fixtures, run};
+use crate::harness::{free_port, sha256_digest};
+
+async fn empty_registry() -> Registry {
+    tokio::task::spawn_blocking(Registry::start).await.unwrap()
+}
+
+/// A store holding every fixture tag (names without the host), with its source.
+async fn fetched_store() -> (Registry, Fixtures, tempfile::TempDir) {
+    let (src, fx, root) = registry_with_fixtures().await;
+    let refs = all_tag_refs(&src, &fx);
+    tokio::task::block_in_place(|| fetch_ok(root.path(), &refs));
+    (src, fx, root)
+}
+
+fn push(root: &std::path::Path, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec![
+        "push",
+        "--root",
+        root.to_str().unwrap(),
+        "--dest-tls-verify=false",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    tokio::task::block_in_place(|| run(&args))
+}
+
+/// Every fixture tag at `target` under `prefix`, with the source's digest.
+async fn assert_every_tag_arrived(target: &Registry, fx: &Fixtures, prefix: &str) {
+    for (repo, tag, digest) in fx.all_refs() {
+        let name = format!("{prefix}{repo}");
+        assert_eq!(
+            target.manifest_digest(&name, &tag).await.as_deref(),
+            Some(digest.as_str()),
+            "{name}:{tag} at {}",
+            target.addr()
+        );
+    }
+}
+
+fn writes(target: &Registry) -> Vec<(String, String)> {
+    target
+        .requests()
+        .into_iter()
+        .filter(|(m, _)| !matches!(m.as_str(), "GET" | "HEAD"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_sends_every_stored_tag_byte_exact_to_two_registries_and_a_second_push_only_asks() {
+    let (_src, fx, root) = fetched_store().await;
+    let (a, b) = tokio::join!(empty_registry(), empty_registry());
+    let to_a = format!("{}/mirror", a.addr());
+    let to_b = b.addr();
+    let (code, json, stderr) = push(root.path(), &["--to", &to_a, "--to", &to_b]);
+    assert_eq!(code, 0, "{stderr}");
+    let tags = fx.all_refs().len();
+    for (i, t) in json["targets"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(t["copied"], tags, "target {i}: {t}");
+        assert_eq!(t["failed"], 0, "target {i}: {t}");
+    }
+    assert_every_tag_arrived(&a, &fx, "mirror/").await;
+    assert_every_tag_arrived(&b, &fx, "").await;
+    // Blobs shared by repositories were mounted, not sent again.
+    assert!(
+        json["targets"][0]["blobs_mounted"].as_u64().unwrap() > 0,
+        "{json}"
+    );
+
+    a.mark();
+    b.mark();
+    let (code, json, stderr) = push(root.path(), &["--to", &to_a, "--to", &to_b]);
+    assert_eq!(code, 0, "{stderr}");
+    for t in json["targets"].as_array().unwrap() {
+        assert_eq!(t["unchanged"], tags, "{t}");
+    }
+    for target in [&a, &b] {
+        assert!(writes(target).is_empty(), "{:?}", writes(target));
+        // One HEAD per tag, nothing else.
+        assert_eq!(target.requests().len(), tags, "{:?}", target.requests());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_of_named_images_sends_only_those() {
+    let (_src, fx, root) = fetched_store().await;
+    let target = empty_registry().await;
+    let (code, _, stderr) = push(
+        root.path(),
+        &["--to", &target.addr(), "oci/multi:1.0", "base/alpine"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let digest = |repo: &str, tag: &str| fx.manifest(repo, tag).digest.clone();
+    assert_eq!(
+        target.manifest_digest("oci/multi", "1.0").await,
+        Some(digest("oci/multi", "1.0"))
+    );
+    assert_eq!(target.manifest_digest("oci/multi", "latest").await, None);
+    for tag in fx.tags("base/alpine") {
+        assert_eq!(
+            target.manifest_digest("base/alpine", &tag).await,
+            Some(digest("base/alpine", &tag))
+        );
+    }
+    assert_eq!(target.manifest_digest("apps/web", "v1").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_unreachable_target_fails_alone_and_is_named() {
+    let (_src, fx, root) = fetched_store().await;
+    let good = empty_registry().await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (code, json, stderr) = push(
+        root.path(),
+        &["--to", &dead, "--to", &good.addr(), "--dest-retries=0"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_every_tag_arrived(&good, &fx, "").await;
+    assert_eq!(json["targets"][0]["failed"], fx.all_refs().len(), "{json}");
+    assert_eq!(json["targets"][1]["failed"], 0, "{json}");
+    assert!(stderr.contains(&format!("-> {dead}/")), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overwrite_policy_skips_fails_or_replaces_a_tag_pointing_elsewhere() {
+    let (src, fx, root) = fetched_store().await;
+    let target = empty_registry().await;
+    let to = target.addr();
+    // base/alpine:3.19 at the target points at another image.
+    let other = format!("{}/apps/web:v1", src.addr());
+    let moved = format!("{to}/base/alpine:3.19");
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "copy",
+            &other,
+            "--to",
+            &moved,
+            "--tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+    });
+    assert_eq!(code, 0, "{stderr}");
+    let web = fx.manifest("apps/web", "v1").digest.clone();
+    let alpine = fx.manifest("base/alpine", "3.19").digest.clone();
+
+    let (code, json, stderr) = push(
+        root.path(),
+        &["--to", &to, "--overwrite=skip", "base/alpine:3.19"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json["images"][0]["status"], "skipped", "{json}");
+    assert_eq!(json["images"][0]["existing"], web.as_str(), "{json}");
+    assert!(stderr.contains("skipped"), "{stderr}");
+    assert_eq!(
+        target.manifest_digest("base/alpine", "3.19").await,
+        Some(web.clone())
+    );
+
+    let (code, json, stderr) = push(
+        root.path(),
+        &["--to", &to, "--overwrite=fail", "base/alpine:3.19"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(json["images"][0]["status"], "failed", "{json}");
+    assert!(stderr.contains("--overwrite=fail"), "{stderr}");
+    assert_eq!(
+        target.manifest_digest("base/alpine", "3.19").await,
+        Some(web)
+    );
+
+    let (code, _, stderr) = push(root.path(), &["--to", &to, "base/alpine:3.19"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        target.manifest_digest("base/alpine", "3.19").await,
+        Some(alpine)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_reads_each_source_blob_once_for_two_targets() {
+    let (src, fx, _root) = registry_with_fixtures().await;
+    let (a, b) = tokio::join!(empty_registry(), empty_registry());
+    let source = format!("{}/oci/multi:1.0", src.addr());
+    let (to_a, to_b) = (
+        format!("{}/x/multi", a.addr()),
+        format!("{}/y/multi:stable", b.addr()),
+    );
+    src.mark();
+    let (code, json, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "copy",
+            &source,
+            "--to",
+            &to_a,
+            "--to",
+            &to_b,
+            "--tls-verify=false",
+            "--dest-tls-verify=false",
+            "--json",
+        ])
+    });
+    assert_eq!(code, 0, "{stderr}");
+    let m = fx.manifest("oci/multi", "1.0");
+    assert_eq!(
+        a.manifest_digest("x/multi", "1.0").await,
+        Some(m.digest.clone())
+    );
+    assert_eq!(
+        b.manifest_digest("y/multi", "stable").await,
+        Some(m.digest.clone())
+    );
+    for blob in &m.blobs {
+        assert_eq!(
+            src.count("GET", &format!("/blobs/{blob}")),
+            1,
+            "blob {blob} read other than once: {json}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_larger_than_a_chunk_is_sent_in_chunks_to_every_target() {
+    let src = empty_registry().await;
+    // Incompressible and bigger than two chunks, so the upload takes several PATCHes.
+    let layer: Vec<u8> = (0..(17u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer_digest = src.push_blob("big/image", &layer).await;
+    let config_digest = src.push_blob("big/image", config).await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    src.push_manifest("big/image", "1", OCI_MANIFEST, &manifest)
+        .await;
+    let (a, b) = tokio::join!(empty_registry(), empty_registry());
+    let source = format!("{}/big/image:1", src.addr());
+    let (to_a, to_b) = (
+        format!("{}/big/image", a.addr()),
+        format!("{}/big/image", b.addr()),
+    );
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "copy",
+            &source,
+            "--to",
+            &to_a,
+            "--to",
+            &to_b,
+            "--tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+    });
+    assert_eq!(code, 0, "{stderr}");
+    for target in [&a, &b] {
+        assert_eq!(
+            target.manifest_digest("big/image", "1").await,
+            Some(sha256_digest(&manifest))
+        );
+        assert!(target.blob_exists("big/image", &layer_digest).await);
+        assert!(
+            target.count("PATCH", "/blobs/uploads/") >= 2,
+            "{:?}",
+            target.requests()
+        );
+    }
+}
