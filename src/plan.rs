@@ -175,7 +175,12 @@ pub fn push(
                 .collect(),
         };
         for (reference, tag) in refs {
+            let label = match &reference {
+                SourceRef::Tag(t) => format!("{name}:{t}"),
+                SourceRef::Digest(d) => format!("{name}@{d}"),
+            };
             let job = ImageJob {
+                label,
                 repo: name.clone(),
                 targets: targets
                     .iter()
@@ -266,6 +271,7 @@ pub fn copy(source: &Reference, targets: &[Target]) -> Result<ImageJob, PlanErro
         })
         .collect::<Result<_, _>>()?;
     Ok(ImageJob {
+        label: source.to_string(),
         repo: source.repository.clone(),
         reference,
         targets,

@@ -242,20 +242,12 @@ pub enum SourceRef {
 /// One image and where it goes.
 #[derive(Debug, Clone)]
 pub struct ImageJob {
+    /// How reports name the source image (`lab/debian:12`, `reg.example/lab/debian:12`).
+    pub label: String,
     /// Source repository.
     pub repo: String,
     pub reference: SourceRef,
     pub targets: Vec<JobTarget>,
-}
-
-impl ImageJob {
-    /// `repo:tag` or `repo@digest`, for reports.
-    fn label(&self) -> String {
-        match &self.reference {
-            SourceRef::Tag(t) => format!("{}:{t}", self.repo),
-            SourceRef::Digest(d) => format!("{}@{d}", self.repo),
-        }
-    }
 }
 
 /// One destination of an image.
@@ -429,7 +421,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
     }
 
     async fn copy_image(&self, job: &ImageJob) -> Vec<TargetReport> {
-        let label = job.label();
+        let label = &job.label;
         let report = |t: &JobTarget,
                       digest: Option<&Digest>,
                       status: CopyStatus,

@@ -1,5 +1,5 @@
-//! The README's first set-up command, run as a user would (with the binary under test
-//! instead of a fresh release build).
+//! The README's runnable examples (its first set-up command, the push example), run as a
+//! user would (with the binary under test instead of a fresh release build).
 
 use std::process::Command;
 use std::time::Duration;
@@ -31,6 +31,33 @@ fn the_quickstart_pushes_fetches_serves_and_pulls_back_the_bundled_image() {
     assert!(
         out.status.success() && stdout.contains("ok: nginx serves"),
         "quickstart failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact() {
+    for (bin, package) in [
+        ("docker-registry", "docker-registry"),
+        ("skopeo", "skopeo"),
+        ("curl", "curl"),
+    ] {
+        require_bin(bin, package);
+    }
+    let out = run_with_timeout(
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/push-copy.sh"
+            ))
+            .env("SR_BIN", env!("CARGO_BIN_EXE_static-registry")),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok: pushed and copied byte for byte"),
+        "push example failed ({}):\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
