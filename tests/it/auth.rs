@@ -23,8 +23,8 @@ use crate::harness::store::{assert_consistent, tags};
 use crate::harness::tls::TestCa;
 use crate::harness::token::{Issued, TokenServer};
 
-const USER: &str = "mirror-bot";
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const USER: &str = "mirror-bot";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// A Docker v2s2 image, pulled anonymously where the token server allows it.
 const PUBLIC: (&str, &str) = ("base/alpine", "3.19");
@@ -86,7 +86,7 @@ impl Upstream {
 }
 
 /// The htpasswd `auth:` section for [`USER`]/[`PASSWORD`], writing the file into `dir`.
-fn htpasswd_yaml(dir: &Path) -> String {
+pub(crate) fn htpasswd_yaml(dir: &Path) -> String {
     // distribution only accepts bcrypt entries; the lowest cost keeps each login fast.
     let hash = bcrypt::hash(PASSWORD, 4).expect("bcrypt");
     let path = dir.join("htpasswd");

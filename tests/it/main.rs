@@ -3,6 +3,7 @@
 mod auth;
 mod config;
 mod copy;
+mod copy_auth;
 mod fetch;
 mod genconf;
 mod harness;
