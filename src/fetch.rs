@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
 use crate::config::ImageSpec;
 use crate::manifest::{
     Descriptor, KEPT_PLATFORMS, Kind, Manifest, ManifestError, OCI_INDEX, REF_NAME, SOURCE,
-    UPSTREAM_DIGEST,
+    UPSTREAM_DIGEST, Verified,
 };
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::registry::{Client, RegistryError};
@@ -82,15 +82,6 @@ pub enum FetchError {
         digest: String,
         #[source]
         source: ManifestError,
-    },
-    #[error(
-        "the registry sent a manifest for {reference} whose bytes hash to {actual}, not {expected} ({origin}); nothing was stored"
-    )]
-    ManifestDigest {
-        reference: String,
-        expected: String,
-        actual: Digest,
-        origin: &'static str,
     },
     #[error("manifest {digest} is {actual} bytes but its descriptor says {expected}")]
     ManifestSize {
@@ -490,20 +481,20 @@ async fn survey_image(
     // A platform list cuts the top index only, as fetch does.
     let mut top = true;
     while let Some((reference, media_type, expected)) = pending.pop() {
-        let body = client
-            .get_manifest(r.api_host(), &r.repository, &reference)
+        let verified = client
+            .get_verified(
+                r.api_host(),
+                &r.repository,
+                &reference,
+                expected.as_ref().map(|d| (d, "the digest asked for")),
+                media_type.as_deref(),
+            )
             .await?;
-        let digest = Digest::sha256_of(&body.bytes);
-        if let Some(exp) = &expected
-            && exp != &digest
-        {
-            return Err(FetchError::ManifestDigest {
-                reference: format!("{}/{}@{exp}", r.registry, r.repository),
-                expected: exp.to_string(),
-                actual: digest,
-                origin: "the digest asked for",
-            });
-        }
+        let Verified {
+            digest,
+            bytes,
+            manifest,
+        } = verified;
         if top {
             row.digest = Some(digest.to_string());
             // Stored as fetch would store it (after a platform cut its own digest
@@ -516,24 +507,17 @@ async fn survey_image(
                     .find(|s| is_copy_of(s, &digest, filter.as_deref())),
             });
             if copy.is_some_and(|s| is_copy_of(s, &digest, filter.as_deref())) {
-                row.size += body.bytes.len() as u64;
+                row.size += bytes.len() as u64;
                 return Ok(Lacking::default());
             }
         }
-        let size = body.bytes.len() as u64;
+        let size = bytes.len() as u64;
         row.size += size;
         if top && new_tag {
             lacking.by_tag += size;
         } else if lacks(&digest) {
             lacking.shared.push((digest.clone(), size));
         }
-        let content_type = media_type.or(body.media_type);
-        let manifest = Manifest::parse(&body.bytes, content_type.as_deref()).map_err(|source| {
-            FetchError::Manifest {
-                digest: digest.to_string(),
-                source,
-            }
-        })?;
         match manifest.kind {
             Kind::Index(children) => pending.extend(
                 children
@@ -666,7 +650,7 @@ struct Ctx {
     /// One claimant per blob in this process; other images wanting it wait for it.
     blobs: OncePer<Digest, ()>,
     /// Likewise per manifest: many tags and indexes share manifests.
-    manifests: OncePer<Digest, (Bytes, Option<String>)>,
+    manifests: OncePer<Digest, Arc<Verified>>,
     /// Each source repository's tags, listed once (to find referrer tags).
     tags: OncePer<String, Arc<HashSet<String>>>,
     /// Each repository's index.json as the run found it, read once (not once per tag:
@@ -815,7 +799,7 @@ async fn fetch_image(
             second: origin,
         });
     }
-    let (status, digest, upstream, mut updates, mut referrers) =
+    let (status, digest, upstream, mut updates, mut referrers, top) =
         match get_image(ctx, p, index).await? {
             Got::Unchanged(stored) => (
                 Status::Unchanged,
@@ -823,13 +807,19 @@ async fn fetch_image(
                 upstream_of(&stored.digest, &stored.annotations),
                 Vec::new(),
                 Vec::new(),
+                None,
             ),
-            Got::Fetched { update, referrers } => (
+            Got::Fetched {
+                update,
+                referrers,
+                top,
+            } => (
                 Status::Fetched,
                 update.digest.clone(),
                 upstream_of(&update.digest, &update.annotations),
                 vec![update],
                 referrers,
+                Some(top),
             ),
         };
     let mut outcome = Outcome {
@@ -839,7 +829,7 @@ async fn fetch_image(
         referrers: 0,
     };
     if p.referrers {
-        let subjects = subjects(ctx, &outcome).await?;
+        let subjects = subjects(ctx, &outcome, top).await?;
         let (more, found) = fetch_referrers(ctx, p, index, &subjects).await?;
         // Referrers stored by an earlier run are already in the index and served files.
         let new: Vec<TagUpdate> = more
@@ -886,6 +876,8 @@ enum Got {
     Fetched {
         update: TagUpdate,
         referrers: Vec<(Digest, Descriptor)>,
+        /// The manifest stored, as it is stored.
+        top: Arc<Verified>,
     },
 }
 
@@ -943,56 +935,44 @@ async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got,
         (None, None) => {}
     }
 
-    let (bytes, content_type, digest) = match expected {
+    let upstream = match expected {
         Some(d) => {
             let origin = if r.digest.is_some() {
                 "the digest asked for"
             } else {
                 "the digest the registry announced"
             };
-            let (bytes, content_type) = manifest_by_digest(ctx, p, &d, origin).await?;
-            (bytes, content_type, d)
+            manifest_by_digest(ctx, p, &d, origin, None).await?
         }
         None => {
             let reference = r.manifest_reference();
-            let body = ctx
+            let v = ctx
                 .clients
                 .get(&r.registry)
-                .get_manifest(host, &r.repository, &reference)
+                .get_verified(host, &r.repository, &reference, None, None)
                 .await?;
-            ctx.stats.manifest_fetched(&body.bytes);
-            let actual = Digest::sha256_of(&body.bytes);
-            if let Some(header) = body.digest.as_deref().filter(|h| h.starts_with("sha256:"))
-                && header != actual.to_string()
-            {
-                return Err(FetchError::ManifestDigest {
-                    reference: r.to_string(),
-                    expected: header.to_owned(),
-                    actual,
-                    origin: "its Docker-Content-Digest header",
-                });
-            }
-            (body.bytes, body.media_type, actual)
+            ctx.stats.manifest_fetched(&v.bytes);
+            Arc::new(v)
         }
     };
-    let (bytes, digest, annotations) = match filter {
-        Some(list) => cut_platforms(ctx, p, list, bytes, content_type.as_deref(), digest)?,
-        None => (bytes, digest, BTreeMap::new()),
+    let (top, annotations) = match filter {
+        Some(list) => cut_platforms(ctx, p, list, upstream)?,
+        None => (upstream, BTreeMap::new()),
     };
-    let size = bytes.len() as u64;
     let Stored {
         media_type,
         referrers,
-    } = ensure_manifest(ctx, p, digest.clone(), bytes, content_type, Vec::new()).await?;
+    } = ensure_manifest(ctx, p, top.clone(), Vec::new()).await?;
     Ok(Got::Fetched {
         update: TagUpdate {
             tag: r.tag.clone(),
             media_type,
-            digest,
-            size,
+            digest: top.digest.clone(),
+            size: top.size(),
             annotations,
         },
         referrers,
+        top,
     })
 }
 
@@ -1027,57 +1007,60 @@ fn cut_platforms(
     ctx: &Ctx,
     p: &Planned,
     list: &str,
-    bytes: Bytes,
-    content_type: Option<&str>,
-    upstream: Digest,
-) -> Result<(Bytes, Digest, BTreeMap<String, String>), FetchError> {
+    upstream: Arc<Verified>,
+) -> Result<(Arc<Verified>, BTreeMap<String, String>), FetchError> {
     let annotations = BTreeMap::from([
-        (UPSTREAM_DIGEST.to_owned(), upstream.to_string()),
+        (UPSTREAM_DIGEST.to_owned(), upstream.digest.to_string()),
         (KEPT_PLATFORMS.to_owned(), list.to_owned()),
     ]);
+    if !matches!(upstream.manifest.kind, Kind::Index(_)) {
+        return Ok((upstream, annotations));
+    }
     let bad = |source| FetchError::Manifest {
-        digest: upstream.to_string(),
+        digest: upstream.digest.to_string(),
         source,
     };
-    let manifest = Manifest::parse(&bytes, content_type).map_err(bad)?;
-    if !matches!(manifest.kind, Kind::Index(_)) {
-        return Ok((bytes, upstream, annotations));
-    }
-    let cut = cut_index(&bytes, &p.platforms, &upstream.to_string())
+    let cut = cut_index(&upstream.bytes, &p.platforms, &upstream.digest.to_string())
         .map_err(|e| bad(ManifestError::Json(e)))?;
     match cut {
-        PlatformCut::Whole => Ok((bytes, upstream, annotations)),
+        PlatformCut::Whole => Ok((upstream, annotations)),
         PlatformCut::Nothing { available } => Err(FetchError::NoPlatform {
             reference: p.source.to_string(),
             wanted: list.to_owned(),
             available: available.join(", "),
         }),
         PlatformCut::Cut { bytes, dropped } => {
-            let digest = Digest::sha256_of(&bytes);
+            // New bytes: made a value of their own here, where they come to be.
+            let cut =
+                Verified::new(Bytes::from(bytes), Some(upstream.media_type())).map_err(bad)?;
             ctx.reporter.warn(&format!(
-                "{}: kept {list}, left out {}; the stored index is {digest}, not the registry's \
-                 {upstream} (pull it by tag or by the new digest)",
+                "{}: kept {list}, left out {}; the stored index is {}, not the registry's \
+                 {} (pull it by tag or by the new digest)",
                 p.source,
-                dropped.join(", ")
+                dropped.join(", "),
+                cut.digest,
+                upstream.digest
             ));
-            Ok((Bytes::from(bytes), digest, annotations))
+            Ok((Arc::new(cut), annotations))
         }
     }
 }
 
 /// The manifests whose referrers to look up: the image as the registry knows it, and
-/// the children of the stored index (per-platform signatures).
-async fn subjects(ctx: &Ctx, outcome: &Outcome) -> Result<Vec<Digest>, FetchError> {
-    let store = ctx.store.clone();
-    let top = outcome.digest.clone();
-    let bytes = blocking(move || store.read_blob(&top)).await?;
+/// the children of the stored index (per-platform signatures). `top` is the stored
+/// manifest when this run stored it; an unchanged one is read from the store.
+async fn subjects(
+    ctx: &Ctx,
+    outcome: &Outcome,
+    top: Option<Arc<Verified>>,
+) -> Result<Vec<Digest>, FetchError> {
+    let top = match top {
+        Some(top) => top,
+        None => stored_manifest(ctx, &outcome.digest, None).await?,
+    };
     let mut subjects = vec![outcome.upstream.clone().unwrap_or(outcome.digest.clone())];
-    if let Ok(Manifest {
-        kind: Kind::Index(children),
-        ..
-    }) = Manifest::parse(&bytes, None)
-    {
-        subjects.extend(children.into_iter().map(|c| c.digest));
+    if let Kind::Index(children) = &top.manifest.kind {
+        subjects.extend(children.iter().map(|c| c.digest.clone()));
     }
     Ok(subjects)
 }
@@ -1178,6 +1161,7 @@ async fn referrers_of(
         if let Got::Fetched {
             update,
             referrers: found,
+            ..
         } = get_image(ctx, &tagged, index).await?
         {
             updates.push(update);
@@ -1313,34 +1297,30 @@ struct Stored {
 fn ensure_manifest<'a>(
     ctx: &'a Ctx,
     p: &'a Planned,
-    digest: Digest,
-    bytes: Bytes,
-    content_type: Option<String>,
+    verified: Arc<Verified>,
     parents: Vec<Digest>,
 ) -> BoxFuture<'a, Result<Stored, FetchError>> {
     async move {
-        let manifest = Manifest::parse(&bytes, content_type.as_deref()).map_err(|source| {
-            FetchError::Manifest {
-                digest: digest.to_string(),
-                source,
-            }
-        })?;
+        let (digest, manifest) = (&verified.digest, &verified.manifest);
         let mut referrers = Vec::new();
         if let Some(subject) = &manifest.subject {
-            let me = manifest.referrer_descriptor(&digest, bytes.len() as u64);
+            let me = manifest.referrer_descriptor(digest, verified.size());
             referrers.push((subject.digest.clone(), me));
         }
         match &manifest.kind {
             Kind::Index(children) => {
                 if parents.len() >= MAX_INDEX_DEPTH {
-                    return Err(FetchError::IndexTooDeep { digest });
+                    return Err(FetchError::IndexTooDeep {
+                        digest: digest.clone(),
+                    });
                 }
                 let mut chain = parents.clone();
                 chain.push(digest.clone());
-                let stored = try_join_all(children.iter().map(|child| {
-                    ensure_child(ctx, p, &digest, child, chain.clone(), CHILD_ORIGIN)
-                }))
-                .await?;
+                let stored =
+                    try_join_all(children.iter().map(|child| {
+                        ensure_child(ctx, p, digest, child, chain.clone(), CHILD_ORIGIN)
+                    }))
+                    .await?;
                 referrers.extend(stored.into_iter().flat_map(|s| s.referrers));
             }
             Kind::Image { config, layers } => {
@@ -1362,13 +1342,14 @@ fn ensure_manifest<'a>(
         }
         let store = ctx.store.clone();
         let name = p.name.clone();
+        let media_type = manifest.media_type.clone();
         blocking(move || {
-            store.put_blob(&digest, &bytes)?;
-            store.link_blob(&name, &digest)
+            store.put_manifest(&verified)?;
+            store.link_blob(&name, &verified.digest)
         })
         .await?;
         Ok(Stored {
-            media_type: manifest.media_type,
+            media_type,
             referrers,
         })
     }
@@ -1394,64 +1375,69 @@ async fn ensure_child(
             child: d.clone(),
         });
     }
-    let (bytes, _) = manifest_by_digest(ctx, p, d, origin).await?;
-    if bytes.len() as u64 != child.size {
+    let verified = manifest_by_digest(ctx, p, d, origin, Some(&child.media_type)).await?;
+    if verified.size() != child.size {
         return Err(FetchError::ManifestSize {
             digest: d.clone(),
             expected: child.size,
-            actual: bytes.len(),
+            actual: verified.bytes.len(),
         });
     }
-    ensure_manifest(
-        ctx,
-        p,
-        d.clone(),
-        bytes,
-        Some(child.media_type.clone()),
-        chain,
-    )
-    .await
+    ensure_manifest(ctx, p, verified, chain).await
 }
 
-/// A manifest's verified bytes (and the Content-Type it came with), from the pool when a
-/// previous run stored it, else downloaded once however many tags or indexes share it.
+/// A manifest the pool holds, read and parsed once; bytes that no longer hash to their
+/// name are a damaged store.
+async fn stored_manifest(
+    ctx: &Ctx,
+    digest: &Digest,
+    media_type: Option<&str>,
+) -> Result<Arc<Verified>, FetchError> {
+    let store = ctx.store.clone();
+    let d = digest.clone();
+    let bytes = Bytes::from(blocking(move || store.read_blob(&d)).await?);
+    let verified = Verified::new(bytes, media_type).map_err(|source| FetchError::Manifest {
+        digest: digest.to_string(),
+        source,
+    })?;
+    if verified.digest != *digest {
+        return Err(StoreError::DigestMismatch {
+            expected: digest.clone(),
+            actual: verified.digest.clone(),
+        }
+        .into());
+    }
+    Ok(Arc::new(verified))
+}
+
+/// A manifest by digest, from the pool when a previous run stored it, else downloaded
+/// once however many tags or indexes share it.
 async fn manifest_by_digest(
     ctx: &Ctx,
     p: &Planned,
     digest: &Digest,
     origin: &'static str,
-) -> Result<(Bytes, Option<String>), FetchError> {
+    media_type: Option<&str>,
+) -> Result<Arc<Verified>, FetchError> {
     if ctx.store.has_blob(digest)? {
-        let store = ctx.store.clone();
-        let d = digest.clone();
-        return Ok((
-            Bytes::from(blocking(move || store.read_blob(&d)).await?),
-            None,
-        ));
+        return stored_manifest(ctx, digest, media_type).await;
     }
     let cell = ctx.manifests.cell(digest).await;
     let fetched = cell
         .get_or_try_init(|| async {
-            let body = ctx
+            let v = ctx
                 .clients
                 .get(&p.source.registry)
-                .get_manifest(
+                .get_verified(
                     p.source.api_host(),
                     &p.source.repository,
                     &digest.to_string(),
+                    Some((digest, origin)),
+                    media_type,
                 )
                 .await?;
-            ctx.stats.manifest_fetched(&body.bytes);
-            let actual = Digest::sha256_of(&body.bytes);
-            if &actual != digest {
-                return Err(FetchError::ManifestDigest {
-                    reference: format!("{}/{}@{digest}", p.source.registry, p.source.repository),
-                    expected: digest.to_string(),
-                    actual,
-                    origin,
-                });
-            }
-            Ok((body.bytes, body.media_type))
+            ctx.stats.manifest_fetched(&v.bytes);
+            Ok::<_, FetchError>(Arc::new(v))
         })
         .await?;
     Ok(fetched.clone())

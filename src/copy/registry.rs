@@ -26,43 +26,12 @@ impl RegistrySource {
     }
 }
 
-fn verified(
-    what: String,
-    bytes: Bytes,
-    content_type: Option<&str>,
-    expected: Option<(&Digest, &'static str)>,
-) -> Result<Verified, CopyError> {
-    let v = Verified::new(bytes, content_type).map_err(|source| CopyError::Manifest {
-        what: what.clone(),
-        source,
-    })?;
-    match expected {
-        Some((d, origin)) if *d != v.digest => Err(CopyError::ManifestDigest {
-            what,
-            expected: d.clone(),
-            actual: v.digest,
-            origin,
-        }),
-        _ => Ok(v),
-    }
-}
-
 impl Source for RegistrySource {
     async fn resolve(&self, repo: &str, tag: &str) -> Result<Verified, CopyError> {
-        let body = self.client.get_manifest(&self.host, repo, tag).await?;
-        let announced = body
-            .digest
-            .as_deref()
-            .filter(|d| d.starts_with("sha256:"))
-            .and_then(|d| d.parse::<Digest>().ok());
-        verified(
-            format!("{}/{repo}:{tag}", self.host),
-            body.bytes,
-            body.media_type.as_deref(),
-            announced
-                .as_ref()
-                .map(|d| (d, "its Docker-Content-Digest header")),
-        )
+        Ok(self
+            .client
+            .get_verified(&self.host, repo, tag, None, None)
+            .await?)
     }
 
     async fn manifest(
@@ -71,16 +40,11 @@ impl Source for RegistrySource {
         digest: &Digest,
         media_type: Option<&str>,
     ) -> Result<Verified, CopyError> {
-        let body = self
+        let expected = Some((digest, "the digest asked for"));
+        Ok(self
             .client
-            .get_manifest(&self.host, repo, &digest.to_string())
-            .await?;
-        verified(
-            format!("{}/{repo}@{digest}", self.host),
-            body.bytes,
-            media_type.or(body.media_type.as_deref()),
-            Some((digest, "the digest asked for")),
-        )
+            .get_verified(&self.host, repo, &digest.to_string(), expected, media_type)
+            .await?)
     }
 
     async fn blob(

@@ -215,6 +215,23 @@ pub enum RegistryError {
     },
 
     #[error(
+        "the registry sent a manifest for {reference} whose bytes hash to {actual}, not {expected} ({origin}); nothing was stored"
+    )]
+    ManifestDigest {
+        reference: String,
+        expected: String,
+        actual: String,
+        origin: &'static str,
+    },
+
+    #[error("the registry sent a manifest for {reference} that cannot be read")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: crate::manifest::ManifestError,
+    },
+
+    #[error(
         "{registry} lost part of an upload to {repo}: it holds {kept} bytes, {sent} had been sent before the failed chunk"
     )]
     UploadLost {

@@ -28,8 +28,8 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use crate::manifest::OCI_INDEX;
-use crate::reference;
+use crate::manifest::{Manifest, OCI_INDEX, Verified};
+use crate::reference::{self, Digest};
 use auth::{AuthScheme, Credential, TokenSlot};
 use error::{error_chain, from_body_error, from_transport};
 
@@ -353,6 +353,56 @@ impl Client {
         let path = format!("/v2/{repo}/manifests/{reference}");
         self.get_document(host, repo, &path, accept_manifests())
             .await
+    }
+
+    /// GET a manifest and make it a [`Verified`] value: its bytes must hash to
+    /// `expected` (a digest and where it came from, for the error), else, for a tag, to
+    /// the registry's `Docker-Content-Digest` when that is a sha256; then parsed, with
+    /// `media_type` (its descriptor's) before the response's Content-Type.
+    pub async fn get_verified(
+        &self,
+        host: &str,
+        repo: &str,
+        reference: &str,
+        expected: Option<(&Digest, &'static str)>,
+        media_type: Option<&str>,
+    ) -> Result<Verified, RegistryError> {
+        let body = self.get_manifest(host, repo, reference).await?;
+        let sep = if reference.contains(':') { '@' } else { ':' };
+        let named = || format!("{host}/{repo}{sep}{reference}");
+        let announced = body
+            .digest
+            .as_deref()
+            .filter(|d| d.starts_with("sha256:"))
+            .and_then(|d| d.parse::<Digest>().ok());
+        let expected = expected.or_else(|| {
+            announced
+                .as_ref()
+                .map(|d| (d, "its Docker-Content-Digest header"))
+        });
+        // The digest first: bytes that are not what was asked for are that, whatever
+        // they parse as.
+        let digest = Digest::sha256_of(&body.bytes);
+        if let Some((d, origin)) = expected
+            && *d != digest
+        {
+            return Err(RegistryError::ManifestDigest {
+                reference: named(),
+                expected: d.to_string(),
+                actual: digest.to_string(),
+                origin,
+            });
+        }
+        let manifest = Manifest::parse(&body.bytes, media_type.or(body.media_type.as_deref()))
+            .map_err(|source| RegistryError::Manifest {
+                reference: named(),
+                source,
+            })?;
+        Ok(Verified {
+            digest,
+            bytes: body.bytes,
+            manifest,
+        })
     }
 
     /// GET /v2/<repo>/referrers/<digest>: the OCI index of manifests whose `subject` is

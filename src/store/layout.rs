@@ -166,7 +166,7 @@ impl Store {
         // here (briefly) so neither loses the other's tags.
         let _lock = self.lock_index()?;
         // Links made since the last publish, and manifests put into the pool (see
-        // `put_blob`), must be durable before a tag points at them.
+        // `put_manifest`), must be durable before a tag points at them.
         for blobs in [
             dir.join("blobs/sha256"),
             self.root.join(POOL_DIR).join("sha256"),

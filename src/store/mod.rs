@@ -33,6 +33,7 @@ pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
 pub use view::StoreView;
 
 use crate::crashpoint;
+use crate::manifest::Verified;
 use crate::reference::{self, Digest, ReferenceError};
 
 /// Major version of the on-disk format; a store with a newer major is refused.
@@ -286,23 +287,17 @@ impl Store {
         fs::read(&path).map_err(StoreError::io("read", &path))
     }
 
-    /// Store small bytes (a manifest) in the pool after checking their digest. Its pool
-    /// entry becomes durable at the next `publish`, which every use of it precedes.
-    pub fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
-        let path = self.pool_path(digest)?;
+    /// Store a manifest in the pool under its digest (a [`Verified`] value's digest was
+    /// computed from its bytes, so they are not hashed again). Its pool entry becomes
+    /// durable at the next `publish`, which every use of it precedes.
+    pub fn put_manifest(&self, manifest: &Verified) -> Result<()> {
+        let path = self.pool_path(&manifest.digest)?;
         if path.is_file() {
             return Ok(());
         }
-        let actual = Digest::sha256_of(bytes);
-        if &actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
         // Concurrent fetches may store the same manifest; the first file stays, so links
         // made to it remain the pool's inode.
-        if write_new(&self.tmp_dir(), &path, bytes)? {
+        if write_new(&self.tmp_dir(), &path, &manifest.bytes)? {
             crashpoint::hit("blob-pooled");
         }
         Ok(())
@@ -453,14 +448,17 @@ mod tests {
     }
 
     #[test]
-    fn put_blob_checks_digest() {
+    fn a_manifest_put_twice_keeps_its_first_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let d = Digest::sha256_of(b"hello");
-        assert!(store.put_blob(&d, b"hellO").is_err());
-        assert!(!store.has_blob(&d).unwrap());
-        store.put_blob(&d, b"hello").unwrap();
-        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
+        let body = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let m = Verified::new(bytes::Bytes::from_static(body), None).unwrap();
+        store.put_manifest(&m).unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let first = inode(&store.pool_path(&m.digest).unwrap());
+        store.put_manifest(&m).unwrap();
+        assert_eq!(inode(&store.pool_path(&m.digest).unwrap()), first);
+        assert_eq!(store.read_blob(&m.digest).unwrap(), body);
     }
 }
 

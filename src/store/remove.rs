@@ -184,13 +184,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::manifest::OCI_MANIFEST;
+    use crate::manifest::{OCI_MANIFEST, Verified};
     use crate::store::{CATALOG_FILE, SERVED_DIR, TagUpdate};
 
     fn publish(store: &Store, name: &str, tag: &str) -> Digest {
-        let body = format!("{{\"schemaVersion\":2,\"n\":\"{name}:{tag}\"}}");
-        let digest = Digest::sha256_of(body.as_bytes());
-        store.put_blob(&digest, body.as_bytes()).unwrap();
+        // An empty index: a manifest that reaches nothing, distinct per name and tag.
+        let body = format!(
+            "{{\"schemaVersion\":2,\"manifests\":[],\"annotations\":{{\"n\":\"{name}:{tag}\"}}}}"
+        );
+        let manifest = Verified::new(bytes::Bytes::from(body.clone()), None).unwrap();
+        let digest = manifest.digest.clone();
+        store.put_manifest(&manifest).unwrap();
         store.link_blob(name, &digest).unwrap();
         let update = TagUpdate {
             tag: Some(tag.to_owned()),
