@@ -138,6 +138,16 @@ pub enum FetchError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl FetchError {
+    /// What the operator can do about it (see [`RegistryError::remedy`]).
+    pub fn remedy(&self) -> Option<crate::registry::Remedy> {
+        match self {
+            FetchError::Registry(e) => e.remedy(),
+            _ => None,
+        }
+    }
+}
+
 impl From<RegistryError> for FetchError {
     fn from(e: RegistryError) -> Self {
         FetchError::Registry(Box::new(e))
@@ -280,6 +290,7 @@ impl ImageReport {
             upstream_digest: None,
             referrers: 0,
             error: error_chain(error),
+            remedy: error.remedy(),
         }
     }
 }
@@ -389,6 +400,8 @@ pub struct PlanRow {
     pub to_download: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub error: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<crate::registry::Remedy>,
 }
 
 /// Read (never write) what each planned image reaches: its manifests from the registry,
@@ -418,12 +431,14 @@ pub async fn survey(clients: &Clients, planned: &[Planned], root: Option<&Path>)
                 size: 0,
                 to_download: 0,
                 error: Vec::new(),
+                remedy: None,
             };
             let stored = indexes.get(p.name.as_str());
             let lacking = match survey_image(clients, p, root, stored, &mut row).await {
                 Ok(lacking) => lacking,
                 Err(e) => {
                     row.error = error_chain(&e);
+                    row.remedy = e.remedy();
                     Lacking::default()
                 }
             };
@@ -715,6 +730,7 @@ pub async fn execute(
                         upstream_digest: outcome.upstream.as_ref().map(Digest::to_string),
                         referrers: outcome.referrers,
                         error: Vec::new(),
+                        remedy: None,
                     },
                     Err(e) => ImageReport::failed(
                         source,

@@ -15,11 +15,11 @@ use static_registry::config::{self, MirrorConfig};
 use static_registry::copy::registry::{RegistryDestination, RegistrySource};
 use static_registry::copy::store::StoreSource;
 use static_registry::copy::{self, Engine};
-use static_registry::fetch::{self, FetchOptions, Summary};
+use static_registry::fetch::{self, FetchError, FetchOptions, Summary};
 use static_registry::nginx;
 use static_registry::plan;
 use static_registry::reference::{self, Reference};
-use static_registry::registry::{Client, ClientOptions};
+use static_registry::registry::{Client, ClientOptions, RegistryError, Remedy};
 use static_registry::report;
 use static_registry::select;
 use static_registry::store::{Removal, Store, StoreView, inventory, verify};
@@ -37,11 +37,12 @@ struct Usage(anyhow::Error);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    let sides = Sides::of(&cli.command);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", report::error_chain(e.as_ref()).join(": "));
-            if let Some(hint) = hint(&e) {
+            if let Some(hint) = hint(&e, &sides) {
                 eprintln!("hint: {hint}");
             }
             if e.downcast_ref::<Usage>().is_some() {
@@ -54,19 +55,105 @@ fn main() -> ExitCode {
 }
 
 /// What the user can do about an error, where the error alone does not say.
-fn hint(e: &anyhow::Error) -> Option<&'static str> {
-    e.chain().find_map(|cause| match cause.downcast_ref::<nginx::NginxError>()? {
-        nginx::NginxError::NotReloaded { .. } => {
-            Some("is nginx running? Start it (systemctl start nginx): it reads the new file")
+fn hint(e: &anyhow::Error, sides: &Sides) -> Option<String> {
+    e.chain().find_map(|cause| {
+        if let Some(r) = cause
+            .downcast_ref::<RegistryError>()
+            .and_then(RegistryError::remedy)
+            .or_else(|| cause.downcast_ref::<FetchError>().and_then(FetchError::remedy))
+            .or_else(|| cause.downcast_ref::<copy::CopyError>().and_then(copy::CopyError::remedy))
+        {
+            return Some(sides.advise(&r));
         }
-        nginx::NginxError::Rejected { .. } => Some(
-            "run `nginx -t` to see the whole configuration's problem, fix it (or the templates), and install again",
-        ),
-        nginx::NginxError::Run { .. } => {
-            Some("install nginx (apt-get install nginx), or pass --nginx-bin")
-        }
-        _ => None,
+        let text = match cause.downcast_ref::<nginx::NginxError>()? {
+            nginx::NginxError::NotReloaded { .. } => {
+                "is nginx running? Start it (systemctl start nginx): it reads the new file"
+            }
+            nginx::NginxError::Rejected { .. } => {
+                "run `nginx -t` to see the whole configuration's problem, fix it (or the templates), and install again"
+            }
+            nginx::NginxError::Run { .. } => {
+                "install nginx (apt-get install nginx), or pass --nginx-bin"
+            }
+            _ => return None,
+        };
+        Some(text.to_owned())
     })
+}
+
+/// Whose options a hint names: the pulling side's (`--creds`, `--tls-verify`; fetch,
+/// ls, plan, copy's source) or the pushing side's (`--dest-creds`, ...; push, copy's
+/// targets). For copy, the registry the remedy concerns decides.
+enum Sides {
+    Pull,
+    Push,
+    Copy { source: Option<String> },
+}
+
+impl Sides {
+    fn of(command: &Command) -> Sides {
+        match command {
+            Command::Push(_) => Sides::Push,
+            Command::Copy(args) => Sides::Copy {
+                source: args
+                    .reference
+                    .parse::<Reference>()
+                    .ok()
+                    .map(|r| r.api_host().to_owned()),
+            },
+            _ => Sides::Pull,
+        }
+    }
+
+    fn advise(&self, remedy: &Remedy) -> String {
+        let pushing = match self {
+            Sides::Pull => false,
+            Sides::Push => true,
+            Sides::Copy { source } => source.as_deref() != Some(remedy.registry()),
+        };
+        let (creds, authfile, ca, tls, may) = if pushing {
+            (
+                "--dest-creds",
+                "--dest-authfile",
+                "--dest-ca-cert/--dest-cert-dir",
+                "--dest-tls-verify=false",
+                "push to",
+            )
+        } else {
+            (
+                "--creds",
+                "--authfile",
+                "--ca-cert/--cert-dir",
+                "--tls-verify=false",
+                "pull",
+            )
+        };
+        match remedy {
+            Remedy::Credentials { login, .. } => format!(
+                "pass {creds} USER:PASSWORD, or log in with `docker login {login}`/`podman login {login}`"
+            ),
+            Remedy::CredentialsRefused { login, .. } => format!(
+                "check {creds}, or the auth file's entry for it ({authfile}); log in again with `docker login {login}`/`podman login {login}`"
+            ),
+            Remedy::Permission { login, .. } => format!(
+                "check that the credentials ({creds}, `docker login {login}`) may {may} this repository"
+            ),
+            Remedy::Tls { .. } => {
+                format!("for a private CA pass {ca}; for plain http, {tls}")
+            }
+        }
+    }
+
+    /// One line per distinct remedy among `remedies`.
+    fn print<'a>(&self, remedies: impl Iterator<Item = &'a Remedy>) {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in remedies {
+            let advice = self.advise(r);
+            if seen.insert(advice.clone()) {
+                eprintln!("hint: {}: {advice}", r.registry());
+            }
+        }
+    }
 }
 
 fn init_logging(verbose: u8) {
@@ -270,6 +357,7 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     for failed in summary.images.iter().filter(|i| !i.error.is_empty()) {
         eprintln!("error: {}: {}", failed.source, failed.error.join(": "));
     }
+    Sides::Pull.print(summary.images.iter().filter_map(|i| i.remedy.as_ref()));
     Ok(if summary.images_failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -284,7 +372,7 @@ fn push_command(args: PushArgs) -> Result<ExitCode> {
     let client = dest_client(&args.dest)?;
     let dests = destinations(&client, &args.to);
     let source = StoreSource::new(view, plan.indexes);
-    run_copy(source, dests, plan.waves, &args.copy)
+    run_copy(source, dests, plan.waves, &args.copy, Sides::Push)
 }
 
 fn copy_command(args: CopyArgs) -> Result<ExitCode> {
@@ -297,7 +385,10 @@ fn copy_command(args: CopyArgs) -> Result<ExitCode> {
         Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
     let source = RegistrySource::new(source_client, reference.api_host());
     let dests = destinations(&dest_client(&args.dest)?, &args.to);
-    run_copy(source, dests, vec![vec![job]], &args.copy)
+    let sides = Sides::Copy {
+        source: Some(reference.api_host().to_owned()),
+    };
+    run_copy(source, dests, vec![vec![job]], &args.copy, sides)
 }
 
 fn destinations(client: &Client, targets: &[plan::Target]) -> Vec<RegistryDestination> {
@@ -314,6 +405,7 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
     dests: Vec<D>,
     waves: Vec<Vec<copy::ImageJob>>,
     args: &CopyOptionArgs,
+    sides: Sides,
 ) -> Result<ExitCode> {
     let opts = copy::Options {
         jobs: args.jobs.into(),
@@ -361,6 +453,7 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
             r.error.join(": ")
         );
     }
+    sides.print(summary.images.iter().filter_map(|r| r.remedy.as_ref()));
     Ok(if summary.failed() == 0 {
         ExitCode::SUCCESS
     } else {
@@ -422,6 +515,7 @@ fn plan_command(args: PlanArgs) -> Result<ExitCode> {
     for r in rows.iter().filter(|r| !r.error.is_empty()) {
         eprintln!("error: {}: {}", r.source, r.error.join(": "));
     }
+    Sides::Pull.print(rows.iter().filter_map(|r| r.remedy.as_ref()));
     let ok = all_resolved && rows.iter().all(|r| r.error.is_empty());
     Ok(if ok {
         ExitCode::SUCCESS

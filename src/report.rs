@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::reference::Digest;
+use crate::registry::Remedy;
 
 /// Progress events. Implementations render them (bars on a TTY, lines otherwise); the
 /// library never prints.
@@ -51,6 +52,9 @@ pub struct ImageReport {
     /// The error chain, one cause per element.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub error: Vec<String>,
+    /// What the operator can do about the error, where more than retrying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<Remedy>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -102,4 +106,7 @@ pub struct TargetReport {
     /// The error chain, one cause per element.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub error: Vec<String>,
+    /// What the operator can do about the error, where more than retrying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<Remedy>,
 }

@@ -91,6 +91,16 @@ pub enum CopyError {
     },
 }
 
+impl CopyError {
+    /// What the operator can do about it (see [`RegistryError::remedy`]).
+    pub fn remedy(&self) -> Option<crate::registry::Remedy> {
+        match self {
+            CopyError::Registry(e) => e.remedy(),
+            _ => None,
+        }
+    }
+}
+
 impl From<RegistryError> for CopyError {
     fn from(e: RegistryError) -> Self {
         CopyError::Registry(Box::new(e))
@@ -426,7 +436,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
                       digest: Option<&Digest>,
                       status: CopyStatus,
                       existing: Option<Digest>,
-                      error: Vec<String>| {
+                      error: Option<&CopyError>| {
             let d = &self.dests[t.dest];
             let at = match (&t.tag, digest) {
                 (Some(tag), _) => format!("{}/{}:{tag}", d.name(), t.repo),
@@ -439,7 +449,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 digest: digest.map(Digest::to_string),
                 status,
                 existing: existing.as_ref().map(Digest::to_string),
-                error,
+                error: error.map(|e| error_chain(e)).unwrap_or_default(),
+                remedy: error.and_then(CopyError::remedy),
             };
             self.reporter.copied(&r);
             r
@@ -454,11 +465,10 @@ impl<S: Source, D: Destination> Engine<S, D> {
         let top = match top {
             Ok(v) => v,
             Err(e) => {
-                let chain = error_chain(&e);
                 return job
                     .targets
                     .iter()
-                    .map(|t| report(t, None, CopyStatus::Failed, None, chain.clone()))
+                    .map(|t| report(t, None, CopyStatus::Failed, None, Some(&e)))
                     .collect();
             }
         };
@@ -484,14 +494,14 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     Some(&top.digest),
                     CopyStatus::Unchanged,
                     None,
-                    vec![],
+                    None,
                 )),
                 Ok(Some(d)) if self.opts.overwrite == Overwrite::Skip => Some(report(
                     t,
                     Some(&top.digest),
                     CopyStatus::Skipped,
                     Some(d),
-                    vec![],
+                    None,
                 )),
                 Ok(Some(d)) if self.opts.overwrite == Overwrite::Fail => {
                     let e = CopyError::TagExists {
@@ -509,7 +519,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
                         Some(&top.digest),
                         CopyStatus::Failed,
                         Some(d),
-                        error_chain(&e),
+                        Some(&e),
                     ))
                 }
                 Ok(_) => {
@@ -526,7 +536,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     Some(&top.digest),
                     CopyStatus::Failed,
                     None,
-                    error_chain(&e),
+                    Some(&e),
                 )),
             };
             reports.push(decided);
@@ -555,13 +565,13 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 let t = &job.targets[slot.target];
                 let error = slot.error.lock().expect("slot lock").take();
                 reports[slot.target] = Some(match error {
-                    None => report(t, Some(&top.digest), CopyStatus::Copied, None, vec![]),
+                    None => report(t, Some(&top.digest), CopyStatus::Copied, None, None),
                     Some(e) => report(
                         t,
                         Some(&top.digest),
                         CopyStatus::Failed,
                         None,
-                        error_chain(e.as_ref()),
+                        Some(e.as_ref()),
                     ),
                 });
             }

@@ -58,8 +58,37 @@ fn oci_suffix(oci: &Option<OciError>) -> String {
 }
 
 /// The name an operator passes to `docker login`/`podman login` for this host.
-fn login_name(registry: &str) -> &str {
-    super::auth::canonical_host_str(registry)
+fn login_name(registry: &str) -> String {
+    super::auth::canonical_host_str(registry).to_owned()
+}
+
+/// What the operator can do about an error. The library states facts; the caller, which
+/// knows its own options (`--creds` when pulling, `--dest-creds` when pushing), phrases
+/// the advice.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Remedy {
+    /// Pass credentials for `registry`, or log in to it (`login` is the name to give
+    /// `docker login`).
+    Credentials { registry: String, login: String },
+    /// The credentials given for `registry` were refused: check them, or log in again.
+    CredentialsRefused { registry: String, login: String },
+    /// The credentials may not do this at `registry`.
+    Permission { registry: String, login: String },
+    /// TLS with `registry` failed: trust its CA, or (plain http) turn verification off.
+    Tls { registry: String },
+}
+
+impl Remedy {
+    /// The registry it concerns.
+    pub fn registry(&self) -> &str {
+        match self {
+            Remedy::Credentials { registry, .. }
+            | Remedy::CredentialsRefused { registry, .. }
+            | Remedy::Permission { registry, .. }
+            | Remedy::Tls { registry } => registry,
+        }
+    }
 }
 
 /// What to try for statuses that are not covered by a dedicated variant.
@@ -100,8 +129,8 @@ pub enum RegistryError {
     },
 
     #[error(
-        "authentication required for {repo} at {registry} ({url}){}: pass --creds user:pass or log in with `docker login {}`/`podman login {}` (some registries also answer this way for repositories that do not exist)",
-        oci_suffix(.oci), login_name(.registry), login_name(.registry)
+        "authentication required for {repo} at {registry} ({url}){} (some registries also answer this way for repositories that do not exist)",
+        oci_suffix(.oci)
     )]
     Unauthorized {
         registry: String,
@@ -111,8 +140,8 @@ pub enum RegistryError {
     },
 
     #[error(
-        "the credentials for {registry} were refused for {repo} ({url}){}: check --creds, or the auth file's entry for it (log in again with `docker login {}`/`podman login {}`)",
-        oci_suffix(.oci), login_name(.registry), login_name(.registry)
+        "the credentials for {registry} were refused for {repo} ({url}){}",
+        oci_suffix(.oci)
     )]
     CredentialsRejected {
         registry: String,
@@ -121,10 +150,7 @@ pub enum RegistryError {
         oci: Option<OciError>,
     },
 
-    #[error(
-        "access denied to {repo} at {registry} ({url}){}: check that the credentials (--creds, `docker login {}`/`podman login {}`) may pull this repository",
-        oci_suffix(.oci), login_name(.registry), login_name(.registry)
-    )]
+    #[error("access denied to {repo} at {registry} ({url}){}", oci_suffix(.oci))]
     Denied {
         registry: String,
         repo: String,
@@ -150,9 +176,7 @@ pub enum RegistryError {
         oci: Option<OciError>,
     },
 
-    #[error(
-        "TLS handshake with {host} failed: {cause}; for a private CA use --ca-cert/--cert-dir, for plain http use --tls-verify=false"
-    )]
+    #[error("TLS handshake with {host} failed: {cause}")]
     Tls {
         host: String,
         url: String,
@@ -179,7 +203,7 @@ pub enum RegistryError {
     },
 
     #[error(
-        "timed out talking to {url}: {cause}; no connection within 30 s, or no data for --stall-timeout seconds (default 60): the registry or network is overloaded or unreachable, retry later"
+        "timed out talking to {url}: {cause}; no connection within 30 s, or no data for the stall timeout: the registry or network is overloaded or unreachable"
     )]
     Timeout { url: String, cause: String },
 
@@ -262,6 +286,29 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// What the operator can do about it, where that is more than retrying.
+    pub fn remedy(&self) -> Option<Remedy> {
+        let login = |r: &str| (r.to_owned(), login_name(r));
+        match self {
+            Self::Unauthorized { registry, .. } => {
+                let (registry, login) = login(registry);
+                Some(Remedy::Credentials { registry, login })
+            }
+            Self::CredentialsRejected { registry, .. } => {
+                let (registry, login) = login(registry);
+                Some(Remedy::CredentialsRefused { registry, login })
+            }
+            Self::Denied { registry, .. } => {
+                let (registry, login) = login(registry);
+                Some(Remedy::Permission { registry, login })
+            }
+            Self::Tls { host, .. } => Some(Remedy::Tls {
+                registry: host.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The OCI error code the registry sent (e.g. `MANIFEST_UNKNOWN`), if any.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -451,7 +498,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_name_target_and_remedy() {
+    fn messages_name_the_target_and_remedies_are_typed() {
         let e = RegistryError::Unauthorized {
             registry: "registry-1.docker.io".into(),
             repo: "library/alpine".into(),
@@ -464,8 +511,14 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("library/alpine"), "{s}");
         assert!(s.contains("registry-1.docker.io"), "{s}");
-        assert!(s.contains("--creds user:pass"), "{s}");
-        assert!(s.contains("`docker login docker.io`"), "{s}");
+        // The advice is the caller's to phrase (its flags); the error says what applies.
+        assert_eq!(
+            e.remedy(),
+            Some(Remedy::Credentials {
+                registry: "registry-1.docker.io".into(),
+                login: "docker.io".into()
+            })
+        );
         assert!(s.contains("UNAUTHORIZED: authentication required"), "{s}");
         assert_eq!(e.code(), Some("UNAUTHORIZED"));
         assert!(!e.is_not_found());
@@ -477,7 +530,7 @@ mod tests {
         };
         let s = e.to_string();
         assert!(s.starts_with("TLS handshake with r.example failed: invalid peer"));
-        assert!(s.contains("--ca-cert/--cert-dir") && s.contains("--tls-verify=false"));
+        assert!(matches!(e.remedy(), Some(Remedy::Tls { .. })), "{s}");
 
         let e = RegistryError::ConnectionRefused {
             host: "127.0.0.1".into(),

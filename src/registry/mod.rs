@@ -11,7 +11,7 @@ mod push;
 #[cfg(test)]
 mod tests;
 
-pub use error::{OciError, RegistryError};
+pub use error::{OciError, RegistryError, Remedy};
 pub use push::{Pushed, Started, Upload};
 
 use std::collections::HashMap;
@@ -858,10 +858,14 @@ impl Client {
                     url: url_s,
                     oci,
                 },
-                (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(_)) => token_err(format!(
-                    "HTTP {status}: the credentials for {host} were rejected{}; check --creds or log in again with `docker login`/`podman login`",
-                    oci.map(|e| format!(" ({e})")).unwrap_or_default()
-                )),
+                (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(_)) => {
+                    RegistryError::CredentialsRejected {
+                        registry: host.to_string(),
+                        repo: repo.to_string(),
+                        url: url_s,
+                        oci,
+                    }
+                }
                 (StatusCode::FORBIDDEN, None) => RegistryError::Denied {
                     registry: host.to_string(),
                     repo: repo.to_string(),

@@ -362,7 +362,7 @@ async fn token_auth_refuses_private_repo_without_creds_or_with_a_wrong_password(
     )
     .await;
     assert_failed(root.path(), &out, "credentials for 127.0.0.1");
-    assert!(out.stderr.contains("were rejected"), "{}", out.stderr);
+    assert!(out.stderr.contains("were refused"), "{}", out.stderr);
 }
 
 // ---------------------------------------------------------------------------

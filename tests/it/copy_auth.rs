@@ -312,6 +312,7 @@ async fn push_to_a_token_registry_asks_for_push_scope_and_needs_the_credentials(
         "authentication required for anonymous/",
     );
     assert!(stderr.contains(&format!("at {host}")), "{stderr}");
+    assert_names_the_push_options(&stderr);
     view.assert_nothing_arrived(&fx, "anonymous/").await;
 }
 
@@ -346,6 +347,7 @@ async fn push_to_a_tls_basic_registry_trusts_the_given_ca_and_sends_the_credenti
         &to,
         &format!("the credentials for {host} were refused"),
     );
+    assert_names_the_push_options(&stderr);
     view.assert_nothing_arrived(&fx, "wrong/").await;
 }
 
@@ -410,4 +412,15 @@ async fn copy_from_a_token_registry_to_a_tls_target() {
         assert_eq!(i.account.as_deref(), Some(SOURCE_USER), "{issued:?}");
         assert_eq!(i.scopes, ["repository:oci/multi:pull"], "{issued:?}");
     }
+}
+
+/// Regression: a refused or missing login at a push target told the user to pass
+/// `--creds`, which push does not have (the client's errors named the pulling side's
+/// option). The hint names the targets' options.
+fn assert_names_the_push_options(stderr: &str) {
+    assert!(
+        stderr.lines().any(|l| l.starts_with("hint: ") && l.contains("--dest-creds")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--creds "), "{stderr}");
 }
