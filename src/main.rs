@@ -284,7 +284,8 @@ fn push_command(args: PushArgs) -> Result<ExitCode> {
     let client = dest_client(&args.dest)?;
     let dests = destinations(&client, &args.to);
     let source = StoreSource::new(view, plan.indexes);
-    run_copy(source, dests, plan.waves, &args.copy)
+    // Untagged entries (referrers among them) are jobs of the plan's second wave.
+    run_copy(source, dests, plan.waves, &args.copy, false)
 }
 
 fn copy_command(args: CopyArgs) -> Result<ExitCode> {
@@ -297,7 +298,7 @@ fn copy_command(args: CopyArgs) -> Result<ExitCode> {
         Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
     let source = RegistrySource::new(source_client, reference.api_host());
     let dests = destinations(&dest_client(&args.dest)?, &args.to);
-    run_copy(source, dests, vec![vec![job]], &args.copy)
+    run_copy(source, dests, vec![vec![job]], &args.copy, args.referrers)
 }
 
 fn destinations(client: &Client, targets: &[plan::Target]) -> Vec<RegistryDestination> {
@@ -314,11 +315,13 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
     dests: Vec<D>,
     waves: Vec<Vec<copy::ImageJob>>,
     args: &CopyOptionArgs,
+    referrers: bool,
 ) -> Result<ExitCode> {
     let opts = copy::Options {
         jobs: args.jobs.into(),
         overwrite: args.overwrite,
         include_foreign: args.include_foreign,
+        referrers,
     };
     let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
     let engine = Engine::new(source, dests, opts, reporter);
