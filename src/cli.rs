@@ -90,6 +90,11 @@ pub struct CopyArgs {
     /// source's); may be repeated.
     #[arg(long, required = true, value_name = "HOST[:PORT]/REPOSITORY[:TAG]")]
     pub to: Vec<Target>,
+    /// Also copy what refers to the image (signatures, SBOMs, attestations: the
+    /// referrers API, else the sha256-<hex> tag schema), by digest, and what refers to
+    /// those; targets without the referrers API get the sha256-<hex> tag.
+    #[arg(long)]
+    pub referrers: bool,
     #[command(flatten)]
     pub copy: CopyOptionArgs,
     /// The source registry's TLS, credentials and retries.

@@ -372,7 +372,8 @@ fn push_command(args: PushArgs) -> Result<ExitCode> {
     let client = dest_client(&args.dest)?;
     let dests = destinations(&client, &args.to);
     let source = StoreSource::new(view, plan.indexes);
-    run_copy(source, dests, plan.waves, &args.copy, Sides::Push)
+    // Untagged entries (referrers among them) are jobs of the plan's second wave.
+    run_copy(source, dests, plan.waves, &args.copy, false, Sides::Push)
 }
 
 fn copy_command(args: CopyArgs) -> Result<ExitCode> {
@@ -388,7 +389,14 @@ fn copy_command(args: CopyArgs) -> Result<ExitCode> {
     let sides = Sides::Copy {
         source: Some(reference.api_host().to_owned()),
     };
-    run_copy(source, dests, vec![vec![job]], &args.copy, sides)
+    run_copy(
+        source,
+        dests,
+        vec![vec![job]],
+        &args.copy,
+        args.referrers,
+        sides,
+    )
 }
 
 fn destinations(client: &Client, targets: &[plan::Target]) -> Vec<RegistryDestination> {
@@ -405,12 +413,14 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
     dests: Vec<D>,
     waves: Vec<Vec<copy::ImageJob>>,
     args: &CopyOptionArgs,
+    referrers: bool,
     sides: Sides,
 ) -> Result<ExitCode> {
     let opts = copy::Options {
         jobs: args.jobs.into(),
         overwrite: args.overwrite,
         include_foreign: args.include_foreign,
+        referrers,
     };
     let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
     let engine = Engine::new(source, dests, opts, reporter);

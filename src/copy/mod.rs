@@ -9,11 +9,19 @@
 //! finds it present (same repository) or mounts it from the repository that got it.
 //! One destination failing never stops the others; every outcome is reported per image
 //! and destination.
+//!
+//! Referrers (signatures, SBOMs, attestations: manifests with a `subject`) are copied by
+//! digest after their subject. A destination without the referrers API (no `OCI-Subject`
+//! in the answer to the PUT) gets the spec's fallback tag `<alg>-<hex of subject>` kept
+//! for it, an OCI index of the subject's referrers, whenever a referrer is put there by
+//! digest (an untagged push entry, or one `copy --referrers` found). A referrer put as a
+//! child of a tagged index (a stored fallback tag being pushed) leaves the tags alone:
+//! that tag is the store's and arrives as it is.
 
 pub mod registry;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,11 +31,12 @@ use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, join_all};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::manifest::{Descriptor, Kind, ManifestError, Verified};
+use crate::manifest::{Descriptor, Kind, ManifestError, OCI_INDEX, Verified};
 use crate::reference::Digest;
 use crate::registry::RegistryError;
 use crate::report::{CopyStatus, Reporter, TargetReport, error_chain};
@@ -41,6 +50,9 @@ pub const CHUNK: usize = 8 << 20;
 const MAX_INDEX_DEPTH: usize = 4;
 /// Times a source blob read that broke off is resumed.
 const SOURCE_RESUMES: u32 = 3;
+/// Levels of referrers followed from an image (`Options::referrers`): its signatures,
+/// and theirs (a signature of an SBOM); a cycle ends here too.
+const MAX_REFERRER_DEPTH: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -83,6 +95,8 @@ pub enum CopyError {
         #[source]
         source: Option<Box<CopyError>>,
     },
+    #[error("{what} is a {media_type}, not an OCI index of referrers")]
+    NotReferrersIndex { what: String, media_type: String },
     #[error("{target} points at {existing}, not {digest}; left as it is (--overwrite=fail)")]
     TagExists {
         target: String,
@@ -138,6 +152,18 @@ pub trait Source: Send + Sync {
         desc: &Descriptor,
         offset: u64,
     ) -> impl Future<Output = Result<BlobRead, CopyError>> + Send;
+    /// The manifests of `repo` whose subject is `subject`; none when it has none.
+    fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+    ) -> impl Future<Output = Result<Vec<Descriptor>, CopyError>> + Send;
+}
+
+/// The fallback tag of the distribution spec's referrers tag schema: `<alg>-<hex>` of
+/// the subject, holding an OCI index of its referrers.
+pub fn fallback_tag(subject: &Digest) -> String {
+    format!("{}-{}", subject.algorithm(), subject.hex())
 }
 
 /// How a destination took a blob.
@@ -188,13 +214,20 @@ pub trait Destination: Send + Sync {
         desc: &Descriptor,
         mount_from: Option<&str>,
     ) -> impl Future<Output = Result<Start<Self::Writer>, CopyError>> + Send;
-    /// Store `manifest` as its bytes are, under `reference` (a tag, or its digest).
+    /// The manifest `reference` (a tag, or a digest) of `repo` names, if any.
+    fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<Verified>, CopyError>> + Send;
+    /// Store `manifest` as its bytes are, under `reference` (a tag, or its digest); true
+    /// when the destination lists it under its subject by itself (the referrers API).
     fn put_manifest(
         &self,
         repo: &str,
         reference: &str,
         manifest: &Verified,
-    ) -> impl Future<Output = Result<(), CopyError>> + Send;
+    ) -> impl Future<Output = Result<bool, CopyError>> + Send;
 }
 
 /// What a tag that already points at another digest at a target gets.
@@ -230,6 +263,9 @@ pub struct Options {
     /// Also copy foreign (non-distributable) layers; by default they are left out, as
     /// registries do not hold them.
     pub include_foreign: bool,
+    /// After each image, copy what refers to it (and to its index's children) by
+    /// digest, and what refers to those: [`MAX_REFERRER_DEPTH`] levels.
+    pub referrers: bool,
 }
 
 impl Default for Options {
@@ -238,6 +274,7 @@ impl Default for Options {
             jobs: 8,
             overwrite: Overwrite::default(),
             include_foreign: false,
+            referrers: false,
         }
     }
 }
@@ -321,6 +358,12 @@ type Holder = Arc<tokio::sync::Mutex<Option<String>>>;
 /// A claim on one manifest in one repository of a destination: whether this run put it.
 type Claim = Arc<tokio::sync::Mutex<bool>>;
 
+/// The one updater, at a time, of a fallback tag at a destination.
+type FallbackClaim = Arc<tokio::sync::Mutex<()>>;
+
+/// What one job (and the referrers it led to) came to, each with its destination.
+type Reports = Vec<(usize, TargetReport)>;
+
 pub struct Engine<S, D> {
     source: S,
     dests: Vec<D>,
@@ -330,6 +373,8 @@ pub struct Engine<S, D> {
     holders: Vec<Mutex<HashMap<Digest, Holder>>>,
     /// Per destination, (repository, manifest digest) → put there in this run.
     manifest_claims: Vec<Mutex<HashMap<(String, Digest), Claim>>>,
+    /// Per destination, (repository, subject) → the claim on its fallback tag.
+    fallback_claims: Vec<Mutex<HashMap<(String, Digest), FallbackClaim>>>,
     /// Source manifests by digest, read once however many images share them.
     manifests: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Verified>>>>>,
     counters: Vec<Counters>,
@@ -374,6 +419,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             transfers: Semaphore::new(opts.jobs.max(1)),
             holders: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
             manifest_claims: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+            fallback_claims: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
             manifests: Mutex::new(HashMap::new()),
             counters: (0..n).map(|_| Counters::default()).collect(),
             dests,
@@ -398,22 +444,23 @@ impl<S: Source, D: Destination> Engine<S, D> {
             .collect();
         let mut images = Vec::new();
         for wave in &waves {
-            let reports: Vec<Vec<TargetReport>> = futures::stream::iter(wave)
-                .map(|job| self.copy_image(job))
+            let reports: Vec<Reports> = futures::stream::iter(wave)
+                .map(|job| async move {
+                    let seen = Mutex::new(HashSet::new());
+                    self.copy_job(job, 0, &seen).await
+                })
                 .buffered(width)
                 .collect()
                 .await;
-            for (job, reports) in wave.iter().zip(reports) {
-                for (t, r) in job.targets.iter().zip(&reports) {
-                    let s = &mut targets[t.dest];
-                    *match r.status {
-                        CopyStatus::Copied => &mut s.copied,
-                        CopyStatus::Unchanged => &mut s.unchanged,
-                        CopyStatus::Skipped => &mut s.skipped,
-                        CopyStatus::Failed => &mut s.failed,
-                    } += 1;
-                }
-                images.extend(reports);
+            for (dest, r) in reports.into_iter().flatten() {
+                let s = &mut targets[dest];
+                *match r.status {
+                    CopyStatus::Copied => &mut s.copied,
+                    CopyStatus::Unchanged => &mut s.unchanged,
+                    CopyStatus::Skipped => &mut s.skipped,
+                    CopyStatus::Failed => &mut s.failed,
+                } += 1;
+                images.push(r);
             }
         }
         for (s, c) in targets.iter_mut().zip(&self.counters) {
@@ -430,30 +477,118 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }
     }
 
-    async fn copy_image(&self, job: &ImageJob) -> Vec<TargetReport> {
+    /// Copy `job`; then, with `Options::referrers`, what refers to it, by digest, to the
+    /// targets that now hold it. `seen` holds the referrers this job reached already.
+    fn copy_job<'a>(
+        &'a self,
+        job: &'a ImageJob,
+        depth: usize,
+        seen: &'a Mutex<HashSet<Digest>>,
+    ) -> BoxFuture<'a, Reports> {
+        async move {
+            let (reports, top) = self.copy_image(job).await;
+            let mut out: Reports = job.targets.iter().map(|t| t.dest).zip(reports).collect();
+            let Some(top) = top.filter(|_| self.opts.referrers && depth < MAX_REFERRER_DEPTH)
+            else {
+                return out;
+            };
+            // A skipped tag left another image there, and a failed one may lack the
+            // subject: referrers go where the image is.
+            let targets: Vec<JobTarget> = job
+                .targets
+                .iter()
+                .zip(&out)
+                .filter(|(_, (_, r))| {
+                    matches!(r.status, CopyStatus::Copied | CopyStatus::Unchanged)
+                })
+                .map(|(t, _)| JobTarget {
+                    tag: None,
+                    ..t.clone()
+                })
+                .collect();
+            if targets.is_empty() {
+                return out;
+            }
+            let mut subjects = vec![top.digest.clone()];
+            if let Kind::Index(children) = &top.manifest.kind {
+                subjects.extend(children.iter().map(|c| c.digest.clone()));
+            }
+            let listed =
+                join_all(subjects.iter().map(|s| self.source.referrers(&job.repo, s))).await;
+            let name = source_name(job);
+            let mut jobs = Vec::new();
+            for (subject, listed) in subjects.iter().zip(listed) {
+                let listed = match listed {
+                    Ok(listed) => listed,
+                    Err(e) => {
+                        // Referrers asked for are never dropped silently.
+                        let label = format!("{name}@{subject} (its referrers)");
+                        out.extend(targets.iter().map(|t| {
+                            let r =
+                                self.report(&label, t, None, CopyStatus::Failed, None, Some(&e));
+                            (t.dest, r)
+                        }));
+                        continue;
+                    }
+                };
+                for r in listed {
+                    if seen.lock().expect("seen lock").insert(r.digest.clone()) {
+                        jobs.push(ImageJob {
+                            label: format!("{name}@{}", r.digest),
+                            repo: job.repo.clone(),
+                            reference: SourceRef::Digest(r.digest),
+                            targets: targets.clone(),
+                        });
+                    }
+                }
+            }
+            for reports in join_all(jobs.iter().map(|j| self.copy_job(j, depth + 1, seen))).await {
+                out.extend(reports);
+            }
+            out
+        }
+        .boxed()
+    }
+
+    /// How `t` fared for image `label` (`digest` at the source), told to the reporter.
+    fn report(
+        &self,
+        label: &str,
+        t: &JobTarget,
+        digest: Option<&Digest>,
+        status: CopyStatus,
+        existing: Option<Digest>,
+        error: Option<&CopyError>,
+    ) -> TargetReport {
+        let d = &self.dests[t.dest];
+        let at = match (&t.tag, digest) {
+            (Some(tag), _) => format!("{}/{}:{tag}", d.name(), t.repo),
+            (None, Some(digest)) => format!("{}/{}@{digest}", d.name(), t.repo),
+            (None, None) => format!("{}/{}", d.name(), t.repo),
+        };
+        let r = TargetReport {
+            source: label.to_owned(),
+            target: at,
+            digest: digest.map(Digest::to_string),
+            status,
+            existing: existing.as_ref().map(Digest::to_string),
+            error: error.map(|e| error_chain(e)).unwrap_or_default(),
+            remedy: error.and_then(CopyError::remedy),
+        };
+        self.reporter.copied(&r);
+        r
+    }
+
+    /// One image to each of its targets: a report per target, in target order, and the
+    /// image's manifest when it could be read.
+    async fn copy_image(&self, job: &ImageJob) -> (Vec<TargetReport>, Option<Verified>) {
         let label = &job.label;
         let report = |t: &JobTarget,
                       digest: Option<&Digest>,
                       status: CopyStatus,
                       existing: Option<Digest>,
                       error: Option<&CopyError>| {
-            let d = &self.dests[t.dest];
-            let at = match (&t.tag, digest) {
-                (Some(tag), _) => format!("{}/{}:{tag}", d.name(), t.repo),
-                (None, Some(digest)) => format!("{}/{}@{digest}", d.name(), t.repo),
-                (None, None) => format!("{}/{}", d.name(), t.repo),
-            };
-            let r = TargetReport {
-                source: label.clone(),
-                target: at,
-                digest: digest.map(Digest::to_string),
-                status,
-                existing: existing.as_ref().map(Digest::to_string),
-                error: error.map(|e| error_chain(e)).unwrap_or_default(),
-                remedy: error.and_then(CopyError::remedy),
-            };
-            self.reporter.copied(&r);
-            r
+            self.report(label, t, digest, status, existing, error)
         };
         let top = match &job.reference {
             SourceRef::Tag(tag) => self.source.resolve(&job.repo, tag).await,
@@ -465,11 +600,12 @@ impl<S: Source, D: Destination> Engine<S, D> {
         let top = match top {
             Ok(v) => v,
             Err(e) => {
-                return job
+                let reports = job
                     .targets
                     .iter()
                     .map(|t| report(t, None, CopyStatus::Failed, None, Some(&e)))
                     .collect();
+                return (reports, None);
             }
         };
         // What each target holds under the name decides whether to copy there at all:
@@ -558,7 +694,14 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 }
                 let t = &job.targets[slot.target];
                 let reference = t.tag.clone().unwrap_or_else(|| top.digest.to_string());
-                *put |= self.put_manifest(slot, &reference, top).await;
+                let Some(indexed) = self.put_manifest(slot, &reference, top).await else {
+                    return;
+                };
+                *put = true;
+                // Only a referrer sent by digest is listed by us (the module's notes).
+                if let (None, false, Some(subject)) = (&t.tag, indexed, &top.manifest.subject) {
+                    self.update_fallback(slot, &subject.digest, top).await;
+                }
             }))
             .await;
             for slot in &slots {
@@ -576,27 +719,115 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 });
             }
         }
-        reports
+        let reports = reports
             .into_iter()
             .map(|r| r.expect("every target decided"))
-            .collect()
+            .collect();
+        (reports, Some(top))
     }
 
-    /// Put `manifest` under `reference` at the slot; whether it went.
-    async fn put_manifest(&self, slot: &Slot, reference: &str, manifest: &Verified) -> bool {
+    /// Put `manifest` under `reference` at the slot; if it went, whether the destination
+    /// listed it under its subject by itself.
+    async fn put_manifest(
+        &self,
+        slot: &Slot,
+        reference: &str,
+        manifest: &Verified,
+    ) -> Option<bool> {
         match self.dests[slot.dest]
             .put_manifest(&slot.repo, reference, manifest)
             .await
         {
-            Ok(()) => {
+            Ok(indexed) => {
                 bump(&self.counters[slot.dest].manifests_put, 1);
-                true
+                Some(indexed)
             }
             Err(e) => {
                 slot.fail(Arc::new(e));
-                false
+                None
             }
         }
+    }
+
+    /// Add `referrer` to its subject's fallback tag at the slot. One update of a tag at a
+    /// time: two referrers of one subject read and rewrite the same index, and the
+    /// second must see the first's.
+    async fn update_fallback(&self, slot: &Slot, subject: &Digest, referrer: &Verified) {
+        let lock = self.fallback_claims[slot.dest]
+            .lock()
+            .expect("fallback claim lock")
+            .entry((slot.repo.clone(), subject.clone()))
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        if let Err(e) = self.put_fallback(slot, subject, referrer).await {
+            slot.fail(Arc::new(e));
+        }
+    }
+
+    /// Read the fallback index at the slot, and put it back with `referrer` added (the
+    /// descriptors it had kept as they were), unless it lists it already.
+    async fn put_fallback(
+        &self,
+        slot: &Slot,
+        subject: &Digest,
+        referrer: &Verified,
+    ) -> Result<(), CopyError> {
+        #[derive(Deserialize)]
+        struct Listed {
+            #[serde(default)]
+            manifests: Vec<Box<RawValue>>,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Fallback {
+            schema_version: u32,
+            media_type: &'static str,
+            manifests: Vec<Box<RawValue>>,
+        }
+        let dest = &self.dests[slot.dest];
+        let tag = fallback_tag(subject);
+        let what = || format!("{}/{}:{tag}", dest.name(), slot.repo);
+        let mut manifests = Vec::new();
+        if let Some(old) = dest.get_manifest(&slot.repo, &tag).await? {
+            match &old.manifest.kind {
+                Kind::Index(listed) if old.media_type() == OCI_INDEX => {
+                    if listed.iter().any(|d| d.digest == referrer.digest) {
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    return Err(CopyError::NotReferrersIndex {
+                        what: what(),
+                        media_type: old.media_type().to_owned(),
+                    });
+                }
+            }
+            manifests = serde_json::from_slice::<Listed>(&old.bytes)
+                .map_err(|e| CopyError::Manifest {
+                    what: what(),
+                    source: e.into(),
+                })?
+                .manifests;
+        }
+        let ours = referrer
+            .manifest
+            .referrer_descriptor(&referrer.digest, referrer.size());
+        manifests.push(serde_json::value::to_raw_value(&ours).expect("a descriptor serialises"));
+        let bytes = serde_json::to_vec(&Fallback {
+            schema_version: 2,
+            media_type: OCI_INDEX,
+            manifests,
+        })
+        .expect("an index serialises");
+        let index =
+            Verified::new(Bytes::from(bytes), None).map_err(|source| CopyError::Manifest {
+                what: what(),
+                source,
+            })?;
+        dest.put_manifest(&slot.repo, &tag, &index).await?;
+        bump(&self.counters[slot.dest].manifests_put, 1);
+        Ok(())
     }
 
     /// A source manifest by digest, read and verified once per run.
@@ -710,7 +941,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             let (digest, verified) = (&digest, &verified);
             async move {
                 if !s.failed() {
-                    *put = self.put_manifest(s, digest, verified).await;
+                    *put = self.put_manifest(s, digest, verified).await.is_some();
                 }
             }
         }))
@@ -874,6 +1105,16 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }))
         .await
     }
+}
+
+/// The source repository as a job's label names it (`reg.example/lab/debian` of
+/// `reg.example/lab/debian:12`), for naming the referrers it leads to.
+fn source_name(job: &ImageJob) -> &str {
+    let suffix = match &job.reference {
+        SourceRef::Tag(t) => format!(":{t}"),
+        SourceRef::Digest(d) => format!("@{d}"),
+    };
+    job.label.strip_suffix(&suffix).unwrap_or(&job.label)
 }
 
 fn drop_writer<W>(writers: &mut [Option<(&Slot, W)>], dest: usize, e: CopyError) {

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use futures::TryStreamExt;
 
-use super::{BlobRead, BlobWriter, CopyError, Destination, Source, Start};
-use crate::manifest::{Descriptor, Verified};
+use super::{BlobRead, BlobWriter, CopyError, Destination, Source, Start, fallback_tag};
+use crate::manifest::{Descriptor, Kind, Manifest, OCI_INDEX, Verified};
 use crate::reference::Digest;
 use crate::registry::{Client, Started, Upload};
 
@@ -61,6 +61,39 @@ impl Source for RegistrySource {
             offset: resp.offset,
             stream: Box::pin(resp.stream.map_err(CopyError::from)),
         })
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, CopyError> {
+        let what = || format!("the referrers of {}/{repo}@{subject}", self.host);
+        let listed = match self
+            .client
+            .get_referrers(&self.host, repo, &subject.to_string())
+            .await?
+        {
+            Some(body) => Manifest::parse(&body.bytes, Some(OCI_INDEX)).map_err(|source| {
+                CopyError::Manifest {
+                    what: what(),
+                    source,
+                }
+            })?,
+            // No referrers API: the spec's fallback tag lists them, where there are any.
+            None => match self
+                .client
+                .get_verified(&self.host, repo, &fallback_tag(subject), None, None)
+                .await
+            {
+                Ok(v) => v.manifest,
+                Err(e) if e.is_not_found() => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        match listed.kind {
+            Kind::Index(referrers) => Ok(referrers),
+            Kind::Image { .. } => Err(CopyError::NotReferrersIndex {
+                what: what(),
+                media_type: listed.media_type,
+            }),
+        }
     }
 }
 
@@ -153,12 +186,28 @@ impl Destination for RegistryDestination {
         )
     }
 
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<Verified>, CopyError> {
+        match self
+            .client
+            .get_verified(&self.host, repo, reference, None, None)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn put_manifest(
         &self,
         repo: &str,
         reference: &str,
         manifest: &Verified,
-    ) -> Result<(), CopyError> {
+    ) -> Result<bool, CopyError> {
         Ok(self
             .client
             .put_manifest(
@@ -169,6 +218,7 @@ impl Destination for RegistryDestination {
                 &manifest.digest,
                 manifest.bytes.clone(),
             )
-            .await?)
+            .await?
+            .subject_indexed)
     }
 }

@@ -106,4 +106,9 @@ impl Source for StoreSource {
             stream: Box::pin(stream),
         })
     }
+
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, CopyError> {
+        let (view, name, subject) = (self.view.clone(), repo.to_owned(), subject.clone());
+        blocking(move || view.read_referrers(&name, &subject)).await
+    }
 }

@@ -50,6 +50,15 @@ pub enum Pushed {
     Uploaded,
 }
 
+/// What a registry answered to a manifest PUT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutManifest {
+    /// It sent `OCI-Subject`: it has the referrers API and lists the manifest under its
+    /// subject itself. Without it the client keeps the `<alg>-<hex>` fallback tag (OCI
+    /// distribution spec 1.1).
+    pub subject_indexed: bool,
+}
+
 impl Client {
     /// Whether `repo` at `host` holds blob `digest` (a HEAD, with push access, as the
     /// push that may follow needs it anyway).
@@ -295,7 +304,8 @@ impl Client {
     }
 
     /// PUT a manifest as its bytes are, under `reference` (a tag, or its digest). The
-    /// registry must answer with the digest of those bytes.
+    /// registry must answer with the digest of those bytes; whether it indexed the
+    /// manifest's subject is in the answer.
     pub async fn put_manifest(
         &self,
         host: &str,
@@ -304,7 +314,7 @@ impl Client {
         media_type: &str,
         digest: &Digest,
         bytes: Bytes,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<PutManifest, RegistryError> {
         validate_host(host)?;
         validate_repo(repo)?;
         validate_reference(reference)?;
@@ -332,7 +342,10 @@ impl Client {
         if !resp.status().is_success() {
             return Err(status_error(resp, host, repo).await);
         }
-        check_digest(resp.headers(), digest, host, repo)
+        check_digest(resp.headers(), digest, host, repo)?;
+        Ok(PutManifest {
+            subject_indexed: resp.headers().contains_key("oci-subject"),
+        })
     }
 
     /// An upload session's `Location` as a path and query on `host` (relative, or

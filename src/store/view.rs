@@ -7,7 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::inventory::repository_names;
+use super::served::{REFERRERS_DIR, SERVED_DIR};
 use super::{Result, StoreError, TagIndex, read_format, read_index_file, repo_path, sha256_only};
+use crate::manifest::Descriptor;
 use crate::reference::Digest;
 
 #[derive(Debug, Clone)]
@@ -63,5 +65,61 @@ impl StoreView {
             },
             _ => StoreError::io("read", &path)(e),
         })
+    }
+
+    /// The referrers of `subject` in repository `name`, as the store serves them (its
+    /// referrers index); none when it serves none.
+    pub fn read_referrers(&self, name: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
+        sha256_only(subject)?;
+        repo_path(&self.root, name)?;
+        let path = self
+            .root
+            .join(SERVED_DIR)
+            .join(name)
+            .join(REFERRERS_DIR)
+            .join(format!("{}.json", subject.hex()));
+        Ok(read_index_file(&path)?.manifests)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::manifest::OCI_MANIFEST;
+    use crate::store::{Store, TagUpdate};
+
+    #[test]
+    fn referrers_are_read_from_the_served_index_and_none_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (subject, signature) = (Digest::sha256_of(b"image"), Digest::sha256_of(b"sig"));
+        let referrer = Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: signature.clone(),
+            size: 3,
+            urls: Vec::new(),
+            platform: None,
+            artifact_type: Some("application/vnd.example.sig".into()),
+            annotations: BTreeMap::new(),
+        };
+        let update = TagUpdate {
+            tag: None,
+            media_type: OCI_MANIFEST.into(),
+            digest: signature,
+            size: 3,
+            annotations: BTreeMap::new(),
+        };
+        store
+            .publish("a/b", &[update], &[(subject.clone(), referrer.clone())])
+            .unwrap();
+        let view = StoreView::open(dir.path()).unwrap();
+        assert_eq!(view.read_referrers("a/b", &subject).unwrap(), [referrer]);
+        assert!(
+            view.read_referrers("a/b", &Digest::sha256_of(b"other"))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -419,7 +419,9 @@ async fn copy_from_a_token_registry_to_a_tls_target() {
 /// option). The hint names the targets' options.
 fn assert_names_the_push_options(stderr: &str) {
     assert!(
-        stderr.lines().any(|l| l.starts_with("hint: ") && l.contains("--dest-creds")),
+        stderr
+            .lines()
+            .any(|l| l.starts_with("hint: ") && l.contains("--dest-creds")),
         "{stderr}"
     );
     assert!(!stderr.contains("--creds "), "{stderr}");

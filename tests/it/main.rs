@@ -4,6 +4,7 @@ mod auth;
 mod config;
 mod copy;
 mod copy_auth;
+mod copy_referrers;
 mod fetch;
 mod genconf;
 mod harness;
