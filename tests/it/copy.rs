@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use crate::harness::fault_push::FaultTarget;
 use crate::harness::fixtures::{Fixtures, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 use crate::harness::registry::Registry;
 use crate::harness::store::{all_tag_refs, fetch_ok, registry_with_fixtures, run};
@@ -12,6 +13,40 @@ use crate::harness::{free_port, sha256_digest};
 
 async fn empty_registry() -> Registry {
     tokio::task::spawn_blocking(Registry::start).await.unwrap()
+}
+
+/// `big/image:1` at a registry: one layer bigger than two copy chunks (incompressible),
+/// so that an upload of it takes several PATCHes.
+struct BigImage {
+    manifest: Vec<u8>,
+    layer: Vec<u8>,
+    layer_digest: String,
+}
+
+impl BigImage {
+    async fn push(src: &Registry) -> BigImage {
+        let layer: Vec<u8> = (0..(17u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let layer_digest = src.push_blob("big/image", &layer).await;
+        let config_digest = src.push_blob("big/image", config).await;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": layer.len()}],
+        }))
+        .unwrap();
+        src.push_manifest("big/image", "1", OCI_MANIFEST, &manifest)
+            .await;
+        BigImage {
+            manifest,
+            layer,
+            layer_digest,
+        }
+    }
 }
 
 /// A store holding every fixture tag (names without the host), with its source.
@@ -230,23 +265,8 @@ async fn copy_reads_each_source_blob_once_for_two_targets() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blob_larger_than_a_chunk_is_sent_in_chunks_to_every_target() {
     let src = empty_registry().await;
-    // Incompressible and bigger than two chunks, so the upload takes several PATCHes.
-    let layer: Vec<u8> = (0..(17u32 << 20))
-        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-        .collect();
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let layer_digest = src.push_blob("big/image", &layer).await;
-    let config_digest = src.push_blob("big/image", config).await;
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": layer.len()}],
-    }))
-    .unwrap();
-    src.push_manifest("big/image", "1", OCI_MANIFEST, &manifest)
-        .await;
+    let big = BigImage::push(&src).await;
+    let (manifest, layer_digest) = (big.manifest, big.layer_digest);
     let (a, b) = tokio::join!(empty_registry(), empty_registry());
     let source = format!("{}/big/image:1", src.addr());
     let (to_a, to_b) = (
@@ -278,4 +298,71 @@ async fn a_blob_larger_than_a_chunk_is_sent_in_chunks_to_every_target() {
             target.requests()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_rejecting_manifests_fails_its_images_by_name_and_the_other_target_gets_them() {
+    let (_src, fx, root) = fetched_store().await;
+    let (good, fault) = tokio::join!(empty_registry(), FaultTarget::start());
+    let rejecting = format!("{}/fault/manifest-rejected", fault.addr());
+    let (code, json, stderr) = push(
+        root.path(),
+        &[
+            "--to",
+            &rejecting,
+            "--to",
+            &good.addr(),
+            "--dest-retries=0",
+            "base/alpine:3.19",
+            "oci/multi:1.0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(json["targets"][0]["failed"], 2, "{json}");
+    assert_eq!(json["targets"][1]["copied"], 2, "{json}");
+    assert!(
+        stderr.contains(&format!("-> {rejecting}/base/alpine:3.19: "))
+            && stderr.contains("MANIFEST_INVALID"),
+        "{stderr}"
+    );
+    for (repo, tag) in [("base/alpine", "3.19"), ("oci/multi", "1.0")] {
+        assert_eq!(
+            good.manifest_digest(repo, tag).await,
+            Some(fx.manifest(repo, tag).digest.clone())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_through_a_chunk_failing_midway_resumes_the_upload_instead_of_restarting_it() {
+    let src = empty_registry().await;
+    let big = BigImage::push(&src).await;
+    let root = crate::harness::served_tempdir("it-store-");
+    tokio::task::block_in_place(|| fetch_ok(root.path(), &[format!("{}/big/image:1", src.addr())]));
+    let fault = FaultTarget::start().await;
+    let to = format!("{}/fault/patch-500-midway", fault.addr());
+    let (code, _, stderr) = push(root.path(), &["--to", &to]);
+    assert_eq!(code, 0, "{stderr}");
+    let stored = fault
+        .blob("fault/patch-500-midway/big/image", &big.layer_digest)
+        .expect("the layer arrived");
+    assert_eq!(sha256_digest(&stored), big.layer_digest);
+    let requests = fault.requests();
+    let patched: usize = requests
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.body)
+        .sum();
+    // The failed chunk's kept half is not sent again, nor is anything before it.
+    assert!(
+        patched < big.layer.len() + static_registry::copy::CHUNK,
+        "{patched} bytes PATCHed for a {}-byte layer: {requests:?}",
+        big.layer.len()
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "GET" && r.path.contains("/blobs/uploads/")),
+        "the session's status was never asked: {requests:?}"
+    );
 }
