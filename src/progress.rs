@@ -72,6 +72,8 @@ struct Bars {
     multi: MultiProgress,
     total: ProgressBar,
     blobs: Mutex<HashMap<Digest, ProgressBar>>,
+    /// Bytes sent, per push or copy target.
+    targets: Mutex<HashMap<String, ProgressBar>>,
 }
 
 impl Bars {
@@ -90,6 +92,7 @@ impl Bars {
             multi,
             total,
             blobs: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -100,6 +103,19 @@ impl Reporter for Bars {
     }
     fn copied(&self, report: &TargetReport) {
         let _ = self.multi.println(copy_line(report));
+    }
+    fn bytes_sent(&self, target: &str, bytes: u64) {
+        let mut targets = self.targets.lock().unwrap();
+        let bar = targets.entry(target.to_owned()).or_insert_with(|| {
+            let bar = self.multi.add(ProgressBar::no_length());
+            bar.set_style(
+                ProgressStyle::with_template("{msg} sent {bytes} {bytes_per_sec}")
+                    .expect("valid template"),
+            );
+            bar.set_message(target.to_owned());
+            bar
+        });
+        bar.inc(bytes);
     }
     fn blob_started(&self, digest: &Digest, size: u64, offset: u64) {
         self.total.inc_length(size - offset.min(size));
@@ -132,6 +148,9 @@ impl Reporter for Bars {
 
 impl Drop for Bars {
     fn drop(&mut self) {
+        for bar in self.targets.lock().unwrap().values() {
+            bar.finish_and_clear();
+        }
         self.total.finish_and_clear();
     }
 }

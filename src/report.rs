@@ -14,6 +14,8 @@ pub trait Reporter: Send + Sync {
     fn image_finished(&self, _report: &ImageReport) {}
     /// One image at one target of a push or copy.
     fn copied(&self, _report: &TargetReport) {}
+    /// Blob bytes a push or copy target took.
+    fn bytes_sent(&self, _target: &str, _bytes: u64) {}
     fn blob_started(&self, _digest: &Digest, _size: u64, _offset: u64) {}
     fn blob_progress(&self, _digest: &Digest, _bytes: u64) {}
     fn blob_finished(&self, _digest: &Digest) {}

@@ -973,6 +973,12 @@ impl<S: Source, D: Destination> Engine<S, D> {
         claims
     }
 
+    /// `bytes` more of a blob reached destination `dest`.
+    fn sent(&self, dest: usize, bytes: u64) {
+        bump(&self.counters[dest].bytes_sent, bytes);
+        self.reporter.bytes_sent(self.dests[dest].name(), bytes);
+    }
+
     fn holder(&self, dest: usize, digest: &Digest) -> Holder {
         self.holders[dest]
             .lock()
@@ -1075,7 +1081,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             .await;
             for (dest, result) in results {
                 match result {
-                    Ok(()) => bump(&self.counters[dest].bytes_sent, chunk.len() as u64),
+                    Ok(()) => self.sent(dest, chunk.len() as u64),
                     Err(e) => drop_writer(&mut writers, dest, e),
                 }
             }
@@ -1091,9 +1097,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 let (slot, w) = w?;
                 match w.finish(&desc.digest, last).await {
                     Ok(()) => {
-                        let c = &self.counters[slot.dest];
-                        bump(&c.bytes_sent, len);
-                        bump(&c.blobs_uploaded, 1);
+                        self.sent(slot.dest, len);
+                        bump(&self.counters[slot.dest].blobs_uploaded, 1);
                         Some(slot)
                     }
                     Err(e) => {
