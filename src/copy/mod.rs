@@ -323,6 +323,9 @@ pub struct DestinationSummary {
     pub blobs_present: u64,
     pub manifests_put: u64,
     pub bytes_sent: u64,
+    /// Bytes that waited for this target in a spool file, as it was slower than the
+    /// others.
+    pub bytes_spooled: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -345,6 +348,7 @@ struct Counters {
     blobs_present: AtomicU64,
     manifests_put: AtomicU64,
     bytes_sent: AtomicU64,
+    bytes_spooled: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -469,6 +473,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             s.blobs_present = c.blobs_present.load(Ordering::Relaxed);
             s.manifests_put = c.manifests_put.load(Ordering::Relaxed);
             s.bytes_sent = c.bytes_sent.load(Ordering::Relaxed);
+            s.bytes_spooled = c.bytes_spooled.load(Ordering::Relaxed);
         }
         Summary {
             targets,
@@ -1041,74 +1046,225 @@ impl<S: Source, D: Destination> Engine<S, D> {
     }
 
     /// Read the blob from the source once and send it to every writer; returns, in
-    /// writer order, the slots that got all of it.
+    /// writer order, the slots that got all of it. Each writer takes the chunks at its
+    /// own pace: up to [`QUEUED_CHUNKS`] wait for it in memory, and while it is further
+    /// behind than that (a slow target) the rest wait for it in a spool file, so the
+    /// others go on at their speed. The source is read at the pace of the fastest.
     async fn transfer<'s>(
         &self,
         repo: &str,
         desc: &Descriptor,
         writers: Vec<(&'s Slot, D::Writer)>,
     ) -> Vec<Option<&'s Slot>> {
-        let n = writers.len();
-        let mut writers: Vec<Option<(&Slot, D::Writer)>> = writers.into_iter().map(Some).collect();
-        let mut reader = SourceReader::new(&self.source, repo, desc);
-        let fail = |writers: &mut Vec<Option<(&Slot, D::Writer)>>, e: CopyError| {
-            let e = Arc::new(e);
-            for (slot, _) in writers.iter_mut().filter_map(Option::take) {
-                slot.fail(e.clone());
+        let mut queues = Vec::with_capacity(writers.len());
+        let mut receivers = Vec::with_capacity(writers.len());
+        for (slot, _) in &writers {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Piece>();
+            let budget = Arc::new(Semaphore::new(QUEUED_CHUNKS));
+            queues.push((slot.dest, tx, budget.clone()));
+            receivers.push(rx);
+        }
+        // Owns the queues: the writers' queues close when it ends, however it ends.
+        let read = async move {
+            let mut reader = SourceReader::new(&self.source, repo, desc);
+            let mut spool: Option<Spool> = None;
+            loop {
+                // Read on when the fastest writer can take more: a chunk it would only
+                // have to spool for everyone is not worth reading yet.
+                let ready: Vec<_> = queues
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, tx, _))| !tx.is_closed())
+                    .map(|(i, (_, _, budget))| {
+                        let budget = budget.clone();
+                        Box::pin(async move { (i, budget.acquire_owned().await) })
+                    })
+                    .collect();
+                if ready.is_empty() {
+                    // Every writer failed (each said why): nobody wants the rest.
+                    return Ok(());
+                }
+                let ((first, permit), _, _) = futures::future::select_all(ready).await;
+                let mut permit = Some(permit.expect("never closed"));
+                let chunk = match reader.next_chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => return Err(e),
+                };
+                self.reporter
+                    .blob_progress(&desc.digest, chunk.len() as u64);
+                if reader.done() {
+                    reader.verify()?;
+                    for (_, tx, _) in &queues {
+                        let _ = tx.send(Piece::Last(chunk.clone()));
+                    }
+                    return Ok(());
+                }
+                let mut spooled = None;
+                for (i, (dest, tx, budget)) in queues.iter().enumerate() {
+                    let permit = match i == first {
+                        true => permit.take(),
+                        false => budget.clone().try_acquire_owned().ok(),
+                    };
+                    let piece = match permit {
+                        Some(permit) => Piece::Memory(chunk.clone(), permit),
+                        None => {
+                            // Written once however many writers are behind.
+                            let at = match spooled {
+                                Some(at) => at,
+                                None => {
+                                    let s = match &mut spool {
+                                        Some(s) => s,
+                                        None => spool.insert(Spool::new().await?),
+                                    };
+                                    let at = s.append(chunk.clone()).await?;
+                                    spooled = Some(at);
+                                    at
+                                }
+                            };
+                            bump(&self.counters[*dest].bytes_spooled, chunk.len() as u64);
+                            Piece::Spooled {
+                                spool: spool.as_ref().expect("made above").file.clone(),
+                                at,
+                                len: chunk.len(),
+                            }
+                        }
+                    };
+                    // A writer that failed has gone; its error is its slot's.
+                    let _ = tx.send(piece);
+                }
             }
+            // A blob of no bytes: its one piece is empty.
+            reader.verify()?;
+            for (_, tx, _) in &queues {
+                let _ = tx.send(Piece::Last(Bytes::new()));
+            }
+            Ok(())
         };
-        let mut last = Bytes::new();
-        loop {
-            let chunk = match reader.next_chunk().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => {
-                    fail(&mut writers, e);
-                    return vec![None; n];
+        let write = join_all(
+            writers
+                .into_iter()
+                .zip(receivers)
+                .map(|((slot, w), rx)| self.write_pieces(slot, w, rx, &desc.digest)),
+        );
+        let (read, written) = futures::join!(read, write);
+        match read {
+            Ok(()) => written,
+            Err(e) => {
+                let e = Arc::new(e);
+                for slot in written.iter().flatten() {
+                    slot.fail(e.clone());
+                }
+                written.into_iter().map(|_| None).collect()
+            }
+        }
+    }
+
+    /// One writer's side of [`Self::transfer`]: its pieces in order, then the last one
+    /// with the digest. The slot, when all of it went; a queue closed before the last
+    /// piece means the read failed (the caller says why).
+    async fn write_pieces<'s>(
+        &self,
+        slot: &'s Slot,
+        mut writer: D::Writer,
+        mut pieces: tokio::sync::mpsc::UnboundedReceiver<Piece>,
+        digest: &Digest,
+    ) -> Option<&'s Slot> {
+        while let Some(piece) = pieces.recv().await {
+            let result = match piece {
+                Piece::Memory(chunk, _permit) => {
+                    let n = chunk.len() as u64;
+                    writer.write(chunk).await.map(|()| n)
+                }
+                Piece::Spooled { spool, at, len } => match Spool::read(spool, at, len).await {
+                    Ok(chunk) => writer.write(chunk).await.map(|()| len as u64),
+                    Err(e) => Err(e),
+                },
+                Piece::Last(chunk) => {
+                    let n = chunk.len() as u64;
+                    return match writer.finish(digest, chunk).await {
+                        Ok(()) => {
+                            self.sent(slot.dest, n);
+                            bump(&self.counters[slot.dest].blobs_uploaded, 1);
+                            Some(slot)
+                        }
+                        Err(e) => {
+                            slot.fail(Arc::new(e));
+                            None
+                        }
+                    };
                 }
             };
-            self.reporter
-                .blob_progress(&desc.digest, chunk.len() as u64);
-            if reader.done() {
-                last = chunk;
-                break;
-            }
-            // Every writer takes the chunk before the next is read.
-            let results = join_all(writers.iter_mut().flatten().map(|(slot, w)| {
-                let chunk = chunk.clone();
-                async move { (slot.dest, w.write(chunk).await) }
-            }))
-            .await;
-            for (dest, result) in results {
-                match result {
-                    Ok(()) => self.sent(dest, chunk.len() as u64),
-                    Err(e) => drop_writer(&mut writers, dest, e),
+            match result {
+                Ok(n) => self.sent(slot.dest, n),
+                Err(e) => {
+                    slot.fail(Arc::new(e));
+                    return None;
                 }
             }
         }
-        if let Err(e) = reader.verify() {
-            fail(&mut writers, e);
-            return vec![None; n];
-        }
-        let len = last.len() as u64;
-        join_all(writers.into_iter().map(|w| {
-            let last = last.clone();
-            async move {
-                let (slot, w) = w?;
-                match w.finish(&desc.digest, last).await {
-                    Ok(()) => {
-                        self.sent(slot.dest, len);
-                        bump(&self.counters[slot.dest].blobs_uploaded, 1);
-                        Some(slot)
-                    }
-                    Err(e) => {
-                        slot.fail(Arc::new(e));
-                        None
-                    }
-                }
-            }
-        }))
+        None
+    }
+}
+
+/// Chunks one writer may have in memory, queued or being sent (see `transfer`).
+const QUEUED_CHUNKS: usize = 2;
+
+/// A chunk on its way to one writer.
+enum Piece {
+    /// In memory; the permit is the writer's budget, given back when it is sent.
+    Memory(Bytes, tokio::sync::OwnedSemaphorePermit),
+    /// Waiting in the spool file, at `at`.
+    Spooled {
+        spool: Arc<std::fs::File>,
+        at: u64,
+        len: usize,
+    },
+    /// The end of the blob, read and verified.
+    Last(Bytes),
+}
+
+/// Chunks a slow writer has not taken yet, in an unnamed temporary file (gone when the
+/// last handle closes, a kill included).
+struct Spool {
+    file: Arc<std::fs::File>,
+    len: u64,
+}
+
+impl Spool {
+    async fn new() -> Result<Spool, CopyError> {
+        let file = tokio::task::spawn_blocking(tempfile::tempfile)
+            .await
+            .expect("spool task panicked")
+            .map_err(|e| StoreError::io("create a spool file in", &std::env::temp_dir())(e))?;
+        Ok(Spool {
+            file: Arc::new(file),
+            len: 0,
+        })
+    }
+
+    /// Append `chunk`; where it starts.
+    async fn append(&mut self, chunk: Bytes) -> Result<u64, CopyError> {
+        use std::os::unix::fs::FileExt;
+        let (file, at, n) = (self.file.clone(), self.len, chunk.len() as u64);
+        tokio::task::spawn_blocking(move || file.write_all_at(&chunk, at))
+            .await
+            .expect("spool task panicked")
+            .map_err(|e| StoreError::io("write a spool file in", &std::env::temp_dir())(e))?;
+        self.len += n;
+        Ok(at)
+    }
+
+    async fn read(file: Arc<std::fs::File>, at: u64, len: usize) -> Result<Bytes, CopyError> {
+        use std::os::unix::fs::FileExt;
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, at).map(|()| buf)
+        })
         .await
+        .expect("spool task panicked")
+        .map_err(|e| StoreError::io("read a spool file in", &std::env::temp_dir())(e))?;
+        Ok(Bytes::from(bytes))
     }
 }
 
@@ -1120,16 +1276,6 @@ fn source_name(job: &ImageJob) -> &str {
         SourceRef::Digest(d) => format!("@{d}"),
     };
     job.label.strip_suffix(&suffix).unwrap_or(&job.label)
-}
-
-fn drop_writer<W>(writers: &mut [Option<(&Slot, W)>], dest: usize, e: CopyError) {
-    if let Some(entry) = writers
-        .iter_mut()
-        .find(|w| w.as_ref().is_some_and(|(s, _)| s.dest == dest))
-    {
-        let (slot, _) = entry.take().expect("found above");
-        slot.fail(Arc::new(e));
-    }
 }
 
 /// A source blob read in [`CHUNK`]s, hashed on the way, resumed where it broke off.

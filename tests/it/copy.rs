@@ -15,8 +15,8 @@ async fn empty_registry() -> Registry {
     tokio::task::spawn_blocking(Registry::start).await.unwrap()
 }
 
-/// `big/image:1` at a registry: one layer bigger than two copy chunks (incompressible),
-/// so that an upload of it takes several PATCHes.
+/// `big/image:1` at a registry: one layer of `mib` MiB plus one (incompressible), so that
+/// an upload of it takes several PATCHes.
 struct BigImage {
     manifest: Vec<u8>,
     layer: Vec<u8>,
@@ -24,8 +24,8 @@ struct BigImage {
 }
 
 impl BigImage {
-    async fn push(src: &Registry) -> BigImage {
-        let layer: Vec<u8> = (0..(17u32 << 20))
+    async fn push(src: &Registry, mib: u32) -> BigImage {
+        let layer: Vec<u8> = (0..((mib + 1) << 20))
             .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
             .collect();
         let config =
@@ -265,7 +265,7 @@ async fn copy_reads_each_source_blob_once_for_two_targets() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blob_larger_than_a_chunk_is_sent_in_chunks_to_every_target() {
     let src = empty_registry().await;
-    let big = BigImage::push(&src).await;
+    let big = BigImage::push(&src, 16).await;
     let (manifest, layer_digest) = (big.manifest, big.layer_digest);
     let (a, b) = tokio::join!(empty_registry(), empty_registry());
     let source = format!("{}/big/image:1", src.addr());
@@ -336,7 +336,7 @@ async fn a_target_rejecting_manifests_fails_its_images_by_name_and_the_other_tar
 #[tokio::test(flavor = "multi_thread")]
 async fn a_push_through_a_chunk_failing_midway_resumes_the_upload_instead_of_restarting_it() {
     let src = empty_registry().await;
-    let big = BigImage::push(&src).await;
+    let big = BigImage::push(&src, 16).await;
     let root = crate::harness::served_tempdir("it-store-");
     tokio::task::block_in_place(|| fetch_ok(root.path(), &[format!("{}/big/image:1", src.addr())]));
     let fault = FaultTarget::start().await;
@@ -365,4 +365,48 @@ async fn a_push_through_a_chunk_failing_midway_resumes_the_upload_instead_of_res
             .any(|r| r.method == "GET" && r.path.contains("/blobs/uploads/")),
         "the session's status was never asked: {requests:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_target_gets_its_chunks_from_a_spool_while_the_other_goes_on() {
+    let src = empty_registry().await;
+    // Four full chunks: two wait for the slow target in memory, the rest on disk.
+    let big = BigImage::push(&src, 4 * (static_registry::copy::CHUNK as u32 >> 20)).await;
+    let (fast, slow) = tokio::join!(empty_registry(), FaultTarget::start());
+    let source = format!("{}/big/image:1", src.addr());
+    let (to_fast, to_slow) = (
+        format!("{}/big/image", fast.addr()),
+        format!("{}/fault/slow/big/image", slow.addr()),
+    );
+    src.mark();
+    let (code, json, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "copy",
+            &source,
+            "--to",
+            &to_fast,
+            "--to",
+            &to_slow,
+            "--tls-verify=false",
+            "--dest-tls-verify=false",
+            "--json",
+        ])
+    });
+    assert_eq!(code, 0, "{stderr}");
+    // The slow target fell more than the in-memory queue behind, so chunks waited for
+    // it on disk while the source was read at the fast target's pace.
+    assert!(
+        json["targets"][1]["bytes_spooled"].as_u64().unwrap() > 0,
+        "{json}"
+    );
+    assert_eq!(
+        fast.manifest_digest("big/image", "1").await,
+        Some(sha256_digest(&big.manifest))
+    );
+    let stored = slow
+        .blob("fault/slow/big/image", &big.layer_digest)
+        .expect("the layer reached the slow target");
+    assert_eq!(sha256_digest(&stored), big.layer_digest);
+    // Still read once.
+    assert_eq!(src.count("GET", &format!("/blobs/{}", big.layer_digest)), 1);
 }

@@ -20,8 +20,10 @@ use serde_json::json;
 use super::sha256_digest;
 
 /// Every case; a repository naming another one is unknown.
-pub const CASES: [&str; 9] = [
+pub const CASES: [&str; 10] = [
     "good",
+    // Every PATCH is answered after SLOW_PATCH: a target slower than the others.
+    "slow",
     // The first PATCH of each session keeps half its body, then answers 500.
     "patch-500-midway",
     // The first PATCH of each session keeps half its body, then drops the connection.
@@ -163,6 +165,9 @@ impl FaultTarget {
     }
 }
 
+/// How long the `slow` case takes over each PATCH.
+const SLOW_PATCH: std::time::Duration = std::time::Duration::from_millis(400);
+
 /// The connection is to be dropped instead of answered.
 struct Dropped;
 
@@ -179,6 +184,9 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         .headers
         .get(header::CONTENT_RANGE)
         .map(|v| v.to_str().unwrap_or_default().to_owned());
+    if parts.method == Method::PATCH && parts.uri.path().starts_with("/v2/fault/slow/") {
+        tokio::time::sleep(SLOW_PATCH).await;
+    }
     let answer = answer(&shared, &parts.method, &parts.uri, &parts.headers, &body);
     let status = answer.as_ref().ok().map(|r| r.status().as_u16());
     shared.store.lock().unwrap().log.push(Seen {
