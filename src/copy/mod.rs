@@ -131,6 +131,9 @@ pub struct BlobRead {
 /// Where images come from. Every manifest it returns is verified (its digest computed
 /// from its bytes, checked against the digest asked for) and parsed, once.
 pub trait Source: Send + Sync {
+    /// The registry host it reads, when it is a registry: a destination on that host
+    /// mounts blobs from the source repository instead of taking their bytes.
+    fn registry(&self) -> Option<&str>;
     /// The manifest `tag` of `repo` points at.
     fn resolve(
         &self,
@@ -190,6 +193,8 @@ pub trait Destination: Send + Sync {
     type Writer: BlobWriter;
     /// How reports name it (`registry.example:5000`).
     fn name(&self) -> &str;
+    /// The registry host it writes, when it is a registry.
+    fn registry(&self) -> Option<&str>;
     /// The digest `tag` of `repo` points at, if any.
     fn tag(
         &self,
@@ -1022,7 +1027,14 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     continue;
                 }
             }
-            match dest.start_blob(&slot.repo, desc, held.as_deref()).await {
+            // A repository of this destination known to hold it: one this run put it in,
+            // else the source repository itself when source and destination are one
+            // registry (a copy between its repositories sends no blob bytes).
+            let same_registry = self.source.registry().is_some()
+                && self.source.registry() == dest.registry()
+                && slot.repo != repo;
+            let from = held.as_deref().or(same_registry.then_some(repo));
+            match dest.start_blob(&slot.repo, desc, from).await {
                 Ok(Start::Mounted) => bump(&counters.blobs_mounted, 1),
                 Ok(Start::Write(w)) => {
                     writers.push((slot, w));

@@ -27,6 +27,10 @@ impl RegistrySource {
 }
 
 impl Source for RegistrySource {
+    fn registry(&self) -> Option<&str> {
+        Some(&self.host)
+    }
+
     async fn resolve(&self, repo: &str, tag: &str) -> Result<Verified, CopyError> {
         Ok(self
             .client
@@ -132,6 +136,10 @@ impl Destination for RegistryDestination {
 
     fn name(&self) -> &str {
         &self.host
+    }
+
+    fn registry(&self) -> Option<&str> {
+        Some(&self.host)
     }
 
     async fn tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, CopyError> {

@@ -36,6 +36,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Source for StoreSource {
+    fn registry(&self) -> Option<&str> {
+        None
+    }
+
     async fn resolve(&self, repo: &str, tag: &str) -> Result<Verified, CopyError> {
         let entry = self
             .indexes

@@ -410,3 +410,36 @@ async fn a_slow_target_gets_its_chunks_from_a_spool_while_the_other_goes_on() {
     // Still read once.
     assert_eq!(src.count("GET", &format!("/blobs/{}", big.layer_digest)), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_between_repositories_of_one_registry_mounts_every_blob() {
+    let (src, fx, _root) = registry_with_fixtures().await;
+    let source = format!("{}/oci/multi:1.0", src.addr());
+    let to = format!("{}/promoted/multi:stable", src.addr());
+    src.mark();
+    let (code, json, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "copy",
+            &source,
+            "--to",
+            &to,
+            "--tls-verify=false",
+            "--dest-tls-verify=false",
+            "--json",
+        ])
+    });
+    assert_eq!(code, 0, "{stderr}");
+    let m = fx.manifest("oci/multi", "1.0");
+    assert_eq!(
+        src.manifest_digest("promoted/multi", "stable").await,
+        Some(m.digest.clone())
+    );
+    assert_eq!(json["targets"][0]["blobs_mounted"], m.blobs.len(), "{json}");
+    let requests = src.requests();
+    assert!(
+        !requests.iter().any(|(method, path)| method == "PATCH"
+            || (method == "PUT" && path.contains("/blobs/uploads/"))
+            || (method == "GET" && path.contains("/blobs/"))),
+        "blob bytes moved: {requests:?}"
+    );
+}
