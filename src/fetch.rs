@@ -19,7 +19,8 @@ use crate::manifest::{
     Descriptor, KEPT_PLATFORMS, Kind, Manifest, ManifestError, OCI_INDEX, REF_NAME, SOURCE,
     UPSTREAM_DIGEST, Verified,
 };
-use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
+use crate::plan::Planned;
+use crate::reference::{Digest, Reference, ReferenceError, validate_tag};
 use crate::registry::{Client, RegistryError};
 use crate::report::{ImageReport, Reporter, Status, error_chain};
 use crate::select::{PlatformCut, PlatformSpec, cut_index};
@@ -41,30 +42,21 @@ const PUBLISH_WAITERS_PER_SLOT: usize = 8;
 pub struct FetchOptions {
     /// Blob downloads in flight at once.
     pub jobs: usize,
-    /// Store `docker.io/library/alpine` rather than `library/alpine`.
-    pub keep_host: bool,
     /// Download foreign (non-distributable) layers from their `urls` registry copy.
     pub include_foreign: bool,
     /// Blob downloads in flight at once from one registry host.
     pub jobs_per_host: usize,
     /// Stop at the first image that fails.
     pub fail_fast: bool,
-    /// Keep only these platforms of multi-platform images (empty: all).
-    pub platforms: Vec<PlatformSpec>,
-    /// Also fetch the signatures, SBOMs and attestations that refer to each image.
-    pub referrers: bool,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
             jobs: 8,
-            keep_host: false,
             include_foreign: false,
             jobs_per_host: 8,
             fail_fast: false,
-            platforms: Vec::new(),
-            referrers: false,
         }
     }
 }
@@ -102,29 +94,12 @@ pub enum FetchError {
         source: Option<Box<RegistryError>>,
     },
     #[error(
-        "{first} and {second} would both be stored as {name:?}; fetch them in separate roots or use --keep-host"
-    )]
-    NameClash {
-        name: String,
-        first: String,
-        second: String,
-    },
-    #[error(
         "{name:?} in the store holds images of {stored}; {second} would be merged into it: fetch into another --root, use --keep-host (or a config `target`), or remove it first (static-registry rm {name})"
     )]
     StoredNameClash {
         name: String,
         stored: String,
         second: String,
-    },
-    #[error(
-        "{reference}: with --keep-host the registry {registry:?} does not make a valid repository name ({source}); fetch without --keep-host"
-    )]
-    HostName {
-        reference: String,
-        registry: String,
-        #[source]
-        source: ReferenceError,
     },
     #[error("{reference} has none of the platforms asked for ({wanted}); it offers {available}")]
     NoPlatform {
@@ -560,63 +535,6 @@ async fn survey_image(
         top = false;
     }
     Ok(lacking)
-}
-
-/// One image to fetch and the repository it goes to.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    pub source: Reference,
-    pub name: String,
-    /// Keep only these platforms of a multi-platform image (empty: all).
-    pub platforms: Vec<PlatformSpec>,
-    /// Also fetch what refers to it (signatures, SBOMs, attestations).
-    pub referrers: bool,
-}
-
-/// Where each reference will be stored; refuses invalid names and two sources that would
-/// share a name. No network.
-pub fn plan(refs: &[Reference], opts: &FetchOptions) -> Result<Vec<Planned>, FetchError> {
-    let mut owners: HashMap<String, String> = HashMap::new();
-    let mut planned = Vec::with_capacity(refs.len());
-    for r in refs {
-        let name = stored_name(r, opts.keep_host)?;
-        let origin = r.origin();
-        match owners.get(&name) {
-            Some(first) if first != &origin => {
-                return Err(FetchError::NameClash {
-                    name,
-                    first: first.clone(),
-                    second: origin,
-                });
-            }
-            Some(_) => {}
-            None => {
-                owners.insert(name.clone(), origin);
-            }
-        }
-        planned.push(Planned {
-            source: r.clone(),
-            name,
-            platforms: opts.platforms.clone(),
-            referrers: opts.referrers,
-        });
-    }
-    Ok(planned)
-}
-
-fn stored_name(r: &Reference, keep_host: bool) -> Result<String, FetchError> {
-    if !keep_host {
-        return Ok(r.repository.clone());
-    }
-    // A port's ':' is not allowed in repository names; "host-port" keeps it readable.
-    let host = r.registry.to_ascii_lowercase().replace(':', "-");
-    let name = format!("{host}/{}", r.repository);
-    validate_repository(&name).map_err(|source| FetchError::HostName {
-        reference: r.to_string(),
-        registry: r.registry.clone(),
-        source,
-    })?;
-    Ok(name)
 }
 
 #[derive(Default)]
@@ -1607,45 +1525,4 @@ async fn stream_into(
     }
     drop(tx);
     Ok((writer.await??, broke))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(s: &str) -> Reference {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn two_sources_for_one_name_are_refused_naming_both() {
-        let refs = [
-            r("ghcr.io/org/app:1"),
-            r("quay.io/org/app:2"),
-            r("ghcr.io/org/app:3"),
-        ];
-        let err = plan(&refs, &FetchOptions::default()).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("ghcr.io/org/app") && msg.contains("quay.io/org/app"),
-            "{msg}"
-        );
-        let keep = FetchOptions {
-            keep_host: true,
-            ..FetchOptions::default()
-        };
-        let planned = plan(&refs, &keep).unwrap();
-        assert_eq!(planned[1].name, "quay.io/org/app");
-    }
-
-    #[test]
-    fn keep_host_makes_ports_valid_names() {
-        let keep = FetchOptions {
-            keep_host: true,
-            ..FetchOptions::default()
-        };
-        let planned = plan(&[r("127.0.0.1:5000/team/app:1.2"), r("alpine")], &keep).unwrap();
-        assert_eq!(planned[0].name, "127.0.0.1-5000/team/app");
-        assert_eq!(planned[1].name, "docker.io/library/alpine");
-    }
 }

@@ -268,12 +268,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     let opts = FetchOptions {
         jobs: args.jobs.into(),
-        keep_host: args.keep_host,
         include_foreign: args.include_foreign,
         jobs_per_host: args.jobs_per_host.into(),
         fail_fast: args.fail_fast,
-        platforms: args.platform.clone(),
-        referrers: args.referrers,
     };
     let base = client_options(&args.registry)?;
     let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
@@ -307,7 +304,12 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|s| s.parse::<Reference>().map_err(|e| Usage(e.into())))
                 .collect::<Result<Vec<_>, _>>()?;
-            let planned = fetch::plan(&refs, &opts).map_err(|e| Usage(e.into()))?;
+            let request = plan::FetchRequest {
+                keep_host: args.keep_host,
+                platforms: args.platform.clone(),
+                referrers: args.referrers,
+            };
+            let planned = plan::fetch(&refs, &request).map_err(|e| Usage(e.into()))?;
             let client = Client::new(base).context("setting up the HTTP client")?;
             (fetch::Clients::new(client), planned, Vec::new())
         }

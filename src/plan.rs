@@ -1,6 +1,7 @@
-//! What a push or copy will do, resolved before any endpoint is touched: the targets
-//! parsed and checked, the images to send and the name and tag each gets at each
-//! target. Planning reads the store's index.json files (push) but no registry.
+//! What a fetch, push or copy will do, resolved before any endpoint is touched: the
+//! images and the name each is stored as (fetch), the targets parsed and checked, the
+//! images to send and the name and tag each gets at each target (push, copy). Planning
+//! reads the store's index.json files (push) but no registry.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use crate::copy::{ImageJob, JobTarget, SourceRef};
 use crate::reference::{
     Digest, Reference, ReferenceError, validate_host, validate_repository, validate_tag,
 };
+use crate::select::PlatformSpec;
 use crate::store::{StoreError, StoreView, TagIndex};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +40,95 @@ pub enum PlanError {
         #[source]
         source: ReferenceError,
     },
+    #[error(
+        "{first} and {second} would both be stored as {name:?}; fetch them in separate roots or use --keep-host"
+    )]
+    NameClash {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "{reference}: with --keep-host the registry {registry:?} does not make a valid repository name; fetch without --keep-host"
+    )]
+    HostName {
+        reference: String,
+        registry: String,
+        #[source]
+        source: ReferenceError,
+    },
     #[error("the store at {root} holds nothing to push")]
     EmptyStore { root: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// One image to fetch and the repository it goes to.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub source: Reference,
+    pub name: String,
+    /// Keep only these platforms of a multi-platform image (empty: all).
+    pub platforms: Vec<PlatformSpec>,
+    /// Also fetch what refers to it (signatures, SBOMs, attestations).
+    pub referrers: bool,
+}
+
+/// What the command line asks a fetch for, besides the references.
+#[derive(Debug, Clone, Default)]
+pub struct FetchRequest {
+    /// Store `docker.io/library/alpine` rather than `library/alpine`.
+    pub keep_host: bool,
+    /// Keep only these platforms of multi-platform images (empty: all).
+    pub platforms: Vec<PlatformSpec>,
+    /// Also fetch the signatures, SBOMs and attestations that refer to each image.
+    pub referrers: bool,
+}
+
+/// Where each reference will be stored; refuses invalid names and two sources that would
+/// share a name.
+pub fn fetch(refs: &[Reference], request: &FetchRequest) -> Result<Vec<Planned>, PlanError> {
+    let mut owners: HashMap<String, String> = HashMap::new();
+    let mut planned = Vec::with_capacity(refs.len());
+    for r in refs {
+        let name = stored_name(r, request.keep_host)?;
+        let origin = r.origin();
+        match owners.get(&name) {
+            Some(first) if first != &origin => {
+                return Err(PlanError::NameClash {
+                    name,
+                    first: first.clone(),
+                    second: origin,
+                });
+            }
+            Some(_) => {}
+            None => {
+                owners.insert(name.clone(), origin);
+            }
+        }
+        planned.push(Planned {
+            source: r.clone(),
+            name,
+            platforms: request.platforms.clone(),
+            referrers: request.referrers,
+        });
+    }
+    Ok(planned)
+}
+
+fn stored_name(r: &Reference, keep_host: bool) -> Result<String, PlanError> {
+    if !keep_host {
+        return Ok(r.repository.clone());
+    }
+    // A port's ':' is not allowed in repository names; "host-port" keeps it readable.
+    let host = r.registry.to_ascii_lowercase().replace(':', "-");
+    let name = format!("{host}/{}", r.repository);
+    validate_repository(&name).map_err(|source| PlanError::HostName {
+        reference: r.to_string(),
+        registry: r.registry.clone(),
+        source,
+    })?;
+    Ok(name)
 }
 
 /// A registry to send to: `HOST[:PORT]/PATH[:TAG]`. For push PATH is a prefix put before
@@ -281,6 +368,42 @@ pub fn copy(source: &Reference, targets: &[Target]) -> Result<ImageJob, PlanErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn r(s: &str) -> Reference {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn two_sources_for_one_name_are_refused_naming_both() {
+        let refs = [
+            r("ghcr.io/org/app:1"),
+            r("quay.io/org/app:2"),
+            r("ghcr.io/org/app:3"),
+        ];
+        let err = fetch(&refs, &FetchRequest::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ghcr.io/org/app") && msg.contains("quay.io/org/app"),
+            "{msg}"
+        );
+        let keep = FetchRequest {
+            keep_host: true,
+            ..FetchRequest::default()
+        };
+        let planned = fetch(&refs, &keep).unwrap();
+        assert_eq!(planned[1].name, "quay.io/org/app");
+    }
+
+    #[test]
+    fn keep_host_makes_ports_valid_names() {
+        let keep = FetchRequest {
+            keep_host: true,
+            ..FetchRequest::default()
+        };
+        let planned = fetch(&[r("127.0.0.1:5000/team/app:1.2"), r("alpine")], &keep).unwrap();
+        assert_eq!(planned[0].name, "127.0.0.1-5000/team/app");
+        assert_eq!(planned[1].name, "docker.io/library/alpine");
+    }
 
     #[test]
     fn targets_parse_host_port_prefix_and_tag() {
