@@ -591,7 +591,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
 
     /// One image to each of its targets: a report per target, in target order, and the
     /// image's manifest when it could be read.
-    async fn copy_image(&self, job: &ImageJob) -> (Vec<TargetReport>, Option<Verified>) {
+    async fn copy_image(&self, job: &ImageJob) -> (Vec<TargetReport>, Option<Arc<Verified>>) {
         let label = &job.label;
         let report = |t: &JobTarget,
                       digest: Option<&Digest>,
@@ -601,11 +601,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
             self.report(label, t, digest, status, existing, error)
         };
         let top = match &job.reference {
-            SourceRef::Tag(tag) => self.source.resolve(&job.repo, tag).await,
-            SourceRef::Digest(d) => self
-                .source_manifest(&job.repo, d, None)
-                .await
-                .map(|v| (*v).clone()),
+            SourceRef::Tag(tag) => self.source.resolve(&job.repo, tag).await.map(Arc::new),
+            SourceRef::Digest(d) => self.source_manifest(&job.repo, d, None).await,
         };
         let top = match top {
             Ok(v) => v,
