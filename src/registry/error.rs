@@ -302,8 +302,12 @@ impl RegistryError {
                 let (registry, login) = login(registry);
                 Some(Remedy::Permission { registry, login })
             }
-            Self::Tls { host, .. } => Some(Remedy::Tls {
-                registry: host.clone(),
+            // The registry as the caller names it: with the port the URL has.
+            Self::Tls { host, url, .. } => Some(Remedy::Tls {
+                registry: match url::Url::parse(url).ok().and_then(|u| u.port()) {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.clone(),
+                },
             }),
             _ => None,
         }

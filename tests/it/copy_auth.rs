@@ -426,3 +426,39 @@ fn assert_names_the_push_options(stderr: &str) {
     );
     assert!(!stderr.contains("--creds "), "{stderr}");
 }
+
+/// A copy's TLS failure names the options of the side that failed: `--dest-ca-cert`
+/// for a target, `--ca-cert` for the source (the remedy says which registry it was).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_failure_names_the_options_of_the_side_that_failed() {
+    let ca = TestCa::new("it CA nobody passes");
+    let ((plain, _fx, _root), tls) = tokio::join!(
+        registry_with_fixtures(),
+        Secured::start(&ca, None, |_| String::new())
+    );
+    let hint = |stderr: &str| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with("hint: "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let source = format!("{}/oci/multi:1.0", plain.addr());
+    let to = format!("{}/x/multi", tls.addr());
+    let (code, _, stderr) = run(&["copy", &source, "--to", &to, "--tls-verify=false"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    let line = hint(&stderr);
+    assert!(line.contains("--dest-ca-cert/--dest-cert-dir"), "{stderr}");
+
+    // The other way round: the TLS registry is the source, the plain one the target.
+    let source = format!("{}/oci/multi:1.0", tls.addr());
+    let to = format!("{}/y/multi", plain.addr());
+    let (code, _, stderr) = run(&["copy", &source, "--to", &to, "--dest-tls-verify=false"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    let line = hint(&stderr);
+    assert!(
+        line.contains("--ca-cert/--cert-dir") && !line.contains("--dest-"),
+        "{stderr}"
+    );
+}
