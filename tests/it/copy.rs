@@ -69,6 +69,21 @@ fn push(root: &std::path::Path, extra: &[&str]) -> (i32, Value, String) {
     tokio::task::block_in_place(|| run(&args))
 }
 
+/// `copy SOURCE --to T...` over plain HTTP on both sides, with the JSON summary.
+fn copy(source: &str, targets: &[&str]) -> (i32, Value, String) {
+    let mut args = vec![
+        "copy",
+        source,
+        "--tls-verify=false",
+        "--dest-tls-verify=false",
+        "--json",
+    ];
+    for t in targets {
+        args.extend(["--to", t]);
+    }
+    tokio::task::block_in_place(|| run(&args))
+}
+
 /// Every fixture tag at `target` under `prefix`, with the source's digest.
 async fn assert_every_tag_arrived(target: &Registry, fx: &Fixtures, prefix: &str) {
     for (repo, tag, digest) in fx.all_refs() {
@@ -173,16 +188,7 @@ async fn overwrite_policy_skips_fails_or_replaces_a_tag_pointing_elsewhere() {
     // base/alpine:3.19 at the target points at another image.
     let other = format!("{}/apps/web:v1", src.addr());
     let moved = format!("{to}/base/alpine:3.19");
-    let (code, _, stderr) = tokio::task::block_in_place(|| {
-        run(&[
-            "copy",
-            &other,
-            "--to",
-            &moved,
-            "--tls-verify=false",
-            "--dest-tls-verify=false",
-        ])
-    });
+    let (code, _, stderr) = copy(&other, &[&moved]);
     assert_eq!(code, 0, "{stderr}");
     let web = fx.manifest("apps/web", "v1").digest.clone();
     let alpine = fx.manifest("base/alpine", "3.19").digest.clone();
@@ -230,19 +236,7 @@ async fn copy_reads_each_source_blob_once_for_two_targets() {
         format!("{}/y/multi:stable", b.addr()),
     );
     src.mark();
-    let (code, json, stderr) = tokio::task::block_in_place(|| {
-        run(&[
-            "copy",
-            &source,
-            "--to",
-            &to_a,
-            "--to",
-            &to_b,
-            "--tls-verify=false",
-            "--dest-tls-verify=false",
-            "--json",
-        ])
-    });
+    let (code, json, stderr) = copy(&source, &[&to_a, &to_b]);
     assert_eq!(code, 0, "{stderr}");
     let m = fx.manifest("oci/multi", "1.0");
     assert_eq!(
@@ -273,18 +267,7 @@ async fn a_blob_larger_than_a_chunk_is_sent_in_chunks_to_every_target() {
         format!("{}/big/image", a.addr()),
         format!("{}/big/image", b.addr()),
     );
-    let (code, _, stderr) = tokio::task::block_in_place(|| {
-        run(&[
-            "copy",
-            &source,
-            "--to",
-            &to_a,
-            "--to",
-            &to_b,
-            "--tls-verify=false",
-            "--dest-tls-verify=false",
-        ])
-    });
+    let (code, _, stderr) = copy(&source, &[&to_a, &to_b]);
     assert_eq!(code, 0, "{stderr}");
     for target in [&a, &b] {
         assert_eq!(
@@ -379,19 +362,7 @@ async fn a_slow_target_gets_its_chunks_from_a_spool_while_the_other_goes_on() {
         format!("{}/fault/slow/big/image", slow.addr()),
     );
     src.mark();
-    let (code, json, stderr) = tokio::task::block_in_place(|| {
-        run(&[
-            "copy",
-            &source,
-            "--to",
-            &to_fast,
-            "--to",
-            &to_slow,
-            "--tls-verify=false",
-            "--dest-tls-verify=false",
-            "--json",
-        ])
-    });
+    let (code, json, stderr) = copy(&source, &[&to_fast, &to_slow]);
     assert_eq!(code, 0, "{stderr}");
     // The slow target fell more than the in-memory queue behind, so chunks waited for
     // it on disk while the source was read at the fast target's pace.
@@ -417,17 +388,7 @@ async fn a_copy_between_repositories_of_one_registry_mounts_every_blob() {
     let source = format!("{}/oci/multi:1.0", src.addr());
     let to = format!("{}/promoted/multi:stable", src.addr());
     src.mark();
-    let (code, json, stderr) = tokio::task::block_in_place(|| {
-        run(&[
-            "copy",
-            &source,
-            "--to",
-            &to,
-            "--tls-verify=false",
-            "--dest-tls-verify=false",
-            "--json",
-        ])
-    });
+    let (code, json, stderr) = copy(&source, &[&to]);
     assert_eq!(code, 0, "{stderr}");
     let m = fx.manifest("oci/multi", "1.0");
     assert_eq!(
