@@ -194,9 +194,10 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// A push: the images in waves (each after the one before: tagged images first, then the
-/// untagged manifests, which are mostly referrers of the tagged ones), and the index.json
-/// of every repository read, for the store source.
+/// A push: the images in waves, each after the one before: tagged images, then the other
+/// untagged manifests (digest fetches), then the referrers (so that a subject is at the
+/// target before what refers to it); and the index.json of every repository read, for
+/// the store source.
 #[derive(Debug)]
 pub struct PushPlan {
     pub waves: Vec<Vec<ImageJob>>,
@@ -224,12 +225,13 @@ pub fn push(
         wanted.push(parse_selection(spec)?);
     }
     let mut indexes: HashMap<String, Arc<TagIndex>> = HashMap::new();
-    let (mut tagged, mut untagged) = (Vec::new(), Vec::new());
+    let (mut tagged, mut untagged, mut referrers) = (Vec::new(), Vec::new(), Vec::new());
     for (name, only) in wanted {
         validate_repository(&name).map_err(|source| PlanError::Selection {
             spec: name.clone(),
             source,
         })?;
+        let refers = view.referrer_digests(&name)?;
         let index = match indexes.get(&name) {
             Some(i) => i.clone(),
             None => {
@@ -282,20 +284,20 @@ pub fn push(
                     .collect::<Result<_, PlanError>>()?,
                 reference,
             };
-            if tag.is_some() {
-                tagged.push(job);
-            } else {
-                untagged.push(job);
+            match &job.reference {
+                _ if tag.is_some() => tagged.push(job),
+                SourceRef::Digest(d) if refers.contains(d) => referrers.push(job),
+                _ => untagged.push(job),
             }
         }
     }
-    if tagged.is_empty() && untagged.is_empty() {
+    if tagged.is_empty() && untagged.is_empty() && referrers.is_empty() {
         return Err(PlanError::EmptyStore {
             root: view.root().to_owned(),
         });
     }
     Ok(PushPlan {
-        waves: vec![tagged, untagged],
+        waves: vec![tagged, untagged, referrers],
         indexes,
     })
 }
@@ -403,6 +405,48 @@ mod tests {
         let planned = fetch(&[r("127.0.0.1:5000/team/app:1.2"), r("alpine")], &keep).unwrap();
         assert_eq!(planned[0].name, "127.0.0.1-5000/team/app");
         assert_eq!(planned[1].name, "docker.io/library/alpine");
+    }
+
+    #[test]
+    fn a_push_sends_untagged_subjects_before_their_referrers() {
+        use crate::manifest::{Descriptor, OCI_MANIFEST};
+        use crate::store::{Store, TagUpdate};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (image, signature) = (Digest::sha256_of(b"image"), Digest::sha256_of(b"sig"));
+        let entry = |digest: &Digest| TagUpdate {
+            tag: None,
+            media_type: OCI_MANIFEST.into(),
+            digest: digest.clone(),
+            size: 3,
+            annotations: Default::default(),
+        };
+        let referrer = Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: signature.clone(),
+            size: 3,
+            urls: Vec::new(),
+            platform: None,
+            artifact_type: Some("application/vnd.example.sig".into()),
+            annotations: Default::default(),
+        };
+        // Listed signature first, as index.json may well have it.
+        store
+            .publish(
+                "a/b",
+                &[entry(&signature), entry(&image)],
+                &[(image.clone(), referrer)],
+            )
+            .unwrap();
+        let view = StoreView::open(dir.path()).unwrap();
+        let plan = push(&view, &[], &["r.example".parse().unwrap()]).unwrap();
+        let digests = |wave: &[ImageJob]| -> Vec<SourceRef> {
+            wave.iter().map(|j| j.reference.clone()).collect()
+        };
+        assert!(plan.waves[0].is_empty());
+        assert_eq!(digests(&plan.waves[1]), [SourceRef::Digest(image)]);
+        assert_eq!(digests(&plan.waves[2]), [SourceRef::Digest(signature)]);
     }
 
     #[test]

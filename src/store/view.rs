@@ -3,6 +3,7 @@
 //! without one: index.json is replaced by rename, and a layout's blobs are links whose
 //! content never changes; a blob removed meanwhile is an error naming it, not bad bytes.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -80,6 +81,31 @@ impl StoreView {
             .join(format!("{}.json", subject.hex()));
         Ok(read_index_file(&path)?.manifests)
     }
+
+    /// Every manifest of repository `name` that refers to another (has a `subject`), as
+    /// its served referrers indexes list them.
+    pub fn referrer_digests(&self, name: &str) -> Result<HashSet<Digest>> {
+        repo_path(&self.root, name)?;
+        let dir = self.root.join(SERVED_DIR).join(name).join(REFERRERS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(StoreError::io("list", &dir)(e)),
+        };
+        let mut found = HashSet::new();
+        for entry in entries {
+            let path = entry.map_err(StoreError::io("list", &dir))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                found.extend(
+                    read_index_file(&path)?
+                        .manifests
+                        .into_iter()
+                        .map(|d| d.digest),
+                );
+            }
+        }
+        Ok(found)
+    }
 }
 
 #[cfg(test)]
@@ -115,11 +141,19 @@ mod tests {
             .publish("a/b", &[update], &[(subject.clone(), referrer.clone())])
             .unwrap();
         let view = StoreView::open(dir.path()).unwrap();
-        assert_eq!(view.read_referrers("a/b", &subject).unwrap(), [referrer]);
+        assert_eq!(
+            view.read_referrers("a/b", &subject).unwrap(),
+            std::slice::from_ref(&referrer)
+        );
         assert!(
             view.read_referrers("a/b", &Digest::sha256_of(b"other"))
                 .unwrap()
                 .is_empty()
         );
+        assert_eq!(
+            view.referrer_digests("a/b").unwrap(),
+            HashSet::from([referrer.digest.clone()])
+        );
+        assert!(view.referrer_digests("c").unwrap().is_empty());
     }
 }
