@@ -12,7 +12,7 @@ mod push;
 mod tests;
 
 pub use error::{OciError, RegistryError, Remedy};
-pub use push::{Pushed, PutManifest, Started, Upload};
+pub use push::{PutManifest, Started, Upload};
 
 use std::collections::HashMap;
 use std::fmt;

@@ -40,16 +40,6 @@ pub enum Started {
     Session(Upload),
 }
 
-/// How a blob reached the target repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
-    /// The repository had it already (one HEAD).
-    Present,
-    /// Mounted from another repository of the same registry: no bytes sent.
-    Mounted,
-    Uploaded,
-}
-
 /// What a registry answered to a manifest PUT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PutManifest {
@@ -86,30 +76,6 @@ impl Client {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
             _ => Err(status_error(resp, host, repo).await),
-        }
-    }
-
-    /// Put blob `digest` (whose bytes are `bytes`) into `repo`: nothing when the
-    /// repository has it, a cross-repository mount from `mount_from` (a repository of the
-    /// same registry known to hold it) when the registry allows, else an upload in one
-    /// request (POST, then PUT with the bytes).
-    pub async fn push_blob(
-        &self,
-        host: &str,
-        repo: &str,
-        digest: &Digest,
-        bytes: Bytes,
-        mount_from: Option<&str>,
-    ) -> Result<Pushed, RegistryError> {
-        if self.blob_exists(host, repo, digest).await? {
-            return Ok(Pushed::Present);
-        }
-        match self.start_upload(host, repo, digest, mount_from).await? {
-            Started::Mounted => Ok(Pushed::Mounted),
-            Started::Session(upload) => {
-                self.finish_upload(upload, digest, bytes).await?;
-                Ok(Pushed::Uploaded)
-            }
         }
     }
 

@@ -510,7 +510,9 @@ async fn authfile_auths_entry_with_base64_credentials_authenticates() {
 #[tokio::test(flavor = "multi_thread")]
 async fn token_auth_push_asks_for_push_scopes_and_needs_credentials() {
     use bytes::Bytes;
-    use static_registry::registry::{Client, ClientOptions, Pushed};
+    use static_registry::registry::{Client, ClientOptions};
+
+    use crate::harness::client_push::{Pushed, push_blob};
 
     let ca = TestCa::new("it private CA");
     let tokens = TokenServer::start(&ca, &[PUBLIC.0], USER, PASSWORD).await;
@@ -535,26 +537,32 @@ async fn token_auth_push_asks_for_push_scopes_and_needs_credentials() {
     let bytes = Bytes::copy_from_slice(fx.blob(layer));
 
     let anonymous = client(None);
-    let refused = anonymous
-        .push_blob(&host, "pushed/app", &layer_digest, bytes.clone(), None)
-        .await
-        .unwrap_err();
+    let refused = push_blob(
+        &anonymous,
+        &host,
+        "pushed/app",
+        &layer_digest,
+        bytes.clone(),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(
         refused.to_string().contains("authentication required"),
         "{refused}"
     );
 
     let user = client(Some((USER.to_string(), PASSWORD.to_string())));
-    let pushed = user
-        .push_blob(
-            &host,
-            "pushed/app",
-            &layer_digest,
-            bytes.clone(),
-            Some(PRIVATE.0),
-        )
-        .await
-        .unwrap();
+    let pushed = push_blob(
+        &user,
+        &host,
+        "pushed/app",
+        &layer_digest,
+        bytes.clone(),
+        Some(PRIVATE.0),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         pushed,
         Pushed::Mounted,
@@ -563,7 +571,7 @@ async fn token_auth_push_asks_for_push_scopes_and_needs_credentials() {
     );
     for blob in &m.blobs {
         let b = Bytes::copy_from_slice(fx.blob(blob));
-        user.push_blob(&host, "pushed/app", &blob.parse().unwrap(), b, None)
+        push_blob(&user, &host, "pushed/app", &blob.parse().unwrap(), b, None)
             .await
             .unwrap();
     }

@@ -5,7 +5,9 @@
 
 use bytes::Bytes;
 use static_registry::reference::Digest;
-use static_registry::registry::{Client, ClientOptions, Pushed};
+use static_registry::registry::{Client, ClientOptions};
+
+use crate::harness::client_push::{Pushed, push_blob};
 
 use crate::harness::fixtures::Fixtures;
 use crate::harness::registry::Registry;
@@ -32,8 +34,7 @@ async fn push_fixtures(client: &Client, fx: &Fixtures, host: &str) -> Vec<Pushed
         for blob in &m.blobs {
             let bytes = Bytes::copy_from_slice(fx.blob(blob));
             outcomes.push(
-                client
-                    .push_blob(host, &m.repo, &digest(blob), bytes, None)
+                push_blob(client, host, &m.repo, &digest(blob), bytes, None)
                     .await
                     .unwrap_or_else(|e| panic!("{}: blob {blob}: {e}", m.repo)),
             );
@@ -109,14 +110,12 @@ async fn a_blob_another_repository_holds_is_mounted_not_uploaded() {
     let host = target.addr();
     let base = digest(&fx.base_layer);
     let bytes = Bytes::copy_from_slice(fx.blob(&fx.base_layer));
-    let first = client
-        .push_blob(&host, "team/a", &base, bytes.clone(), None)
+    let first = push_blob(&client, &host, "team/a", &base, bytes.clone(), None)
         .await
         .unwrap();
     assert_eq!(first, Pushed::Uploaded);
     target.mark();
-    let mounted = client
-        .push_blob(&host, "team/b", &base, bytes, Some("team/a"))
+    let mounted = push_blob(&client, &host, "team/b", &base, bytes, Some("team/a"))
         .await
         .unwrap();
     assert_eq!(mounted, Pushed::Mounted);
@@ -136,16 +135,16 @@ async fn a_blob_another_repository_holds_is_mounted_not_uploaded() {
     // A mount the registry will not do (the source repository lacks the blob) starts
     // an upload session instead, which the push then completes.
     let other = fx.blob(&fx.zstd_layer);
-    let refused = client
-        .push_blob(
-            &host,
-            "team/c",
-            &digest(&fx.zstd_layer),
-            Bytes::copy_from_slice(other),
-            Some("team/a"),
-        )
-        .await
-        .unwrap();
+    let refused = push_blob(
+        &client,
+        &host,
+        "team/c",
+        &digest(&fx.zstd_layer),
+        Bytes::copy_from_slice(other),
+        Some("team/a"),
+    )
+    .await
+    .unwrap();
     assert_eq!(refused, Pushed::Uploaded);
     assert!(
         client

@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 use static_registry::reference::Digest;
-use static_registry::registry::{Client, ClientOptions, Pushed, RegistryError, Started, Upload};
+use static_registry::registry::{Client, ClientOptions, RegistryError, Started, Upload};
+
+use crate::harness::client_push::{Pushed, push_blob};
 
 use crate::harness::fault_push::{FaultTarget, Seen};
 use crate::harness::sha256_digest;
@@ -196,10 +198,16 @@ async fn a_token_registry_gets_asked_for_a_push_scope_and_takes_blob_and_manifes
     let client = client();
     let host = target.addr();
     let bytes = blob(4);
-    let pushed = client
-        .push_blob(host, "fault/token", &digest(&bytes), bytes.clone(), None)
-        .await
-        .unwrap();
+    let pushed = push_blob(
+        &client,
+        host,
+        "fault/token",
+        &digest(&bytes),
+        bytes.clone(),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(pushed, Pushed::Uploaded);
     let manifest = Bytes::from_static(br#"{"schemaVersion":2,"note":"token"}"#);
     client
@@ -243,28 +251,28 @@ async fn a_refused_mount_falls_back_to_an_upload() {
     target.seed_blob("fault/good", bytes.clone());
 
     // The same request to a repository that mounts: the source really holds the blob.
-    let mounted = client
-        .push_blob(
-            host,
-            "fault/good/copy",
-            &digest,
-            bytes.clone(),
-            Some("fault/good"),
-        )
-        .await
-        .unwrap();
+    let mounted = push_blob(
+        &client,
+        host,
+        "fault/good/copy",
+        &digest,
+        bytes.clone(),
+        Some("fault/good"),
+    )
+    .await
+    .unwrap();
     assert_eq!(mounted, Pushed::Mounted);
 
-    let refused = client
-        .push_blob(
-            host,
-            "fault/mount-refused",
-            &digest,
-            bytes.clone(),
-            Some("fault/good"),
-        )
-        .await
-        .unwrap();
+    let refused = push_blob(
+        &client,
+        host,
+        "fault/mount-refused",
+        &digest,
+        bytes.clone(),
+        Some("fault/good"),
+    )
+    .await
+    .unwrap();
     assert_eq!(refused, Pushed::Uploaded);
     let held = target
         .blob("fault/mount-refused", &sha256_digest(&bytes))
@@ -330,8 +338,7 @@ async fn an_upload_location_on_another_host_is_refused_and_nothing_is_sent_there
         }
         other => panic!("expected UploadLocation, got {other:?}"),
     }
-    let err = client
-        .push_blob(host, repo, &digest(&bytes), bytes, None)
+    let err = push_blob(&client, host, repo, &digest(&bytes), bytes, None)
         .await
         .unwrap_err();
     assert!(
