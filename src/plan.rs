@@ -3,7 +3,7 @@
 //! images to send and the name and tag each gets at each target (push, copy). Planning
 //! reads the store's index.json files (push) but no registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -225,19 +225,22 @@ pub fn push(
         wanted.push(parse_selection(spec)?);
     }
     let mut indexes: HashMap<String, Arc<TagIndex>> = HashMap::new();
+    let mut referrers_of: HashMap<String, Arc<HashSet<Digest>>> = HashMap::new();
     let (mut tagged, mut untagged, mut referrers) = (Vec::new(), Vec::new(), Vec::new());
     for (name, only) in wanted {
         validate_repository(&name).map_err(|source| PlanError::Selection {
             spec: name.clone(),
             source,
         })?;
-        let refers = view.referrer_digests(&name)?;
-        let index = match indexes.get(&name) {
-            Some(i) => i.clone(),
-            None => {
+        // Each repository read once, however often the selection names it.
+        let (index, refers) = match (indexes.get(&name), referrers_of.get(&name)) {
+            (Some(i), Some(r)) => (i.clone(), r.clone()),
+            _ => {
                 let i = Arc::new(view.read_index(&name)?);
+                let r = Arc::new(view.referrer_digests(&name)?);
                 indexes.insert(name.clone(), i.clone());
-                i
+                referrers_of.insert(name.clone(), r.clone());
+                (i, r)
             }
         };
         let refs: Vec<(SourceRef, Option<String>)> = match only {
