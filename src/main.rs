@@ -375,7 +375,8 @@ fn push_command(args: PushArgs) -> Result<ExitCode> {
     let dests = destinations(&client, &args.to);
     let source = StoreSource::new(view, plan.indexes);
     // Untagged entries (referrers among them) are jobs of the plan's second wave.
-    run_copy(source, dests, plan.waves, &args.copy, false, Sides::Push)
+    let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.copy.quiet));
+    run_copy(source, dests, plan.waves, &args.copy, reporter, Sides::Push)
 }
 
 fn copy_command(args: CopyArgs) -> Result<ExitCode> {
@@ -383,22 +384,21 @@ fn copy_command(args: CopyArgs) -> Result<ExitCode> {
         .reference
         .parse()
         .map_err(|e| Usage(anyhow::Error::from(e)))?;
-    let job = plan::copy(&reference, &args.to).map_err(|e| Usage(e.into()))?;
+    let job = plan::copy(&reference, &args.to, args.referrers).map_err(|e| Usage(e.into()))?;
     let source_client =
         Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
-    let source = RegistrySource::new(source_client, reference.api_host());
+    let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.copy.quiet));
+    let source = RegistrySource::new(
+        source_client,
+        &reference.registry,
+        reference.api_host(),
+        reporter.clone(),
+    );
     let dests = destinations(&dest_client(&args.dest)?, &args.to);
     let sides = Sides::Copy {
         source: Some(reference.api_host().to_owned()),
     };
-    run_copy(
-        source,
-        dests,
-        vec![vec![job]],
-        &args.copy,
-        args.referrers,
-        sides,
-    )
+    run_copy(source, dests, vec![vec![job]], &args.copy, reporter, sides)
 }
 
 fn destinations(client: &Client, targets: &[plan::Target]) -> Vec<RegistryDestination> {
@@ -415,20 +415,24 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
     dests: Vec<D>,
     waves: Vec<Vec<copy::ImageJob>>,
     args: &CopyOptionArgs,
-    referrers: bool,
+    reporter: Arc<dyn report::Reporter>,
     sides: Sides,
 ) -> Result<ExitCode> {
     let opts = copy::Options {
         jobs: args.jobs.into(),
         overwrite: args.overwrite,
         include_foreign: args.include_foreign,
-        referrers,
+        ..copy::Options::default()
     };
-    let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
-    let engine = Engine::new(source, dests, opts, reporter);
+    let engine = Engine::new(vec![source], dests, opts, reporter.clone());
+    let finished = |job: &copy::JobReport| {
+        for r in job.targets.iter().chain(&job.referrers) {
+            reporter.copied(r);
+        }
+    };
     let summary = runtime()?.block_on(async {
         tokio::select! {
-            s = engine.run(waves) => Some(s),
+            s = engine.run(waves, &finished) => Some(s),
             _ = tokio::signal::ctrl_c() => None,
         }
     });

@@ -273,7 +273,12 @@ pub fn push(
             };
             let job = ImageJob {
                 label,
+                source: 0,
                 repo: name.clone(),
+                platforms: Vec::new(),
+                referrers: false,
+                annotations: Default::default(),
+                fallback: false,
                 targets: targets
                     .iter()
                     .enumerate()
@@ -339,7 +344,12 @@ fn parse_selection(spec: &str) -> Result<(String, Option<SourceRef>), PlanError>
 
 /// A copy: one upstream image to every target. A target without a tag gets the source's
 /// (or, for a source named by digest only, the manifest by digest).
-pub fn copy(source: &Reference, targets: &[Target]) -> Result<ImageJob, PlanError> {
+/// `referrers`: also what refers to it (see [`ImageJob::referrers`]).
+pub fn copy(
+    source: &Reference,
+    targets: &[Target],
+    referrers: bool,
+) -> Result<ImageJob, PlanError> {
     let reference = match (&source.digest, &source.tag) {
         (Some(d), _) => SourceRef::Digest(d.clone()),
         (None, Some(t)) => SourceRef::Tag(t.clone()),
@@ -364,8 +374,13 @@ pub fn copy(source: &Reference, targets: &[Target]) -> Result<ImageJob, PlanErro
         .collect::<Result<_, _>>()?;
     Ok(ImageJob {
         label: source.to_string(),
+        source: 0,
         repo: source.repository.clone(),
         reference,
+        platforms: Vec::new(),
+        referrers,
+        annotations: Default::default(),
+        fallback: false,
         targets,
     })
 }

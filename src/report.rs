@@ -12,7 +12,7 @@ use crate::registry::Remedy;
 pub trait Reporter: Send + Sync {
     fn image_started(&self, _source: &str) {}
     fn image_finished(&self, _report: &ImageReport) {}
-    /// One image at one target of a push or copy.
+    /// One image at one target of a push or copy (the caller tells it).
     fn copied(&self, _report: &TargetReport) {}
     /// Blob bytes a push or copy target took.
     fn bytes_sent(&self, _target: &str, _bytes: u64) {}
@@ -98,8 +98,12 @@ pub struct TargetReport {
     pub source: String,
     /// Where: `<host>/<repository>:<tag>` (or `@<digest>`).
     pub target: String,
-    /// The manifest's digest, the same at the source and the target.
+    /// The manifest's digest, the same at the source and the target unless a platform
+    /// cut made a new index.
     pub digest: Option<String>,
+    /// The source's digest, where a platform cut made the copy's differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_digest: Option<String>,
     pub status: CopyStatus,
     /// What the target's tag pointed at instead (skipped, or refused by
     /// `--overwrite=fail`).

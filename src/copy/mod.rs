@@ -21,7 +21,7 @@
 pub mod registry;
 pub mod store;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,10 +36,13 @@ use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::manifest::{Descriptor, Kind, ManifestError, OCI_INDEX, Verified};
+use crate::manifest::{
+    Descriptor, KEPT_PLATFORMS, Kind, ManifestError, OCI_INDEX, UPSTREAM_DIGEST, Verified,
+};
 use crate::reference::Digest;
 use crate::registry::RegistryError;
 use crate::report::{CopyStatus, Reporter, TargetReport, error_chain};
+use crate::select::{PlatformCut, PlatformSpec, cut_index};
 use crate::store::StoreError;
 
 /// Blobs up to this size go in one request; larger ones in chunks of this size, which is
@@ -79,15 +82,15 @@ pub enum CopyError {
         expected: u64,
         actual: u64,
     },
-    #[error("index {digest} nests indexes deeper than {MAX_INDEX_DEPTH} levels (or in a cycle)")]
+    #[error("index nesting deeper than {MAX_INDEX_DEPTH} levels (or a cycle) at {digest}; refusing")]
     IndexTooDeep { digest: Digest },
     #[error(
-        "blob {digest} from the source hashes to {actual}; nothing was committed at the targets"
+        "digest mismatch: blob {digest} from the source hashes to {actual}; nothing was committed at the targets"
     )]
     BlobDigest { digest: Digest, actual: Digest },
-    #[error("blob {digest}: the source sent more than its {size} bytes")]
+    #[error("size mismatch for blob {digest}: the source sent more than its {size} bytes")]
     BlobTooLong { digest: Digest, size: u64 },
-    #[error("blob {digest}: the source stopped at byte {got} of {size}")]
+    #[error("blob {digest} broke off at byte {got} of {size} after {SOURCE_RESUMES} resumes")]
     BlobIncomplete {
         digest: Digest,
         got: u64,
@@ -97,6 +100,12 @@ pub enum CopyError {
     },
     #[error("{what} is a {media_type}, not an OCI index of referrers")]
     NotReferrersIndex { what: String, media_type: String },
+    #[error("{reference} has none of the platforms asked for ({wanted}); it offers {available}")]
+    NoPlatform {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
     #[error("{target} points at {existing}, not {digest}; left as it is (--overwrite=fail)")]
     TagExists {
         target: String,
@@ -134,6 +143,13 @@ pub trait Source: Send + Sync {
     /// The registry host it reads, when it is a registry: a destination on that host
     /// mounts blobs from the source repository instead of taking their bytes.
     fn registry(&self) -> Option<&str>;
+    /// The digest `tag` of `repo` points at, where the source can tell without sending
+    /// the manifest (a HEAD); `None` where it cannot. An unchanged target costs this.
+    fn digest(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> impl Future<Output = Result<Option<Digest>, CopyError>> + Send;
     /// The manifest `tag` of `repo` points at.
     fn resolve(
         &self,
@@ -155,12 +171,24 @@ pub trait Source: Send + Sync {
         desc: &Descriptor,
         offset: u64,
     ) -> impl Future<Output = Result<BlobRead, CopyError>> + Send;
-    /// The manifests of `repo` whose subject is `subject`; none when it has none.
+    /// What refers to `subject` in `repo`.
     fn referrers(
         &self,
         repo: &str,
         subject: &Digest,
-    ) -> impl Future<Output = Result<Vec<Descriptor>, CopyError>> + Send;
+    ) -> impl Future<Output = Result<Referrers, CopyError>> + Send;
+}
+
+/// What refers to one subject at a source.
+#[derive(Debug, Default)]
+pub struct Referrers {
+    /// Manifests the referrers API lists (copied by digest).
+    pub listed: Vec<Descriptor>,
+    /// Where the source lacks the API: the spec's fallback tag, if it has one (copied as
+    /// a tag, merged with the target's own).
+    pub fallback: Option<String>,
+    /// Cosign's `<alg>-<hex>.sig`, `.att` and `.sbom` (copied as tags).
+    pub tags: Vec<String>,
 }
 
 /// The fallback tag of the distribution spec's referrers tag schema: `<alg>-<hex>` of
@@ -180,6 +208,15 @@ pub enum Start<W> {
 /// A blob being written at a destination. Chunks come in order, each [`CHUNK`] bytes;
 /// `finish` gets the rest (all of a blob no larger than one chunk).
 pub trait BlobWriter: Send {
+    /// Bytes it holds already (what an earlier run left): the source is read from there.
+    fn offset(&self) -> u64 {
+        0
+    }
+    /// Whether it checks the digest itself before it commits; when every writer of a
+    /// blob does, the engine does not hash it too.
+    fn verifies(&self) -> bool {
+        false
+    }
     fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), CopyError>> + Send;
     fn finish(
         self,
@@ -195,12 +232,22 @@ pub trait Destination: Send + Sync {
     fn name(&self) -> &str;
     /// The registry host it writes, when it is a registry.
     fn registry(&self) -> Option<&str>;
-    /// The digest `tag` of `repo` points at, if any.
+    /// What `tag` of `repo` points at, if it holds all of it.
     fn tag(
         &self,
         repo: &str,
         tag: &str,
-    ) -> impl Future<Output = Result<Option<Digest>, CopyError>> + Send;
+    ) -> impl Future<Output = Result<Option<Held>, CopyError>> + Send;
+    /// The image of its own (not only a child of another) in `repo` that the source's
+    /// `digest` became under `platforms`, if it holds all of it; `None` also where it
+    /// cannot tell without the manifest.
+    fn image(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        platforms: Option<&str>,
+    ) -> impl Future<Output = Result<Option<Held>, CopyError>> + Send;
+    /// Whether manifest `digest` and all it reaches are in `repo`.
     fn has_manifest(
         &self,
         repo: &str,
@@ -225,14 +272,69 @@ pub trait Destination: Send + Sync {
         repo: &str,
         reference: &str,
     ) -> impl Future<Output = Result<Option<Verified>, CopyError>> + Send;
-    /// Store `manifest` as its bytes are, under `reference` (a tag, or its digest); true
-    /// when the destination lists it under its subject by itself (the referrers API).
+    /// Whether one manifest may be put under two references at once (distribution
+    /// rewrites a manifest's link files in place on each PUT: it may not).
+    fn parallel_puts(&self) -> bool {
+        false
+    }
+    /// Store `manifest` as its bytes are, as `put` says; true when the destination lists
+    /// it under its subject by itself (the referrers API, the store's lists).
     fn put_manifest(
         &self,
         repo: &str,
-        reference: &str,
+        put: Put<'_>,
         manifest: &Verified,
     ) -> impl Future<Output = Result<bool, CopyError>> + Send;
+}
+
+/// Notes on an image for destinations that keep them (the store's index.json entry):
+/// where it came from, and what a platform cut made of it.
+pub type Annotations = BTreeMap<String, String>;
+
+/// How a manifest is put.
+#[derive(Debug, Clone, Copy)]
+pub enum Put<'a> {
+    /// Under a tag.
+    Tag(&'a str, &'a Annotations),
+    /// By digest, as an image of its own (a digest copied, a referrer).
+    Image(&'a Annotations),
+    /// By digest, as part of an index.
+    Child,
+}
+
+impl Put<'_> {
+    /// The reference a registry puts it under.
+    pub fn reference(&self, digest: &Digest) -> String {
+        match self {
+            Put::Tag(tag, _) => (*tag).to_owned(),
+            Put::Image(_) | Put::Child => digest.to_string(),
+        }
+    }
+}
+
+/// What a destination holds under a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub digest: Digest,
+    /// Where the destination recorded a platform cut: the source's digest, and the
+    /// platform list (`linux/amd64,linux/arm64`).
+    pub cut: Option<(Digest, String)>,
+}
+
+impl Held {
+    /// Whether this is what the source's `upstream` becomes under `platforms`.
+    pub fn is_copy_of(&self, upstream: &Digest, platforms: Option<&str>) -> bool {
+        match (platforms, &self.cut) {
+            (None, None) => &self.digest == upstream,
+            (Some(list), Some((from, kept))) => from == upstream && kept == list,
+            _ => false,
+        }
+    }
+
+    /// The source's digest of it.
+    pub fn upstream(&self) -> &Digest {
+        self.cut.as_ref().map_or(&self.digest, |(d, _)| d)
+    }
 }
 
 /// What a tag that already points at another digest at a target gets.
@@ -264,22 +366,25 @@ impl std::str::FromStr for Overwrite {
 pub struct Options {
     /// Blob transfers in flight at once.
     pub jobs: usize,
+    /// Images resolved and walked at once (those waiting for their tag to be set do not
+    /// count: a store writes many tags at once).
+    pub images: usize,
     pub overwrite: Overwrite,
     /// Also copy foreign (non-distributable) layers; by default they are left out, as
     /// registries do not hold them.
     pub include_foreign: bool,
-    /// After each image, copy what refers to it (and to its index's children) by
-    /// digest, and what refers to those: [`MAX_REFERRER_DEPTH`] levels.
-    pub referrers: bool,
+    /// Stop at the first image that fails at any target.
+    pub fail_fast: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             jobs: 8,
+            images: 32,
             overwrite: Overwrite::default(),
             include_foreign: false,
-            referrers: false,
+            fail_fast: false,
         }
     }
 }
@@ -296,9 +401,22 @@ pub enum SourceRef {
 pub struct ImageJob {
     /// How reports name the source image (`lab/debian:12`, `reg.example/lab/debian:12`).
     pub label: String,
+    /// Index into the engine's sources.
+    pub source: usize,
     /// Source repository.
     pub repo: String,
     pub reference: SourceRef,
+    /// Keep only these platforms of an index (its digest then changes); empty keeps all.
+    pub platforms: Vec<PlatformSpec>,
+    /// Afterwards copy what refers to it (and to its index's children): by digest what
+    /// the referrers API lists, by tag the referrer tags; and what refers to those,
+    /// [`MAX_REFERRER_DEPTH`] levels.
+    pub referrers: bool,
+    /// Given to destinations that keep notes on images (see [`Annotations`]).
+    pub annotations: Annotations,
+    /// The tag is a referrers fallback tag: a target's own is merged with it, not
+    /// replaced.
+    pub fallback: bool,
     pub targets: Vec<JobTarget>,
 }
 
@@ -310,6 +428,16 @@ pub struct JobTarget {
     pub repo: String,
     /// The tag to set; `None` stores the manifest by digest only.
     pub tag: Option<String>,
+}
+
+/// How one job went: a report per target, and one per target for each referrer it
+/// led to.
+#[derive(Debug)]
+pub struct JobReport {
+    /// Its place in its wave.
+    pub index: usize,
+    pub targets: Vec<TargetReport>,
+    pub referrers: Vec<TargetReport>,
 }
 
 /// What one destination got in a run.
@@ -370,23 +498,48 @@ type Claim = Arc<tokio::sync::Mutex<bool>>;
 /// The one updater, at a time, of a fallback tag at a destination.
 type FallbackClaim = Arc<tokio::sync::Mutex<()>>;
 
-/// What one job (and the referrers it led to) came to, each with its destination.
+/// Reports with the index of their destination.
 type Reports = Vec<(usize, TargetReport)>;
 
+/// Images that may wait for their tag to be set, per image being walked.
+const WAITERS_PER_WALKER: usize = 8;
+
 pub struct Engine<S, D> {
-    source: S,
+    sources: Vec<S>,
     dests: Vec<D>,
     opts: Options,
     reporter: Arc<dyn Reporter>,
     transfers: Semaphore,
+    /// Images being resolved and walked (see `Options::images`).
+    walking: Semaphore,
     holders: Vec<Mutex<HashMap<Digest, Holder>>>,
     /// Per destination, (repository, manifest digest) → put there in this run.
     manifest_claims: Vec<Mutex<HashMap<(String, Digest), Claim>>>,
-    /// Per destination, (repository, subject) → the claim on its fallback tag.
-    fallback_claims: Vec<Mutex<HashMap<(String, Digest), FallbackClaim>>>,
+    /// Per destination, (repository, fallback tag) → the claim on it.
+    fallback_claims: Vec<Mutex<HashMap<(String, String), FallbackClaim>>>,
     /// Source manifests by digest, read once however many images share them.
     manifests: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Verified>>>>>,
     counters: Vec<Counters>,
+}
+
+/// A repository of one of the engine's sources.
+struct Origin<'a, S> {
+    source: &'a S,
+    repo: &'a str,
+}
+
+impl<S> Clone for Origin<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for Origin<'_, S> {}
+
+/// An image as the targets got it: its top manifest (after a platform cut), and the
+/// source's digest of it.
+struct Copied {
+    top: Arc<Verified>,
+    upstream: Digest,
 }
 
 /// One image's target while it is copied, and the first error it met (after which
@@ -420,12 +573,24 @@ fn fail_all(slots: &[&Slot], e: CopyError) {
     }
 }
 
+/// "linux/amd64,linux/arm64": a platform list as destinations record it.
+pub fn platform_list(platforms: &[PlatformSpec]) -> Option<String> {
+    let list: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+    (!list.is_empty()).then(|| list.join(","))
+}
+
 impl<S: Source, D: Destination> Engine<S, D> {
-    pub fn new(source: S, dests: Vec<D>, opts: Options, reporter: Arc<dyn Reporter>) -> Self {
+    pub fn new(
+        sources: Vec<S>,
+        dests: Vec<D>,
+        opts: Options,
+        reporter: Arc<dyn Reporter>,
+    ) -> Self {
         let n = dests.len();
         Engine {
-            source,
+            sources,
             transfers: Semaphore::new(opts.jobs.max(1)),
+            walking: Semaphore::new(opts.images.max(1)),
             holders: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
             manifest_claims: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
             fallback_claims: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -437,12 +602,19 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }
     }
 
-    /// Copy every image to each of its targets. The images of a wave run concurrently
-    /// (transfers bounded by `jobs`); a wave starts when the one before has ended, so
-    /// that subjects are at the targets before their referrers.
-    pub async fn run(&self, waves: Vec<Vec<ImageJob>>) -> Summary {
+    /// Copy every image to each of its targets; `finished` hears of each job as it ends.
+    /// The images of a wave run concurrently (transfers bounded by `jobs`); a wave starts
+    /// when the one before has ended, so that subjects are at the targets before their
+    /// referrers.
+    pub async fn run(
+        &self,
+        waves: Vec<Vec<ImageJob>>,
+        finished: &(dyn Fn(&JobReport) + Sync),
+    ) -> Summary {
         let started = Instant::now();
-        let width = self.opts.jobs.max(1) * 2;
+        let width = self.opts.images.max(1) * WAITERS_PER_WALKER;
+        let total: usize = waves.iter().map(Vec::len).sum();
+        let mut done = 0;
         let mut targets: Vec<DestinationSummary> = self
             .dests
             .iter()
@@ -452,26 +624,46 @@ impl<S: Source, D: Destination> Engine<S, D> {
             })
             .collect();
         let mut images = Vec::new();
-        for wave in &waves {
-            let reports: Vec<Reports> = futures::stream::iter(wave)
-                .map(|job| async move {
+        'waves: for (w, wave) in waves.iter().enumerate() {
+            let mut reports = futures::stream::iter(wave.iter().enumerate())
+                .map(|(index, job)| async move {
                     let seen = Mutex::new(HashSet::new());
-                    self.copy_job(job, 0, &seen).await
+                    let (main, referrers) = self.copy_job(job, 0, &seen).await;
+                    (index, main, referrers)
                 })
-                .buffered(width)
-                .collect()
-                .await;
-            for (dest, r) in reports.into_iter().flatten() {
-                let s = &mut targets[dest];
-                *match r.status {
-                    CopyStatus::Copied => &mut s.copied,
-                    CopyStatus::Unchanged => &mut s.unchanged,
-                    CopyStatus::Skipped => &mut s.skipped,
-                    CopyStatus::Failed => &mut s.failed,
-                } += 1;
-                images.push(r);
+                .buffer_unordered(width);
+            while let Some((index, main, referrers)) = reports.next().await {
+                done += 1;
+                let report = JobReport {
+                    index,
+                    targets: main.iter().map(|(_, r)| r.clone()).collect(),
+                    referrers: referrers.iter().map(|(_, r)| r.clone()).collect(),
+                };
+                finished(&report);
+                let mut failed = false;
+                for (dest, r) in main.into_iter().chain(referrers) {
+                    let s = &mut targets[dest];
+                    *match r.status {
+                        CopyStatus::Copied => &mut s.copied,
+                        CopyStatus::Unchanged => &mut s.unchanged,
+                        CopyStatus::Skipped => &mut s.skipped,
+                        CopyStatus::Failed => &mut s.failed,
+                    } += 1;
+                    failed |= r.status == CopyStatus::Failed;
+                    images.push(((w, index), r));
+                }
+                if failed && self.opts.fail_fast {
+                    // Dropping the stream cancels the images in flight: no tag of theirs
+                    // was set after the first failure.
+                    self.reporter.warn(&format!(
+                        "stopping after the first failure (--fail-fast); {} of {total} images not finished",
+                        total - done
+                    ));
+                    break 'waves;
+                }
             }
         }
+        images.sort_by_key(|(at, _)| *at);
         for (s, c) in targets.iter_mut().zip(&self.counters) {
             s.blobs_uploaded = c.blobs_uploaded.load(Ordering::Relaxed);
             s.blobs_mounted = c.blobs_mounted.load(Ordering::Relaxed);
@@ -482,32 +674,34 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }
         Summary {
             targets,
-            images,
+            images: images.into_iter().map(|(_, r)| r).collect(),
             seconds: started.elapsed().as_secs_f64(),
         }
     }
 
-    /// Copy `job`; then, with `Options::referrers`, what refers to it, by digest, to the
-    /// targets that now hold it. `seen` holds the referrers this job reached already.
+    /// Copy `job`; then, if it asks, what refers to it to the targets that now hold it.
+    /// `seen` holds the referrers this job reached already. The job's reports, and its
+    /// referrers'.
     fn copy_job<'a>(
         &'a self,
         job: &'a ImageJob,
         depth: usize,
         seen: &'a Mutex<HashSet<Digest>>,
-    ) -> BoxFuture<'a, Reports> {
+    ) -> BoxFuture<'a, (Reports, Reports)> {
         async move {
-            let (reports, top) = self.copy_image(job).await;
-            let mut out: Reports = job.targets.iter().map(|t| t.dest).zip(reports).collect();
-            let Some(top) = top.filter(|_| self.opts.referrers && depth < MAX_REFERRER_DEPTH)
+            let (reports, copied) = self.copy_image(job).await;
+            let main: Reports = job.targets.iter().map(|t| t.dest).zip(reports).collect();
+            let mut out = Reports::new();
+            let Some(copied) = copied.filter(|_| job.referrers && depth < MAX_REFERRER_DEPTH)
             else {
-                return out;
+                return (main, out);
             };
             // A skipped tag left another image there, and a failed one may lack the
             // subject: referrers go where the image is.
             let targets: Vec<JobTarget> = job
                 .targets
                 .iter()
-                .zip(&out)
+                .zip(&main)
                 .filter(|(_, (_, r))| {
                     matches!(r.status, CopyStatus::Copied | CopyStatus::Unchanged)
                 })
@@ -517,55 +711,81 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 })
                 .collect();
             if targets.is_empty() {
-                return out;
+                return (main, out);
             }
-            let mut subjects = vec![top.digest.clone()];
-            if let Kind::Index(children) = &top.manifest.kind {
+            // The image as the source knows it, and the children it kept.
+            let mut subjects = vec![copied.upstream.clone()];
+            if let Kind::Index(children) = &copied.top.manifest.kind {
                 subjects.extend(children.iter().map(|c| c.digest.clone()));
             }
-            let listed =
-                join_all(subjects.iter().map(|s| self.source.referrers(&job.repo, s))).await;
+            let source = &self.sources[job.source];
+            let found = join_all(subjects.iter().map(|s| source.referrers(&job.repo, s))).await;
             let name = source_name(job);
             let mut jobs = Vec::new();
-            for (subject, listed) in subjects.iter().zip(listed) {
-                let listed = match listed {
-                    Ok(listed) => listed,
+            for (subject, found) in subjects.iter().zip(found) {
+                let found = match found {
+                    Ok(found) => found,
                     Err(e) => {
                         // Referrers asked for are never dropped silently.
                         let label = format!("{name}@{subject} (its referrers)");
                         out.extend(targets.iter().map(|t| {
                             let r =
-                                self.report(&label, t, None, CopyStatus::Failed, None, Some(&e));
+                                self.report(&label, t, None, None, CopyStatus::Failed, None, Some(&e));
                             (t.dest, r)
                         }));
                         continue;
                     }
                 };
-                for r in listed {
+                let referrer = |label: String, reference, fallback, targets| ImageJob {
+                    label,
+                    source: job.source,
+                    repo: job.repo.clone(),
+                    reference,
+                    platforms: Vec::new(),
+                    referrers: true,
+                    annotations: job.annotations.clone(),
+                    fallback,
+                    targets,
+                };
+                for r in found.listed {
                     if seen.lock().expect("seen lock").insert(r.digest.clone()) {
-                        jobs.push(ImageJob {
-                            label: format!("{name}@{}", r.digest),
-                            repo: job.repo.clone(),
-                            reference: SourceRef::Digest(r.digest),
-                            targets: targets.clone(),
-                        });
+                        let label = format!("{name}@{}", r.digest);
+                        let reference = SourceRef::Digest(r.digest);
+                        jobs.push(referrer(label, reference, false, targets.clone()));
                     }
                 }
+                let fallback = found.fallback.map(|t| (t, true));
+                for (tag, fallback) in fallback.into_iter().chain(found.tags.into_iter().map(|t| (t, false))) {
+                    let tagged = targets
+                        .iter()
+                        .map(|t| JobTarget {
+                            tag: Some(tag.clone()),
+                            ..t.clone()
+                        })
+                        .collect();
+                    let label = format!("{name}:{tag}");
+                    jobs.push(referrer(label, SourceRef::Tag(tag), fallback, tagged));
+                }
             }
-            for reports in join_all(jobs.iter().map(|j| self.copy_job(j, depth + 1, seen))).await {
-                out.extend(reports);
+            for (main, more) in join_all(jobs.iter().map(|j| self.copy_job(j, depth + 1, seen))).await
+            {
+                out.extend(main);
+                out.extend(more);
             }
-            out
+            (main, out)
         }
         .boxed()
     }
 
-    /// How `t` fared for image `label` (`digest` at the source), told to the reporter.
+    /// How `t` fared for image `label` (`digest` at the target, `upstream` at the source
+    /// where a platform cut made them differ).
+    #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
         label: &str,
         t: &JobTarget,
         digest: Option<&Digest>,
+        upstream: Option<&Digest>,
         status: CopyStatus,
         existing: Option<Digest>,
         error: Option<&CopyError>,
@@ -576,77 +796,163 @@ impl<S: Source, D: Destination> Engine<S, D> {
             (None, Some(digest)) => format!("{}/{}@{digest}", d.name(), t.repo),
             (None, None) => format!("{}/{}", d.name(), t.repo),
         };
-        let r = TargetReport {
+        TargetReport {
             source: label.to_owned(),
             target: at,
             digest: digest.map(Digest::to_string),
+            upstream_digest: upstream.filter(|u| Some(*u) != digest).map(Digest::to_string),
             status,
             existing: existing.as_ref().map(Digest::to_string),
             error: error.map(|e| error_chain(e)).unwrap_or_default(),
             remedy: error.and_then(CopyError::remedy),
-        };
-        self.reporter.copied(&r);
-        r
+        }
+    }
+
+    /// What each target holds of the job's image before anything is read from the
+    /// source: its tag, or (by digest) the image the digest became there.
+    async fn held(&self, job: &ImageJob, filter: Option<&str>) -> Vec<Result<Option<Held>, CopyError>> {
+        join_all(job.targets.iter().map(|t| async {
+            let d = &self.dests[t.dest];
+            match (&t.tag, &job.reference) {
+                (Some(tag), _) => d.tag(&t.repo, tag).await,
+                (None, SourceRef::Digest(digest)) => d.image(&t.repo, digest, filter).await,
+                (None, SourceRef::Tag(_)) => Ok(None),
+            }
+        }))
+        .await
     }
 
     /// One image to each of its targets: a report per target, in target order, and the
-    /// image's manifest when it could be read.
-    async fn copy_image(&self, job: &ImageJob) -> (Vec<TargetReport>, Option<Arc<Verified>>) {
+    /// image as they got it, when it could be read.
+    async fn copy_image(&self, job: &ImageJob) -> (Vec<TargetReport>, Option<Copied>) {
+        let walking = self.walking.acquire().await.expect("never closed");
         let label = &job.label;
-        let report = |t: &JobTarget,
-                      digest: Option<&Digest>,
-                      status: CopyStatus,
-                      existing: Option<Digest>,
-                      error: Option<&CopyError>| {
-            self.report(label, t, digest, status, existing, error)
+        let source = &self.sources[job.source];
+        let filter = platform_list(&job.platforms);
+        let filter = filter.as_deref();
+        let mut reports: Vec<Option<TargetReport>> = vec![None; job.targets.len()];
+        let mut held: Vec<Option<Held>> = vec![None; job.targets.len()];
+        for (i, found) in self.held(job, filter).await.into_iter().enumerate() {
+            match found {
+                Ok(h) => held[i] = h,
+                Err(e) => {
+                    let t = &job.targets[i];
+                    reports[i] = Some(self.report(label, t, None, None, CopyStatus::Failed, None, Some(&e)));
+                }
+            }
+        }
+        let open = |reports: &[Option<TargetReport>]| -> Vec<usize> {
+            (0..reports.len()).filter(|i| reports[*i].is_none()).collect()
         };
-        let top = match &job.reference {
-            SourceRef::Tag(tag) => self.source.resolve(&job.repo, tag).await.map(Arc::new),
-            SourceRef::Digest(d) => self.source_manifest(&job.repo, d, None).await,
-        };
-        let top = match top {
-            Ok(v) => v,
-            Err(e) => {
-                let reports = job
-                    .targets
-                    .iter()
-                    .map(|t| report(t, None, CopyStatus::Failed, None, Some(&e)))
-                    .collect();
-                return (reports, None);
+        let fail_open = |reports: &mut Vec<Option<TargetReport>>, e: &CopyError| {
+            for i in open(reports) {
+                reports[i] = Some(self.report(label, &job.targets[i], None, None, CopyStatus::Failed, None, Some(e)));
             }
         };
-        // What each target holds under the name decides whether to copy there at all:
-        // an unchanged target costs this one request.
-        let found = join_all(job.targets.iter().map(|t| async {
-            let d = &self.dests[t.dest];
-            match &t.tag {
-                Some(tag) => d.tag(&t.repo, tag).await,
-                None => Ok(d
-                    .has_manifest(&t.repo, &top.digest)
-                    .await?
-                    .then(|| top.digest.clone())),
+        // The source's digest, where it is known without reading the manifest: a digest
+        // asked for, or (when every target holds the tag) what a HEAD says.
+        let known = match &job.reference {
+            SourceRef::Digest(d) => Some(d.clone()),
+            SourceRef::Tag(tag) if open(&reports).iter().all(|i| held[*i].is_some()) => {
+                match source.digest(&job.repo, tag).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        fail_open(&mut reports, &e);
+                        None
+                    }
+                }
+            }
+            SourceRef::Tag(_) => None,
+        };
+        let mut unchanged_top = None;
+        if let Some(d) = &known {
+            for i in open(&reports) {
+                if let Some(h) = held[i].as_ref().filter(|h| h.is_copy_of(d, filter)) {
+                    let t = &job.targets[i];
+                    reports[i] = Some(self.report(label, t, Some(&h.digest), Some(d), CopyStatus::Unchanged, None, None));
+                    unchanged_top.get_or_insert((t, h.digest.clone()));
+                }
+            }
+        }
+        if open(&reports).is_empty() {
+            drop(walking);
+            let reports = reports.into_iter().map(|r| r.expect("decided")).collect();
+            // What the targets hold is read from one of them, for its referrers.
+            let copied = match (job.referrers, unchanged_top, known) {
+                (true, Some((t, digest)), Some(upstream)) => {
+                    match self.dests[t.dest].get_manifest(&t.repo, &digest.to_string()).await {
+                        Ok(Some(top)) => Some(Copied { top: Arc::new(top), upstream }),
+                        Ok(None) => None,
+                        Err(e) => {
+                            self.reporter.warn(&format!(
+                                "{label}: cannot read it back from {} to look for its referrers: {}",
+                                self.dests[t.dest].name(),
+                                error_chain(&e).join(": ")
+                            ));
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            return (reports, copied);
+        }
+        let origin = Origin { source, repo: &job.repo };
+        let upstream = match (&known, &job.reference) {
+            (Some(d), _) => self.source_manifest(origin, d, None).await,
+            (None, SourceRef::Tag(tag)) => source.resolve(&job.repo, tag).await.map(Arc::new),
+            (None, SourceRef::Digest(_)) => unreachable!("a digest is known"),
+        };
+        let mut annotations = job.annotations.clone();
+        let top = upstream.and_then(|upstream| match filter {
+            Some(list) => self.cut(job, list, upstream, &mut annotations),
+            None => Ok(upstream.clone()),
+        });
+        let (top, upstream) = match top {
+            Ok(top) => {
+                let upstream = annotations
+                    .get(UPSTREAM_DIGEST)
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or_else(|| top.digest.clone());
+                (top, upstream)
+            }
+            Err(e) => {
+                fail_open(&mut reports, &e);
+                return (reports.into_iter().map(|r| r.expect("decided")).collect(), None);
+            }
+        };
+        let report = |t: &JobTarget, status: CopyStatus, existing: Option<Digest>, error: Option<&CopyError>| {
+            self.report(label, t, Some(&top.digest), Some(&upstream), status, existing, error)
+        };
+        // Targets asked for by tag hold nothing yet; by digest, the image may be there.
+        let found = join_all(open(&reports).into_iter().map(|i| {
+            let t = &job.targets[i];
+            let known = held[i].take();
+            let top = &top;
+            async move {
+                let found = match (&t.tag, known) {
+                    (_, Some(h)) => Ok(Some(h.digest)),
+                    (Some(_), None) => Ok(None),
+                    (None, None) => self.dests[t.dest]
+                        .image(&t.repo, &top.digest, None)
+                        .await
+                        .map(|h| h.map(|h| h.digest)),
+                };
+                (i, found)
             }
         }))
         .await;
-        let mut reports: Vec<Option<TargetReport>> = Vec::new();
         let mut slots = Vec::new();
-        for (i, (t, found)) in job.targets.iter().zip(found).enumerate() {
-            let decided = match found {
-                Ok(Some(d)) if d == top.digest => Some(report(
-                    t,
-                    Some(&top.digest),
-                    CopyStatus::Unchanged,
-                    None,
-                    None,
-                )),
-                Ok(Some(d)) if self.opts.overwrite == Overwrite::Skip => Some(report(
-                    t,
-                    Some(&top.digest),
-                    CopyStatus::Skipped,
-                    Some(d),
-                    None,
-                )),
-                Ok(Some(d)) if self.opts.overwrite == Overwrite::Fail => {
+        for (i, found) in found {
+            let t = &job.targets[i];
+            let overwrites = t.tag.is_some() && !job.fallback;
+            reports[i] = match found {
+                Ok(Some(d)) if d == top.digest => Some(report(t, CopyStatus::Unchanged, None, None)),
+                // A fallback tag is merged, and an image by digest is not a tag to keep.
+                Ok(Some(d)) if overwrites && self.opts.overwrite == Overwrite::Skip => {
+                    Some(report(t, CopyStatus::Skipped, Some(d), None))
+                }
+                Ok(Some(d)) if overwrites && self.opts.overwrite == Overwrite::Fail => {
                     let e = CopyError::TagExists {
                         target: format!(
                             "{}/{}:{}",
@@ -657,13 +963,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
                         existing: d.clone(),
                         digest: top.digest.clone(),
                     };
-                    Some(report(
-                        t,
-                        Some(&top.digest),
-                        CopyStatus::Failed,
-                        Some(d),
-                        Some(&e),
-                    ))
+                    Some(report(t, CopyStatus::Failed, Some(d), Some(&e)))
                 }
                 Ok(_) => {
                     slots.push(Slot {
@@ -674,15 +974,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     });
                     None
                 }
-                Err(e) => Some(report(
-                    t,
-                    Some(&top.digest),
-                    CopyStatus::Failed,
-                    None,
-                    Some(&e),
-                )),
+                Err(e) => Some(report(t, CopyStatus::Failed, None, Some(&e))),
             };
-            reports.push(decided);
         }
         if !slots.is_empty() {
             let refs: Vec<&Slot> = slots.iter().collect();
@@ -693,18 +986,28 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 .filter(|(_, put)| !**put)
                 .map(|(s, _)| *s)
                 .collect();
-            self.copy_tree(&job.repo, &top, &need, 0).await;
-            let top = &top;
+            self.copy_tree(origin, &top, &need, 0).await;
+            drop(walking);
+            let (top, annotations) = (&top, &annotations);
             join_all(claims.into_iter().map(|(slot, mut put)| async move {
                 if slot.failed() {
                     return;
                 }
+                let dest = &self.dests[slot.dest];
+                if dest.parallel_puts() {
+                    // Its tree is there: other tags of it need not wait for this one.
+                    *put = true;
+                    drop(put);
+                }
                 let t = &job.targets[slot.target];
-                let reference = t.tag.clone().unwrap_or_else(|| top.digest.to_string());
-                let Some(indexed) = self.put_manifest(slot, &reference, top).await else {
+                let how = match &t.tag {
+                    Some(tag) if job.fallback => return self.merge_fallback(slot, tag, top).await,
+                    Some(tag) => Put::Tag(tag, annotations),
+                    None => Put::Image(annotations),
+                };
+                let Some(indexed) = self.put_manifest(slot, how, top).await else {
                     return;
                 };
-                *put = true;
                 // Only a referrer sent by digest is listed by us (the module's notes).
                 if let (None, false, Some(subject)) = (&t.tag, indexed, &top.manifest.subject) {
                     self.update_fallback(slot, &subject.digest, top).await;
@@ -715,34 +1018,66 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 let t = &job.targets[slot.target];
                 let error = slot.error.lock().expect("slot lock").take();
                 reports[slot.target] = Some(match error {
-                    None => report(t, Some(&top.digest), CopyStatus::Copied, None, None),
-                    Some(e) => report(
-                        t,
-                        Some(&top.digest),
-                        CopyStatus::Failed,
-                        None,
-                        Some(e.as_ref()),
-                    ),
+                    None => report(t, CopyStatus::Copied, None, None),
+                    Some(e) => report(t, CopyStatus::Failed, None, Some(e.as_ref())),
                 });
             }
         }
-        let reports = reports
-            .into_iter()
-            .map(|r| r.expect("every target decided"))
-            .collect();
-        (reports, Some(top))
+        let reports = reports.into_iter().map(|r| r.expect("every target decided")).collect();
+        (reports, Some(Copied { top, upstream }))
     }
 
-    /// Put `manifest` under `reference` at the slot; if it went, whether the destination
-    /// listed it under its subject by itself.
-    async fn put_manifest(
+    /// Apply the job's platform list to its top manifest. An index loses the children of
+    /// other platforms and so gets a new digest (the reporter says so); an index whose
+    /// children are all wanted, and a single-platform image, keep their source bytes.
+    /// `annotations` get the source's digest and the list.
+    fn cut(
         &self,
-        slot: &Slot,
-        reference: &str,
-        manifest: &Verified,
-    ) -> Option<bool> {
+        job: &ImageJob,
+        list: &str,
+        upstream: Arc<Verified>,
+        annotations: &mut Annotations,
+    ) -> Result<Arc<Verified>, CopyError> {
+        annotations.insert(UPSTREAM_DIGEST.to_owned(), upstream.digest.to_string());
+        annotations.insert(KEPT_PLATFORMS.to_owned(), list.to_owned());
+        if !matches!(upstream.manifest.kind, Kind::Index(_)) {
+            return Ok(upstream);
+        }
+        let bad = |source| CopyError::Manifest {
+            what: upstream.digest.to_string(),
+            source,
+        };
+        let cut = cut_index(&upstream.bytes, &job.platforms, &upstream.digest.to_string())
+            .map_err(|e| bad(ManifestError::Json(e)))?;
+        match cut {
+            PlatformCut::Whole => Ok(upstream),
+            PlatformCut::Nothing { available } => Err(CopyError::NoPlatform {
+                reference: job.label.clone(),
+                wanted: list.to_owned(),
+                available: available.join(", "),
+            }),
+            PlatformCut::Cut { bytes, dropped } => {
+                // New bytes: made a value of their own here, where they come to be.
+                let cut = Verified::new(Bytes::from(bytes), Some(upstream.media_type()))
+                    .map_err(bad)?;
+                self.reporter.warn(&format!(
+                    "{}: kept {list}, left out {}; the stored index is {}, not the registry's \
+                     {} (pull it by tag or by the new digest)",
+                    job.label,
+                    dropped.join(", "),
+                    cut.digest,
+                    upstream.digest
+                ));
+                Ok(Arc::new(cut))
+            }
+        }
+    }
+
+    /// Put `manifest` at the slot as `put` says; if it went, whether the destination
+    /// listed it under its subject by itself.
+    async fn put_manifest(&self, slot: &Slot, put: Put<'_>, manifest: &Verified) -> Option<bool> {
         match self.dests[slot.dest]
-            .put_manifest(&slot.repo, reference, manifest)
+            .put_manifest(&slot.repo, put, manifest)
             .await
         {
             Ok(indexed) => {
@@ -756,91 +1091,115 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }
     }
 
-    /// Add `referrer` to its subject's fallback tag at the slot. One update of a tag at a
-    /// time: two referrers of one subject read and rewrite the same index, and the
-    /// second must see the first's.
+    /// Add `referrer` to its subject's fallback tag at the slot.
     async fn update_fallback(&self, slot: &Slot, subject: &Digest, referrer: &Verified) {
+        let ours = referrer
+            .manifest
+            .referrer_descriptor(&referrer.digest, referrer.size());
+        let raw = serde_json::value::to_raw_value(&ours).expect("a descriptor serialises");
+        let add = vec![(referrer.digest.clone(), raw)];
+        self.fallback(slot, &fallback_tag(subject), add, None).await;
+    }
+
+    /// Bring the source's fallback tag `tag` (its index `index`) to the slot: as it is
+    /// where the slot has none, else what it lists added to the slot's own.
+    async fn merge_fallback(&self, slot: &Slot, tag: &str, index: &Verified) {
+        let what = || format!("{tag} at the source");
+        let raw = match serde_json::from_slice::<Listed>(&index.bytes) {
+            Ok(listed) => listed.manifests,
+            Err(e) => {
+                return slot.fail(Arc::new(CopyError::Manifest {
+                    what: what(),
+                    source: e.into(),
+                }));
+            }
+        };
+        let Kind::Index(children) = &index.manifest.kind else {
+            return slot.fail(Arc::new(CopyError::NotReferrersIndex {
+                what: what(),
+                media_type: index.media_type().to_owned(),
+            }));
+        };
+        let add = children.iter().map(|c| c.digest.clone()).zip(raw).collect();
+        self.fallback(slot, tag, add, Some(index)).await;
+    }
+
+    /// Put the fallback tag `tag` at the slot with the entries `add` (digest, descriptor
+    /// as written) it lacks; `whole` is put as it is where the slot has no such tag. One
+    /// update of a tag at a time: two referrers of one subject read and rewrite the same
+    /// index, and the second must see the first's.
+    async fn fallback(
+        &self,
+        slot: &Slot,
+        tag: &str,
+        add: Vec<(Digest, Box<RawValue>)>,
+        whole: Option<&Verified>,
+    ) {
         let lock = self.fallback_claims[slot.dest]
             .lock()
             .expect("fallback claim lock")
-            .entry((slot.repo.clone(), subject.clone()))
+            .entry((slot.repo.clone(), tag.to_owned()))
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        if let Err(e) = self.put_fallback(slot, subject, referrer).await {
+        if let Err(e) = self.put_fallback(slot, tag, add, whole).await {
             slot.fail(Arc::new(e));
         }
     }
 
-    /// Read the fallback index at the slot, and put it back with `referrer` added (the
-    /// descriptors it had kept as they were), unless it lists it already.
     async fn put_fallback(
         &self,
         slot: &Slot,
-        subject: &Digest,
-        referrer: &Verified,
+        tag: &str,
+        add: Vec<(Digest, Box<RawValue>)>,
+        whole: Option<&Verified>,
     ) -> Result<(), CopyError> {
-        #[derive(Deserialize)]
-        struct Listed {
-            #[serde(default)]
-            manifests: Vec<Box<RawValue>>,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Fallback {
-            schema_version: u32,
-            media_type: &'static str,
-            manifests: Vec<Box<RawValue>>,
-        }
         let dest = &self.dests[slot.dest];
-        let tag = fallback_tag(subject);
         let what = || format!("{}/{}:{tag}", dest.name(), slot.repo);
-        let mut manifests = Vec::new();
-        if let Some(old) = dest.get_manifest(&slot.repo, &tag).await? {
-            match &old.manifest.kind {
-                Kind::Index(listed) if old.media_type() == OCI_INDEX => {
-                    if listed.iter().any(|d| d.digest == referrer.digest) {
-                        return Ok(());
-                    }
-                }
-                _ => {
-                    return Err(CopyError::NotReferrersIndex {
-                        what: what(),
-                        media_type: old.media_type().to_owned(),
-                    });
-                }
+        let put = |index: Verified| async move {
+            dest.put_manifest(&slot.repo, Put::Tag(tag, &Annotations::new()), &index)
+                .await?;
+            bump(&self.counters[slot.dest].manifests_put, 1);
+            Ok(())
+        };
+        let Some(old) = dest.get_manifest(&slot.repo, tag).await? else {
+            if let Some(whole) = whole {
+                return put(whole.clone()).await;
             }
-            manifests = serde_json::from_slice::<Listed>(&old.bytes)
-                .map_err(|e| CopyError::Manifest {
+            let manifests = add.into_iter().map(|(_, raw)| raw).collect();
+            return put(fallback_index(manifests, &what)?).await;
+        };
+        let listed = match &old.manifest.kind {
+            Kind::Index(listed) if old.media_type() == OCI_INDEX => listed,
+            _ => {
+                return Err(CopyError::NotReferrersIndex {
                     what: what(),
-                    source: e.into(),
-                })?
-                .manifests;
+                    media_type: old.media_type().to_owned(),
+                });
+            }
+        };
+        let new: Vec<Box<RawValue>> = add
+            .into_iter()
+            .filter(|(d, _)| !listed.iter().any(|l| &l.digest == d))
+            .map(|(_, raw)| raw)
+            .collect();
+        if new.is_empty() {
+            return Ok(());
         }
-        let ours = referrer
-            .manifest
-            .referrer_descriptor(&referrer.digest, referrer.size());
-        manifests.push(serde_json::value::to_raw_value(&ours).expect("a descriptor serialises"));
-        let bytes = serde_json::to_vec(&Fallback {
-            schema_version: 2,
-            media_type: OCI_INDEX,
-            manifests,
-        })
-        .expect("an index serialises");
-        let index =
-            Verified::new(Bytes::from(bytes), None).map_err(|source| CopyError::Manifest {
+        let mut manifests = serde_json::from_slice::<Listed>(&old.bytes)
+            .map_err(|e| CopyError::Manifest {
                 what: what(),
-                source,
-            })?;
-        dest.put_manifest(&slot.repo, &tag, &index).await?;
-        bump(&self.counters[slot.dest].manifests_put, 1);
-        Ok(())
+                source: e.into(),
+            })?
+            .manifests;
+        manifests.extend(new);
+        put(fallback_index(manifests, &what)?).await
     }
 
     /// A source manifest by digest, read and verified once per run.
     async fn source_manifest(
         &self,
-        repo: &str,
+        from: Origin<'_, S>,
         digest: &Digest,
         media_type: Option<&str>,
     ) -> Result<Arc<Verified>, CopyError> {
@@ -852,8 +1211,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
             .or_default()
             .clone();
         cell.get_or_try_init(|| async {
-            self.source
-                .manifest(repo, digest, media_type)
+            from.source
+                .manifest(from.repo, digest, media_type)
                 .await
                 .map(Arc::new)
         })
@@ -865,7 +1224,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
     /// digest, after their own content). The manifest itself is the caller's to put.
     fn copy_tree<'a>(
         &'a self,
-        repo: &'a str,
+        from: Origin<'a, S>,
         manifest: &'a Verified,
         slots: &'a [&'a Slot],
         depth: usize,
@@ -884,7 +1243,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     join_all(
                         children
                             .iter()
-                            .map(|c| self.copy_child(repo, c, slots, depth)),
+                            .map(|c| self.copy_child(from, c, slots, depth)),
                     )
                     .await;
                 }
@@ -892,35 +1251,27 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     let blobs = std::iter::once(config.as_ref())
                         .chain(layers)
                         .filter(|d| self.opts.include_foreign || !d.is_foreign());
-                    join_all(blobs.map(|b| self.copy_blob(repo, b, slots))).await;
+                    join_all(blobs.map(|b| self.copy_blob(from, b, slots))).await;
                 }
             }
         }
         .boxed()
     }
 
-    async fn copy_child(&self, repo: &str, child: &Descriptor, slots: &[&Slot], depth: usize) {
+    async fn copy_child(
+        &self,
+        from: Origin<'_, S>,
+        child: &Descriptor,
+        slots: &[&Slot],
+        depth: usize,
+    ) {
         let slots = live(slots);
         if slots.is_empty() {
             return;
         }
-        let verified = match self
-            .source_manifest(repo, &child.digest, Some(&child.media_type))
-            .await
-        {
-            Ok(v) if v.size() != child.size => Err(CopyError::ManifestSize {
-                digest: child.digest.clone(),
-                expected: child.size,
-                actual: v.size(),
-            }),
-            other => other,
-        };
-        let verified = match verified {
-            Ok(v) => v,
-            Err(e) => return fail_all(&slots, e),
-        };
         let claims = self.claim_manifest(&child.digest, &slots).await;
-        // Targets that have the child have all it reaches (registries check on PUT).
+        // Targets that have the child have all it reaches (registries check on PUT);
+        // the source is read only for those that lack it.
         let has = join_all(claims.iter().map(|(s, put)| async move {
             if **put {
                 return Ok(true);
@@ -942,13 +1293,27 @@ impl<S: Source, D: Destination> Engine<S, D> {
             return;
         }
         let slots: Vec<&Slot> = need.iter().map(|(s, _)| *s).collect();
-        self.copy_tree(repo, &verified, &slots, depth + 1).await;
-        let digest = child.digest.to_string();
+        let verified = match self
+            .source_manifest(from, &child.digest, Some(&child.media_type))
+            .await
+        {
+            Ok(v) if v.size() != child.size => Err(CopyError::ManifestSize {
+                digest: child.digest.clone(),
+                expected: child.size,
+                actual: v.size(),
+            }),
+            other => other,
+        };
+        let verified = match verified {
+            Ok(v) => v,
+            Err(e) => return fail_all(&slots, e),
+        };
+        self.copy_tree(from, &verified, &slots, depth + 1).await;
         join_all(need.into_iter().map(|(s, mut put)| {
-            let (digest, verified) = (&digest, &verified);
+            let verified = &verified;
             async move {
                 if !s.failed() {
-                    *put = self.put_manifest(s, digest, verified).await.is_some();
+                    *put = self.put_manifest(s, Put::Child, verified).await.is_some();
                 }
             }
         }))
@@ -997,7 +1362,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
 
     /// One blob into every slot that lacks it: present (nothing), mounted, or sent, the
     /// bytes read from the source once for all slots that need them.
-    async fn copy_blob(&self, repo: &str, desc: &Descriptor, slots: &[&Slot]) {
+    async fn copy_blob(&self, from: Origin<'_, S>, desc: &Descriptor, slots: &[&Slot]) {
         let mut slots = live(slots);
         // Claims taken in destination order, so that two images never wait on each
         // other's.
@@ -1027,11 +1392,11 @@ impl<S: Source, D: Destination> Engine<S, D> {
             // A repository of this destination known to hold it: one this run put it in,
             // else the source repository itself when source and destination are one
             // registry (a copy between its repositories sends no blob bytes).
-            let same_registry = self.source.registry().is_some()
-                && self.source.registry() == dest.registry()
-                && slot.repo != repo;
-            let from = held.as_deref().or(same_registry.then_some(repo));
-            match dest.start_blob(&slot.repo, desc, from).await {
+            let registry = from.source.registry();
+            let same_registry =
+                registry.is_some() && registry == dest.registry() && slot.repo != from.repo;
+            let mount = held.as_deref().or(same_registry.then_some(from.repo));
+            match dest.start_blob(&slot.repo, desc, mount).await {
                 Ok(Start::Mounted) => bump(&counters.blobs_mounted, 1),
                 Ok(Start::Write(w)) => {
                     writers.push((slot, w));
@@ -1044,11 +1409,39 @@ impl<S: Source, D: Destination> Engine<S, D> {
             return;
         }
         let _permit = self.transfers.acquire().await.expect("never closed");
-        self.reporter.blob_started(&desc.digest, desc.size, 0);
-        let sent = self.transfer(repo, desc, writers).await;
-        self.reporter.blob_finished(&desc.digest);
-        for (slot, mut held) in sent.into_iter().zip(guards) {
-            if let Some(slot) = slot {
+        let mut sent = self.transfer(from, desc, writers).await;
+        // A part an earlier run left that did not verify is gone now: one clean try is
+        // owed to what it was resumed for.
+        let again: Vec<_> = sent
+            .iter()
+            .filter_map(|s| match s {
+                Sent::Again(slot) => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        if !again.is_empty() {
+            self.reporter.warn(&format!(
+                "blob {} resumed from an earlier run did not verify; downloading it again from the start",
+                desc.digest
+            ));
+            let mut writers = Vec::new();
+            for slot in again {
+                match self.dests[slot.dest].start_blob(&slot.repo, desc, None).await {
+                    Ok(Start::Write(w)) => writers.push((slot, w)),
+                    Ok(Start::Mounted) => bump(&self.counters[slot.dest].blobs_mounted, 1),
+                    Err(e) => slot.fail(Arc::new(e)),
+                }
+            }
+            let retried = self.transfer(from, desc, writers).await;
+            for s in &mut sent {
+                if let Sent::Again(slot) = s {
+                    let done = retried.iter().any(|r| matches!(r, Sent::Done(d) if std::ptr::eq(*d, *slot)));
+                    *s = if done { Sent::Done(slot) } else { Sent::Failed };
+                }
+            }
+        }
+        for (sent, mut held) in sent.into_iter().zip(guards) {
+            if let Sent::Done(slot) = sent {
                 held.get_or_insert_with(|| slot.repo.clone());
             }
         }
@@ -1061,10 +1454,15 @@ impl<S: Source, D: Destination> Engine<S, D> {
     /// others go on at their speed. The source is read at the pace of the fastest.
     async fn transfer<'s>(
         &self,
-        repo: &str,
+        from: Origin<'_, S>,
         desc: &Descriptor,
         writers: Vec<(&'s Slot, D::Writer)>,
-    ) -> Vec<Option<&'s Slot>> {
+    ) -> Vec<Sent<'s>> {
+        // Read from where the writer furthest behind stands (a part an earlier run left
+        // is not read again); a writer further on skips what it has.
+        let start = writers.iter().map(|(_, w)| w.offset()).min().unwrap_or(0);
+        let verify = start == 0 && !writers.iter().all(|(_, w)| w.verifies());
+        self.reporter.blob_started(&desc.digest, desc.size, start);
         let mut queues = Vec::with_capacity(writers.len());
         let mut receivers = Vec::with_capacity(writers.len());
         for (slot, _) in &writers {
@@ -1075,7 +1473,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }
         // Owns the queues: the writers' queues close when it ends, however it ends.
         let read = async move {
-            let mut reader = SourceReader::new(&self.source, repo, desc);
+            let mut reader = SourceReader::new(from, desc, start, verify);
             let mut spool: Option<Spool> = None;
             loop {
                 // Read on when the fastest writer can take more: a chunk it would only
@@ -1150,56 +1548,76 @@ impl<S: Source, D: Destination> Engine<S, D> {
             }
             Ok(())
         };
-        let write = join_all(
-            writers
-                .into_iter()
-                .zip(receivers)
-                .map(|((slot, w), rx)| self.write_pieces(slot, w, rx, &desc.digest)),
-        );
+        let write = join_all(writers.into_iter().zip(receivers).map(|((slot, w), rx)| {
+            let skip = w.offset() - start;
+            self.write_pieces(slot, w, rx, &desc.digest, skip)
+        }));
         let (read, written) = futures::join!(read, write);
-        match read {
-            Ok(()) => written,
-            Err(e) => {
-                let e = Arc::new(e);
-                for slot in written.iter().flatten() {
+        self.reporter.blob_finished(&desc.digest);
+        if let Err(e) = read {
+            let e = Arc::new(e);
+            for sent in &written {
+                if let Sent::Closed(slot) = sent {
                     slot.fail(e.clone());
                 }
-                written.into_iter().map(|_| None).collect()
             }
         }
+        written
+            .into_iter()
+            .map(|s| match s {
+                Sent::Closed(_) => Sent::Failed,
+                other => other,
+            })
+            .collect()
     }
 
-    /// One writer's side of [`Self::transfer`]: its pieces in order, then the last one
-    /// with the digest. The slot, when all of it went; a queue closed before the last
-    /// piece means the read failed (the caller says why).
+    /// One writer's side of [`Self::transfer`]: its pieces in order (less the `skip`
+    /// bytes it has already), then the last one with the digest. A queue closed before
+    /// the last piece means the read failed (the caller says why).
     async fn write_pieces<'s>(
         &self,
         slot: &'s Slot,
         mut writer: D::Writer,
         mut pieces: tokio::sync::mpsc::UnboundedReceiver<Piece>,
         digest: &Digest,
-    ) -> Option<&'s Slot> {
+        mut skip: u64,
+    ) -> Sent<'s> {
+        let resumed = writer.offset() > 0;
+        let mut trim = |mut chunk: Bytes| {
+            let n = skip.min(chunk.len() as u64);
+            skip -= n;
+            chunk.split_off(n as usize)
+        };
         while let Some(piece) = pieces.recv().await {
             let result = match piece {
                 Piece::Memory(chunk, _permit) => {
+                    let chunk = trim(chunk);
                     let n = chunk.len() as u64;
                     writer.write(chunk).await.map(|()| n)
                 }
                 Piece::Spooled { spool, at, len } => match Spool::read(spool, at, len).await {
-                    Ok(chunk) => writer.write(chunk).await.map(|()| len as u64),
+                    Ok(chunk) => {
+                        let chunk = trim(chunk);
+                        let n = chunk.len() as u64;
+                        writer.write(chunk).await.map(|()| n)
+                    }
                     Err(e) => Err(e),
                 },
                 Piece::Last(chunk) => {
+                    let chunk = trim(chunk);
                     let n = chunk.len() as u64;
                     return match writer.finish(digest, chunk).await {
                         Ok(()) => {
                             self.sent(slot.dest, n);
                             bump(&self.counters[slot.dest].blobs_uploaded, 1);
-                            Some(slot)
+                            Sent::Done(slot)
+                        }
+                        Err(CopyError::Store(StoreError::DigestMismatch { .. })) if resumed => {
+                            Sent::Again(slot)
                         }
                         Err(e) => {
                             slot.fail(Arc::new(e));
-                            None
+                            Sent::Failed
                         }
                     };
                 }
@@ -1208,12 +1626,55 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 Ok(n) => self.sent(slot.dest, n),
                 Err(e) => {
                     slot.fail(Arc::new(e));
-                    return None;
+                    return Sent::Failed;
                 }
             }
         }
-        None
+        Sent::Closed(slot)
     }
+}
+
+/// How one writer's side of a transfer ended.
+enum Sent<'s> {
+    /// All of the blob is at the slot.
+    Done(&'s Slot),
+    /// The slot failed (it says why).
+    Failed,
+    /// The read stopped before the end (the caller fails the slot with its error).
+    Closed(&'s Slot),
+    /// What an earlier run left did not verify, and is gone: worth one more try.
+    Again(&'s Slot),
+}
+
+/// An index's entries, as written.
+#[derive(Deserialize)]
+struct Listed {
+    #[serde(default)]
+    manifests: Vec<Box<RawValue>>,
+}
+
+/// A fallback tag's index of `manifests`.
+fn fallback_index(
+    manifests: Vec<Box<RawValue>>,
+    what: &dyn Fn() -> String,
+) -> Result<Verified, CopyError> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Fallback {
+        schema_version: u32,
+        media_type: &'static str,
+        manifests: Vec<Box<RawValue>>,
+    }
+    let bytes = serde_json::to_vec(&Fallback {
+        schema_version: 2,
+        media_type: OCI_INDEX,
+        manifests,
+    })
+    .expect("an index serialises");
+    Verified::new(Bytes::from(bytes), None).map_err(|source| CopyError::Manifest {
+        what: what(),
+        source,
+    })
 }
 
 /// Chunks one writer may have in memory, queued or being sent (see `transfer`).
@@ -1289,8 +1750,7 @@ fn source_name(job: &ImageJob) -> &str {
 
 /// A source blob read in [`CHUNK`]s, hashed on the way, resumed where it broke off.
 struct SourceReader<'a, S> {
-    source: &'a S,
-    repo: &'a str,
+    from: Origin<'a, S>,
     desc: &'a Descriptor,
     stream: Option<BoxStream<'static, Result<Bytes, CopyError>>>,
     /// Bytes of the blob read so far.
@@ -1298,20 +1758,20 @@ struct SourceReader<'a, S> {
     /// Bytes the open stream will send that were read already (a restart from 0).
     skip: u64,
     resumes: u32,
-    hasher: Sha256,
+    /// `None` when the writers check the digest (or the read starts past 0).
+    hasher: Option<Sha256>,
 }
 
 impl<'a, S: Source> SourceReader<'a, S> {
-    fn new(source: &'a S, repo: &'a str, desc: &'a Descriptor) -> Self {
+    fn new(from: Origin<'a, S>, desc: &'a Descriptor, start: u64, verify: bool) -> Self {
         SourceReader {
-            source,
-            repo,
+            from,
             desc,
             stream: None,
-            pos: 0,
+            pos: start,
             skip: 0,
             resumes: 0,
-            hasher: Sha256::new(),
+            hasher: verify.then(Sha256::new),
         }
     }
 
@@ -1328,7 +1788,7 @@ impl<'a, S: Source> SourceReader<'a, S> {
             let stream = match &mut self.stream {
                 Some(s) => s,
                 None => {
-                    let read = self.source.blob(self.repo, self.desc, self.pos).await?;
+                    let read = self.from.source.blob(self.from.repo, self.desc, self.pos).await?;
                     self.skip = self.pos.saturating_sub(read.offset);
                     self.stream.insert(read.stream)
                 }
@@ -1339,7 +1799,9 @@ impl<'a, S: Source> SourceReader<'a, S> {
                     self.skip -= skip;
                     let bytes = bytes.split_off(skip as usize);
                     let take = bytes.len().min(want - buf.len());
-                    self.hasher.update(&bytes[..take]);
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&bytes[..take]);
+                    }
                     buf.extend_from_slice(&bytes[..take]);
                     self.pos += take as u64;
                     if take < bytes.len() {
@@ -1379,7 +1841,10 @@ impl<'a, S: Source> SourceReader<'a, S> {
 
     /// After the last chunk: the bytes read hash to the descriptor's digest.
     fn verify(&mut self) -> Result<(), CopyError> {
-        let actual = Digest::sha256_finish(std::mem::take(&mut self.hasher));
+        let Some(hasher) = self.hasher.take() else {
+            return Ok(());
+        };
+        let actual = Digest::sha256_finish(hasher);
         if actual == self.desc.digest {
             Ok(())
         } else {

@@ -2,28 +2,131 @@
 //! the digest asked for or announced), as a destination it pushes (HEAD before sending,
 //! cross-repository mounts, chunked uploads that resume).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use futures::TryStreamExt;
+use tokio::sync::{OnceCell, Semaphore};
 
-use super::{BlobRead, BlobWriter, CopyError, Destination, Source, Start, fallback_tag};
+use super::{
+    BlobRead, BlobWriter, CopyError, Destination, Held, Put, Referrers, Source, Start,
+    fallback_tag,
+};
 use crate::manifest::{Descriptor, Kind, Manifest, OCI_INDEX, Verified};
-use crate::reference::Digest;
+use crate::reference::{Digest, validate_tag};
 use crate::registry::{Client, Started, Upload};
+use crate::report::{Reporter, error_chain};
+
+/// Blob reads in flight at once from one registry host, unless told otherwise.
+const READS_PER_HOST: usize = 8;
+
+/// A repository's tags.
+type Tags = Arc<HashSet<String>>;
 
 /// Pulls from one registry host.
 pub struct RegistrySource {
     client: Client,
+    /// The registry as references name it (`docker.io`).
+    registry: String,
     /// The host the API is reached at (`registry-1.docker.io` for docker.io).
     host: String,
+    /// So that one slow registry cannot hold every transfer.
+    reads: Arc<Semaphore>,
+    /// Each repository's tags, listed once (for referrer tags).
+    tags: Mutex<HashMap<String, Arc<OnceCell<Tags>>>>,
+    reporter: Arc<dyn Reporter>,
+    manifests_read: AtomicU64,
+    manifest_bytes: AtomicU64,
 }
 
 impl RegistrySource {
-    pub fn new(client: Client, host: &str) -> RegistrySource {
+    pub fn new(
+        client: Client,
+        registry: &str,
+        host: &str,
+        reporter: Arc<dyn Reporter>,
+    ) -> RegistrySource {
         RegistrySource {
             client,
+            registry: registry.to_owned(),
             host: host.to_owned(),
+            reads: Arc::new(Semaphore::new(READS_PER_HOST)),
+            tags: Mutex::new(HashMap::new()),
+            reporter,
+            manifests_read: AtomicU64::new(0),
+            manifest_bytes: AtomicU64::new(0),
         }
     }
+
+    /// At most `n` blob reads at once from this host.
+    pub fn with_reads(mut self, n: usize) -> RegistrySource {
+        self.reads = Arc::new(Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// Manifests downloaded so far, and their bytes.
+    pub fn manifests_read(&self) -> (u64, u64) {
+        (
+            self.manifests_read.load(Ordering::Relaxed),
+            self.manifest_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn counted(&self, v: Verified) -> Verified {
+        self.manifests_read.fetch_add(1, Ordering::Relaxed);
+        self.manifest_bytes
+            .fetch_add(v.bytes.len() as u64, Ordering::Relaxed);
+        v
+    }
+
+    /// The repository's valid tags, listed once per run. Some registries refuse listing
+    /// to tokens that may pull (the referrers API still works there): then none, with a
+    /// warning.
+    async fn repo_tags(&self, repo: &str) -> Tags {
+        let cell = self
+            .tags
+            .lock()
+            .expect("tag cache lock")
+            .entry(repo.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let name = format!("{}/{repo}", self.registry);
+            let listed = match self.client.list_tags(&self.host, repo).await {
+                Ok(listed) => listed,
+                Err(e) => {
+                    self.reporter.warn(&format!(
+                        "{name}: cannot list tags, so referrer tags (sha256-<hex>, cosign's \
+                         .sig/.att/.sbom) are not looked for: {}",
+                        error_chain(&e).join(": ")
+                    ));
+                    Vec::new()
+                }
+            };
+            Arc::new(valid_tags(listed, &name, self.reporter.as_ref()).into_iter().collect())
+        })
+        .await
+        .clone()
+    }
+}
+
+/// The tags a registry listed that are valid tag names; the others are dropped with a
+/// warning naming them, so they never reach a path or a config.
+pub fn valid_tags(listed: Vec<String>, source: &str, reporter: &dyn Reporter) -> Vec<String> {
+    listed
+        .into_iter()
+        .filter(|t| match validate_tag(t) {
+            Ok(()) => true,
+            Err(e) => {
+                reporter.warn(&format!(
+                    "{source}: ignoring a tag the registry listed: {e}"
+                ));
+                false
+            }
+        })
+        .collect()
 }
 
 impl Source for RegistrySource {
@@ -31,11 +134,20 @@ impl Source for RegistrySource {
         Some(&self.host)
     }
 
+    async fn digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, CopyError> {
+        let head = self.client.head_manifest(&self.host, repo, tag).await?;
+        Ok(head
+            .digest
+            .and_then(|d| d.parse::<Digest>().ok())
+            .filter(|d| d.algorithm() == "sha256"))
+    }
+
     async fn resolve(&self, repo: &str, tag: &str) -> Result<Verified, CopyError> {
-        Ok(self
+        let v = self
             .client
             .get_verified(&self.host, repo, tag, None, None)
-            .await?)
+            .await?;
+        Ok(self.counted(v))
     }
 
     async fn manifest(
@@ -45,10 +157,11 @@ impl Source for RegistrySource {
         media_type: Option<&str>,
     ) -> Result<Verified, CopyError> {
         let expected = Some((digest, "the digest asked for"));
-        Ok(self
+        let v = self
             .client
             .get_verified(&self.host, repo, &digest.to_string(), expected, media_type)
-            .await?)
+            .await?;
+        Ok(self.counted(v))
     }
 
     async fn blob(
@@ -57,47 +170,59 @@ impl Source for RegistrySource {
         desc: &Descriptor,
         offset: u64,
     ) -> Result<BlobRead, CopyError> {
+        let permit = self.reads.clone().acquire_owned().await.expect("never closed");
         let resp = self
             .client
             .get_blob(&self.host, repo, &desc.digest.to_string(), offset)
             .await?;
+        // The permit goes with the body: the read ends when the stream is dropped.
+        let stream = resp.stream.map_err(CopyError::from).inspect_ok(move |_| {
+            let _ = &permit;
+        });
         Ok(BlobRead {
             offset: resp.offset,
-            stream: Box::pin(resp.stream.map_err(CopyError::from)),
+            stream: Box::pin(stream),
         })
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, CopyError> {
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Referrers, CopyError> {
         let what = || format!("the referrers of {}/{repo}@{subject}", self.host);
-        let listed = match self
+        let listed = self
             .client
             .get_referrers(&self.host, repo, &subject.to_string())
-            .await?
-        {
-            Some(body) => Manifest::parse(&body.bytes, Some(OCI_INDEX)).map_err(|source| {
-                CopyError::Manifest {
-                    what: what(),
-                    source,
+            .await?;
+        let tags = self.repo_tags(repo).await;
+        let schema = fallback_tag(subject);
+        let mut found = Referrers::default();
+        match listed {
+            Some(body) => {
+                let index = Manifest::parse(&body.bytes, Some(OCI_INDEX)).map_err(|source| {
+                    CopyError::Manifest {
+                        what: what(),
+                        source,
+                    }
+                })?;
+                match index.kind {
+                    Kind::Index(referrers) => found.listed = referrers,
+                    Kind::Image { .. } => {
+                        return Err(CopyError::NotReferrersIndex {
+                            what: what(),
+                            media_type: index.media_type,
+                        });
+                    }
                 }
-            })?,
+            }
             // No referrers API: the spec's fallback tag lists them, where there are any.
-            None => match self
-                .client
-                .get_verified(&self.host, repo, &fallback_tag(subject), None, None)
-                .await
-            {
-                Ok(v) => v.manifest,
-                Err(e) if e.is_not_found() => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            },
-        };
-        match listed.kind {
-            Kind::Index(referrers) => Ok(referrers),
-            Kind::Image { .. } => Err(CopyError::NotReferrersIndex {
-                what: what(),
-                media_type: listed.media_type,
-            }),
+            None if tags.contains(&schema) => found.fallback = Some(schema.clone()),
+            None => {}
         }
+        found.tags.extend(
+            [".sig", ".att", ".sbom"]
+                .map(|suffix| format!("{schema}{suffix}"))
+                .into_iter()
+                .filter(|t| tags.contains(t)),
+        );
+        Ok(found)
     }
 }
 
@@ -142,19 +267,36 @@ impl Destination for RegistryDestination {
         Some(&self.host)
     }
 
-    async fn tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, CopyError> {
-        match self.client.head_manifest(&self.host, repo, tag).await {
+    async fn tag(&self, repo: &str, tag: &str) -> Result<Option<Held>, CopyError> {
+        let digest = match self.client.head_manifest(&self.host, repo, tag).await {
             Ok(head) => match head.digest.and_then(|d| d.parse::<Digest>().ok()) {
-                Some(d) => Ok(Some(d)),
+                Some(d) => d,
                 // No digest header: hash what the tag serves.
                 None => {
                     let body = self.client.get_manifest(&self.host, repo, tag).await?;
-                    Ok(Some(Digest::sha256_of(&body.bytes)))
+                    Digest::sha256_of(&body.bytes)
                 }
             },
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Held { digest, cut: None }))
+    }
+
+    async fn image(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        platforms: Option<&str>,
+    ) -> Result<Option<Held>, CopyError> {
+        // A registry keeps no note of a cut: what it became is known after the cut.
+        if platforms.is_some() || !self.has_manifest(repo, digest).await? {
+            return Ok(None);
         }
+        Ok(Some(Held {
+            digest: digest.clone(),
+            cut: None,
+        }))
     }
 
     async fn has_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, CopyError> {
@@ -213,7 +355,7 @@ impl Destination for RegistryDestination {
     async fn put_manifest(
         &self,
         repo: &str,
-        reference: &str,
+        put: Put<'_>,
         manifest: &Verified,
     ) -> Result<bool, CopyError> {
         Ok(self
@@ -221,7 +363,7 @@ impl Destination for RegistryDestination {
             .put_manifest(
                 &self.host,
                 repo,
-                reference,
+                &put.reference(&manifest.digest),
                 manifest.media_type(),
                 &manifest.digest,
                 manifest.bytes.clone(),

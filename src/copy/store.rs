@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{BlobRead, CopyError, Source};
+use super::{BlobRead, CopyError, Referrers, Source};
 use crate::manifest::{Descriptor, Verified};
 use crate::reference::Digest;
 use crate::store::{StoreError, StoreView, TagIndex};
@@ -27,6 +27,19 @@ impl StoreSource {
     }
 }
 
+impl StoreSource {
+    /// The index.json entry of `tag`.
+    fn entry(&self, repo: &str, tag: &str) -> Result<&Descriptor, StoreError> {
+        self.indexes
+            .get(repo)
+            .and_then(|index| index.tag(tag))
+            .ok_or_else(|| StoreError::UnknownTag {
+                name: repo.to_owned(),
+                tag: tag.to_owned(),
+            })
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, CopyError> {
@@ -40,15 +53,12 @@ impl Source for StoreSource {
         None
     }
 
+    async fn digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, CopyError> {
+        Ok(Some(self.entry(repo, tag)?.digest.clone()))
+    }
+
     async fn resolve(&self, repo: &str, tag: &str) -> Result<Verified, CopyError> {
-        let entry = self
-            .indexes
-            .get(repo)
-            .and_then(|index| index.tag(tag))
-            .ok_or_else(|| StoreError::UnknownTag {
-                name: repo.to_owned(),
-                tag: tag.to_owned(),
-            })?;
+        let entry = self.entry(repo, tag)?;
         self.manifest(repo, &entry.digest, Some(&entry.media_type))
             .await
     }
@@ -111,8 +121,12 @@ impl Source for StoreSource {
         })
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, CopyError> {
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Referrers, CopyError> {
         let (view, name, subject) = (self.view.clone(), repo.to_owned(), subject.clone());
-        blocking(move || view.read_referrers(&name, &subject)).await
+        let listed = blocking(move || view.read_referrers(&name, &subject)).await?;
+        Ok(Referrers {
+            listed,
+            ..Referrers::default()
+        })
     }
 }
