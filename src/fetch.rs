@@ -5,38 +5,25 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
-use futures::future::{BoxFuture, try_join_all};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
 
 use crate::config::ImageSpec;
-use crate::manifest::{
-    Descriptor, KEPT_PLATFORMS, Kind, Manifest, ManifestError, OCI_INDEX, REF_NAME, SOURCE,
-    UPSTREAM_DIGEST, Verified,
+use crate::copy::registry::{RegistrySource, valid_tags};
+use crate::copy::store::{StoreDestination, held};
+use crate::copy::{
+    self, Annotations, Engine, ImageJob, JobReport, JobTarget, Overwrite, SourceRef, platform_list,
 };
+use crate::manifest::{Descriptor, Kind, REF_NAME, SOURCE, Verified};
 use crate::plan::Planned;
-use crate::reference::{Digest, Reference, ReferenceError, validate_tag};
+use crate::reference::{Digest, Reference, ReferenceError};
 use crate::registry::{Client, RegistryError};
-use crate::report::{ImageReport, Reporter, Status, error_chain};
-use crate::select::{PlatformCut, PlatformSpec, cut_index};
+use crate::report::{CopyStatus, ImageReport, Reporter, Status, error_chain};
+use crate::select::PlatformSpec;
 use crate::store::inventory::reachable;
-use crate::store::{
-    self, BlobClaim, PartialBlob, Removal, Removed, Store, StoreError, TagIndex, TagUpdate,
-};
-
-/// Index nesting deeper than this is refused (real images use one level).
-const MAX_INDEX_DEPTH: usize = 4;
-/// Attempts to resume a blob whose body broke off or came up short.
-const BLOB_RESUMES: u32 = 3;
-/// Longest wait between two index.json writes of one repository (see `flush_publishes`).
-const MAX_PUBLISH_PAUSE: Duration = Duration::from_millis(100);
-/// Images that may wait for their publish, per discovery permit.
-const PUBLISH_WAITERS_PER_SLOT: usize = 8;
+use crate::store::{self, Removal, Removed, Store, StoreError, TagIndex};
 
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -69,30 +56,6 @@ pub enum FetchError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Reference(#[from] ReferenceError),
-    #[error("manifest {digest} could not be read")]
-    Manifest {
-        digest: String,
-        #[source]
-        source: ManifestError,
-    },
-    #[error("manifest {digest} is {actual} bytes but its descriptor says {expected}")]
-    ManifestSize {
-        digest: Digest,
-        expected: u64,
-        actual: usize,
-    },
-    #[error("index {digest} refers to itself through {child}; refusing a cycle")]
-    IndexCycle { digest: Digest, child: Digest },
-    #[error("index nesting deeper than {MAX_INDEX_DEPTH} levels at {digest}; refusing")]
-    IndexTooDeep { digest: Digest },
-    #[error("blob {digest} broke off at byte {got} of {size} after {BLOB_RESUMES} resumes")]
-    BlobIncomplete {
-        digest: Digest,
-        got: u64,
-        size: u64,
-        #[source]
-        source: Option<Box<RegistryError>>,
-    },
     #[error(
         "{name:?} in the store holds images of {stored}; {second} would be merged into it: fetch into another --root, use --keep-host (or a config `target`), or remove it first (static-registry rm {name})"
     )]
@@ -101,14 +64,6 @@ pub enum FetchError {
         stored: String,
         second: String,
     },
-    #[error("{reference} has none of the platforms asked for ({wanted}); it offers {available}")]
-    NoPlatform {
-        reference: String,
-        wanted: String,
-        available: String,
-    },
-    #[error("publishing into {name}: {cause}")]
-    Publish { name: String, cause: String },
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -172,23 +127,6 @@ impl Clients {
     }
 }
 
-/// The tags a registry listed that are valid tag names; the others are dropped with a
-/// warning naming them, so they never reach a path or a config.
-pub fn valid_tags(listed: Vec<String>, source: &str, reporter: &dyn Reporter) -> Vec<String> {
-    listed
-        .into_iter()
-        .filter(|t| match validate_tag(t) {
-            Ok(()) => true,
-            Err(e) => {
-                reporter.warn(&format!(
-                    "{source}: ignoring a tag the registry listed: {e}"
-                ));
-                false
-            }
-        })
-        .collect()
-}
-
 /// Turn a mirror configuration into images to fetch: list tags where a selector needs
 /// them, keep what the selectors select, add digests. Tags the registry lists that are
 /// not valid tag names are dropped with a warning (they never reach a path). Repositories
@@ -249,6 +187,41 @@ pub async fn resolve(
 }
 
 impl ImageReport {
+    /// How a planned image went, from the engine's report of its job: failed when it,
+    /// or a referrer it asked for, failed; fetched when anything of it (a new referrer
+    /// included) was stored.
+    fn of(p: &Planned, job: &JobReport) -> ImageReport {
+        let main = &job.targets[0];
+        let referrers = job
+            .referrers
+            .iter()
+            .filter(|r| r.status == CopyStatus::Copied)
+            .count();
+        let failure = std::iter::once(main)
+            .chain(&job.referrers)
+            .find(|r| r.status == CopyStatus::Failed);
+        let status = match (failure, main.status) {
+            (Some(_), _) => Status::Failed,
+            (None, CopyStatus::Copied) => Status::Fetched,
+            (None, _) if referrers > 0 => Status::Fetched,
+            (None, _) => Status::Unchanged,
+        };
+        ImageReport {
+            source: p.source.to_string(),
+            name: p.name.clone(),
+            tag: p.source.tag.clone(),
+            digest: main
+                .digest
+                .clone()
+                .or_else(|| p.source.digest.as_ref().map(Digest::to_string)),
+            status,
+            upstream_digest: main.upstream_digest.clone(),
+            referrers,
+            error: failure.map(|r| r.error.clone()).unwrap_or_default(),
+            remedy: failure.and_then(|r| r.remedy.clone()),
+        }
+    }
+
     fn failed(
         source: String,
         name: String,
@@ -267,6 +240,18 @@ impl ImageReport {
             error: error_chain(error),
             remedy: error.remedy(),
         }
+    }
+}
+
+impl ImageReport {
+    fn failed_planned(p: &Planned, error: &FetchError) -> ImageReport {
+        ImageReport::failed(
+            p.source.to_string(),
+            p.name.clone(),
+            p.source.tag.clone(),
+            p.source.digest.as_ref().map(Digest::to_string),
+            error,
+        )
     }
 }
 
@@ -459,7 +444,7 @@ async fn survey_image(
 ) -> Result<Lacking, FetchError> {
     let r = &p.source;
     let client = clients.get(&r.registry);
-    let filter = (!p.platforms.is_empty()).then(|| platform_list(&p.platforms));
+    let filter = platform_list(&p.platforms);
     let mut pending = vec![(r.manifest_reference(), None::<String>, r.digest.clone())];
     let mut seen = std::collections::HashSet::new();
     let mut lacking = Lacking::default();
@@ -494,9 +479,9 @@ async fn survey_image(
                 None => i
                     .entries()
                     .iter()
-                    .find(|s| is_copy_of(s, &digest, filter.as_deref())),
+                    .find(|s| held(s).is_copy_of(&digest, filter.as_deref())),
             });
-            if copy.is_some_and(|s| is_copy_of(s, &digest, filter.as_deref())) {
+            if copy.is_some_and(|s| held(s).is_copy_of(&digest, filter.as_deref())) {
                 row.size += bytes.len() as u64;
                 return Ok(Lacking::default());
             }
@@ -537,66 +522,9 @@ async fn survey_image(
     Ok(lacking)
 }
 
-#[derive(Default)]
-struct Stats {
-    blobs_fetched: AtomicU64,
-    blobs_reused: AtomicU64,
-    manifests_fetched: AtomicU64,
-    /// Blob and manifest bytes downloaded.
-    bytes_fetched: AtomicU64,
-}
-
-impl Stats {
-    fn manifest_fetched(&self, bytes: &[u8]) {
-        self.manifests_fetched.fetch_add(1, Ordering::Relaxed);
-        self.bytes_fetched
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    }
-}
-
-/// Work done at most once per key (a digest, a repository) in a run; later askers wait
-/// for the first.
-struct OncePer<K, T>(Mutex<HashMap<K, Arc<OnceCell<T>>>>);
-
-impl<K: std::hash::Hash + Eq + Clone, T> OncePer<K, T> {
-    fn new() -> Self {
-        OncePer(Mutex::new(HashMap::new()))
-    }
-
-    async fn cell(&self, key: &K) -> Arc<OnceCell<T>> {
-        self.0.lock().await.entry(key.clone()).or_default().clone()
-    }
-}
-
-struct Ctx {
-    clients: Clients,
-    store: Arc<Store>,
-    opts: FetchOptions,
-    reporter: Arc<dyn Reporter>,
-    downloads: Semaphore,
-    /// Images resolving and storing at once (not counting those waiting to publish).
-    discovering: Semaphore,
-    /// Index updates per repository, written in batches (see `publish`).
-    publish: std::sync::Mutex<HashMap<String, PublishQueue>>,
-    /// Per registry host, so one slow registry cannot take every download slot.
-    host_downloads: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// One claimant per blob in this process; other images wanting it wait for it.
-    blobs: OncePer<Digest, ()>,
-    /// Likewise per manifest: many tags and indexes share manifests.
-    manifests: OncePer<Digest, Arc<Verified>>,
-    /// Each source repository's tags, listed once (to find referrer tags).
-    tags: OncePer<String, Arc<HashSet<String>>>,
-    /// Each repository's index.json as the run found it, read once (not once per tag:
-    /// that is quadratic for repositories with thousands of tags).
-    indexes: OncePer<String, Arc<TagIndex>>,
-    /// Whether the store still holds everything a stored manifest reaches, checked once
-    /// per repository and manifest (many tags share manifests).
-    complete: OncePer<(String, Digest), bool>,
-    stats: Stats,
-}
-
-/// Fetch every planned image. Each image succeeds or fails on its own; the summary says
-/// which.
+/// Fetch every planned image: registry → store on the copy engine, one source per
+/// registry, the store the one destination. Each image succeeds or fails on its own; the
+/// summary says which.
 pub async fn execute(
     clients: Clients,
     store: Arc<Store>,
@@ -605,924 +533,122 @@ pub async fn execute(
     reporter: Arc<dyn Reporter>,
 ) -> Summary {
     let started = Instant::now();
-    let ctx = Arc::new(Ctx {
-        clients,
-        store,
-        downloads: Semaphore::new(opts.jobs.max(1)),
-        discovering: Semaphore::new((opts.jobs * 4).max(16)),
-        host_downloads: std::sync::Mutex::new(HashMap::new()),
-        publish: std::sync::Mutex::new(HashMap::new()),
-        opts,
-        reporter,
-        blobs: OncePer::new(),
-        manifests: OncePer::new(),
-        indexes: OncePer::new(),
-        complete: OncePer::new(),
-        tags: OncePer::new(),
-        stats: Stats::default(),
-    });
-    // Discovery of every image starts at once (bounded by `discovering`), and blob
-    // downloads overlap with it; the download semaphore is what bounds the heavy
-    // traffic. Images waiting for their index.json write hold no discovery permit, so
-    // publish batches can grow without slowing discovery.
-    let width = ctx.discovering.available_permits();
-    let total = planned.len();
-    let mut reports = futures::stream::iter(planned.into_iter().enumerate())
-        .map(|(i, p)| {
-            let ctx = ctx.clone();
-            async move {
-                let source = p.source.to_string();
-                ctx.reporter.image_started(&source);
-                let permit = ctx
-                    .discovering
-                    .acquire()
-                    .await
-                    .expect("semaphore never closed");
-                let report = match fetch_image(&ctx, &p, permit).await {
-                    Ok(outcome) => ImageReport {
-                        source,
-                        name: p.name,
-                        tag: p.source.tag.clone(),
-                        digest: Some(outcome.digest.to_string()),
-                        status: outcome.status,
-                        upstream_digest: outcome.upstream.as_ref().map(Digest::to_string),
-                        referrers: outcome.referrers,
-                        error: Vec::new(),
-                        remedy: None,
-                    },
-                    Err(e) => ImageReport::failed(
-                        source,
-                        p.name,
-                        p.source.tag.clone(),
-                        p.source.digest.as_ref().map(Digest::to_string),
-                        &e,
-                    ),
-                };
-                ctx.reporter.image_finished(&report);
-                (i, report)
-            }
-        })
-        .buffer_unordered(width * PUBLISH_WAITERS_PER_SLOT);
-    let mut images = Vec::with_capacity(total);
-    while let Some((i, report)) = reports.next().await {
-        let failed = report.status == Status::Failed;
-        images.push((i, report));
-        if failed && ctx.opts.fail_fast {
-            // Dropping the stream cancels the images in flight; none is half-published.
-            ctx.reporter.warn(&format!(
-                "stopping after the first failure (--fail-fast); {} of {total} images not finished",
-                total - images.len()
-            ));
-            break;
+    let mut reports: Vec<Option<ImageReport>> = planned.iter().map(|_| None).collect();
+    // Each repository's index.json, read once: what the store holds, and which source
+    // filled it.
+    let mut indexes = HashMap::new();
+    for p in &planned {
+        if !indexes.contains_key(&p.name) {
+            let (store, name) = (store.clone(), p.name.clone());
+            let index = tokio::task::spawn_blocking(move || store.read_index(&name))
+                .await
+                .map_err(FetchError::from)
+                .and_then(|r| r.map_err(FetchError::from));
+            indexes.insert(p.name.clone(), index.map(Arc::new));
         }
     }
-    drop(reports);
-    images.sort_by_key(|(i, _)| *i);
-    let images: Vec<ImageReport> = images.into_iter().map(|(_, r)| r).collect();
+    let mut sources: Vec<RegistrySource> = Vec::new();
+    let mut by_registry: HashMap<&str, usize> = HashMap::new();
+    let mut jobs = Vec::new();
+    let mut planned_of = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        let origin = p.source.origin();
+        let index = match &indexes[&p.name] {
+            Ok(index) => index,
+            Err(e) => {
+                reports[i] = Some(ImageReport::failed_planned(p, e));
+                continue;
+            }
+        };
+        // The same stored name from another source, fetched by an earlier run.
+        if let Some(stored) = index.sources().iter().find(|s| **s != origin) {
+            let e = FetchError::StoredNameClash {
+                name: p.name.clone(),
+                stored: stored.clone(),
+                second: origin,
+            };
+            reports[i] = Some(ImageReport::failed_planned(p, &e));
+            continue;
+        }
+        let r = &p.source;
+        let source = *by_registry.entry(r.registry.as_str()).or_insert_with(|| {
+            let client = clients.get(&r.registry).clone();
+            let source = RegistrySource::new(client, &r.registry, r.api_host(), reporter.clone())
+                .with_reads(opts.jobs_per_host);
+            sources.push(source);
+            sources.len() - 1
+        });
+        jobs.push(ImageJob {
+            label: r.to_string(),
+            source,
+            repo: r.repository.clone(),
+            reference: match &r.digest {
+                Some(d) => SourceRef::Digest(d.clone()),
+                None => SourceRef::Tag(r.manifest_reference()),
+            },
+            platforms: p.platforms.clone(),
+            referrers: p.referrers,
+            annotations: Annotations::from([(SOURCE.to_owned(), origin)]),
+            fallback: false,
+            targets: vec![JobTarget {
+                dest: 0,
+                repo: p.name.clone(),
+                tag: r.tag.clone(),
+            }],
+        });
+        planned_of.push(i);
+    }
+    let indexes = indexes
+        .into_iter()
+        .filter_map(|(name, index)| Some((name, index.ok()?)))
+        .collect();
+    let engine = Engine::new(
+        sources,
+        vec![StoreDestination::new(store, indexes)],
+        copy::Options {
+            jobs: opts.jobs,
+            images: (opts.jobs * 4).max(16),
+            overwrite: Overwrite::Replace,
+            include_foreign: opts.include_foreign,
+            fail_fast: opts.fail_fast,
+        },
+        reporter.clone(),
+    );
+    for i in &planned_of {
+        reporter.image_started(&planned[*i].source.to_string());
+    }
+    let finished_reports = std::sync::Mutex::new(Vec::new());
+    let finished = |job: &JobReport| {
+        let i = planned_of[job.index];
+        let report = ImageReport::of(&planned[i], job);
+        reporter.image_finished(&report);
+        finished_reports
+            .lock()
+            .expect("reports lock")
+            .push((i, report));
+    };
+    let copied = engine.run(vec![jobs], &finished).await;
+    for (i, report) in finished_reports.into_inner().expect("reports lock") {
+        reports[i] = Some(report);
+    }
+    let images: Vec<ImageReport> = reports.into_iter().flatten().collect();
     let count = |s| images.iter().filter(|i| i.status == s).count();
+    let store = &copied.targets[0];
+    let (manifests, manifest_bytes) = engine
+        .sources()
+        .iter()
+        .map(RegistrySource::manifests_read)
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
     Summary {
         images_fetched: count(Status::Fetched),
         images_unchanged: count(Status::Unchanged),
         images_failed: count(Status::Failed),
         images,
-        blobs_fetched: ctx.stats.blobs_fetched.load(Ordering::Relaxed),
-        blobs_reused: ctx.stats.blobs_reused.load(Ordering::Relaxed),
-        manifests_fetched: ctx.stats.manifests_fetched.load(Ordering::Relaxed),
-        bytes_fetched: ctx.stats.bytes_fetched.load(Ordering::Relaxed),
+        blobs_fetched: store.blobs_uploaded,
+        blobs_reused: store.blobs_present + store.blobs_mounted,
+        manifests_fetched: manifests,
+        bytes_fetched: store.bytes_sent + manifest_bytes,
         seconds: started.elapsed().as_secs_f64(),
         removed: Vec::new(),
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, FetchError> {
-    Ok(tokio::task::spawn_blocking(f).await??)
-}
-
-/// How one image went.
-struct Outcome {
-    status: Status,
-    /// What the reference now resolves to in the store.
-    digest: Digest,
-    /// The registry's digest, when a platform cut made the stored one differ.
-    upstream: Option<Digest>,
-    /// Referrer manifests newly stored with it.
-    referrers: usize,
-}
-
-async fn fetch_image(
-    ctx: &Arc<Ctx>,
-    p: &Planned,
-    discovering: SemaphorePermit<'_>,
-) -> Result<Outcome, FetchError> {
-    let cell = ctx.indexes.cell(&p.name).await;
-    let index = cell
-        .get_or_try_init(|| {
-            let store = ctx.store.clone();
-            let name = p.name.clone();
-            async move { blocking(move || store.read_index(&name).map(Arc::new)).await }
-        })
-        .await?;
-    // The same stored name from another source, fetched by an earlier run.
-    let origin = p.source.origin();
-    if let Some(stored) = index.sources().iter().find(|s| **s != origin) {
-        return Err(FetchError::StoredNameClash {
-            name: p.name.clone(),
-            stored: stored.clone(),
-            second: origin,
-        });
-    }
-    let (status, digest, upstream, mut updates, mut referrers, top) =
-        match get_image(ctx, p, index).await? {
-            Got::Unchanged(stored) => (
-                Status::Unchanged,
-                stored.digest.clone(),
-                upstream_of(&stored.digest, &stored.annotations),
-                Vec::new(),
-                Vec::new(),
-                None,
-            ),
-            Got::Fetched {
-                update,
-                referrers,
-                top,
-            } => (
-                Status::Fetched,
-                update.digest.clone(),
-                upstream_of(&update.digest, &update.annotations),
-                vec![update],
-                referrers,
-                Some(top),
-            ),
-        };
-    let mut outcome = Outcome {
-        status,
-        upstream: (upstream != digest).then_some(upstream),
-        digest,
-        referrers: 0,
-    };
-    if p.referrers {
-        let subjects = subjects(ctx, &outcome, top).await?;
-        let (more, found) = fetch_referrers(ctx, p, index, &subjects).await?;
-        // Referrers stored by an earlier run are already in the index and served files.
-        let new: Vec<TagUpdate> = more
-            .into_iter()
-            .filter(|u| u.tag.is_some() || !index.contains(&u.digest))
-            .collect();
-        let mut found: Vec<(Digest, Descriptor)> = found
-            .into_iter()
-            .filter(|(_, r)| !index.contains(&r.digest))
-            .collect();
-        found.sort_by(|a, b| (&a.0, &a.1.digest).cmp(&(&b.0, &b.1.digest)));
-        found.dedup_by(|a, b| (&a.0, &a.1.digest) == (&b.0, &b.1.digest));
-        outcome.referrers = found.len();
-        if !new.is_empty() {
-            outcome.status = Status::Fetched;
-        }
-        updates.extend(new);
-        referrers.extend(found);
-    }
-    drop(discovering);
-    for u in &mut updates {
-        u.annotations.insert(SOURCE.to_owned(), origin.clone());
-    }
-    if !updates.is_empty() {
-        publish(ctx, &p.name, updates, referrers).await?;
-    }
-    Ok(outcome)
-}
-
-/// The digest the registry has for an index.json entry (differs after a platform cut).
-fn upstream_of(digest: &Digest, annotations: &BTreeMap<String, String>) -> Digest {
-    annotations
-        .get(UPSTREAM_DIGEST)
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| digest.clone())
-}
-
-/// What looking up one reference found.
-enum Got {
-    /// The store already holds what it resolves to: its index.json entry.
-    Unchanged(Descriptor),
-    /// Stored (not yet published): the index.json entry to write, and the referrers
-    /// found in the tree.
-    Fetched {
-        update: TagUpdate,
-        referrers: Vec<(Digest, Descriptor)>,
-        /// The manifest stored, as it is stored.
-        top: Arc<Verified>,
-    },
-}
-
-/// Whether a stored index.json entry is what `upstream` becomes under `filter` (the
-/// image's platform list, if any).
-fn is_copy_of(stored: &Descriptor, upstream: &Digest, filter: Option<&str>) -> bool {
-    let kept = stored.annotations.get(KEPT_PLATFORMS).map(String::as_str);
-    match filter {
-        None => kept.is_none() && &stored.digest == upstream,
-        Some(_) => kept == filter && upstream_of(&stored.digest, &stored.annotations) == *upstream,
-    }
-}
-
-/// Resolve one reference and store its manifest tree (unless the store has it already).
-async fn get_image(ctx: &Arc<Ctx>, p: &Planned, index: &TagIndex) -> Result<Got, FetchError> {
-    let r = &p.source;
-    let host = r.api_host();
-    let filter = (!p.platforms.is_empty()).then(|| platform_list(&p.platforms));
-    let filter = filter.as_deref();
-
-    // What the manifest must hash to, when known before downloading it.
-    let mut expected = r.digest.clone();
-    match (&r.tag, &r.digest) {
-        // A tag stored before: one HEAD decides whether anything changed since. A tag
-        // never stored is fetched with one GET by tag below, not a HEAD and then a GET:
-        // a cold mirror of a repository with a manifest per tag sends half the requests.
-        (Some(tag), None) => {
-            if let Some(stored) = index.tag(tag) {
-                let head = ctx
-                    .clients
-                    .get(&r.registry)
-                    .head_manifest(host, &r.repository, tag)
-                    .await?;
-                if let Some(d) = head.digest.and_then(|d| d.parse::<Digest>().ok()) {
-                    if is_copy_of(stored, &d, filter) && complete(ctx, &p.name, stored).await? {
-                        return Ok(Got::Unchanged(stored.clone()));
-                    }
-                    if d.algorithm() == "sha256" {
-                        expected = Some(d);
-                    }
-                }
-            }
-        }
-        (tag, Some(d)) => {
-            let stored = match tag {
-                Some(tag) => index.tag(tag).filter(|s| is_copy_of(s, d, filter)),
-                None => index.entries().iter().find(|s| is_copy_of(s, d, filter)),
-            };
-            if let Some(stored) = stored
-                && complete(ctx, &p.name, stored).await?
-            {
-                return Ok(Got::Unchanged(stored.clone()));
-            }
-        }
-        (None, None) => {}
-    }
-
-    let upstream = match expected {
-        Some(d) => {
-            let origin = if r.digest.is_some() {
-                "the digest asked for"
-            } else {
-                "the digest the registry announced"
-            };
-            manifest_by_digest(ctx, p, &d, origin, None).await?
-        }
-        None => {
-            let reference = r.manifest_reference();
-            let v = ctx
-                .clients
-                .get(&r.registry)
-                .get_verified(host, &r.repository, &reference, None, None)
-                .await?;
-            ctx.stats.manifest_fetched(&v.bytes);
-            Arc::new(v)
-        }
-    };
-    let (top, annotations) = match filter {
-        Some(list) => cut_platforms(ctx, p, list, upstream)?,
-        None => (upstream, BTreeMap::new()),
-    };
-    let Stored {
-        media_type,
-        referrers,
-    } = ensure_manifest(ctx, p, top.clone(), Vec::new()).await?;
-    Ok(Got::Fetched {
-        update: TagUpdate {
-            tag: r.tag.clone(),
-            media_type,
-            digest: top.digest.clone(),
-            size: top.size(),
-            annotations,
-        },
-        referrers,
-        top,
-    })
-}
-
-/// Whether the store still holds everything the stored entry reaches (a stat a file):
-/// if a damaged store lost some of it, or `verify --repair` removed corrupt files, the
-/// image is fetched again instead of reported unchanged.
-async fn complete(ctx: &Ctx, name: &str, stored: &Descriptor) -> Result<bool, FetchError> {
-    let cell = ctx
-        .complete
-        .cell(&(name.to_owned(), stored.digest.clone()))
-        .await;
-    let complete = cell
-        .get_or_try_init(|| {
-            let (store, name, stored) = (ctx.store.clone(), name.to_owned(), stored.clone());
-            blocking(move || store.is_complete(&name, &stored))
-        })
-        .await?;
-    Ok(*complete)
-}
-
-/// "linux/amd64,linux/arm64": the platform list as recorded in annotations.
-fn platform_list(platforms: &[PlatformSpec]) -> String {
-    let list: Vec<String> = platforms.iter().map(ToString::to_string).collect();
-    list.join(",")
-}
-
-/// Apply an image's platform list to its top manifest. An index loses the children of
-/// other platforms and so gets a new digest (the user is told); an index whose children
-/// are all wanted, and a single-platform image, keep their upstream bytes. The returned
-/// annotations record the upstream digest and the list, for the index.json entry.
-fn cut_platforms(
-    ctx: &Ctx,
-    p: &Planned,
-    list: &str,
-    upstream: Arc<Verified>,
-) -> Result<(Arc<Verified>, BTreeMap<String, String>), FetchError> {
-    let annotations = BTreeMap::from([
-        (UPSTREAM_DIGEST.to_owned(), upstream.digest.to_string()),
-        (KEPT_PLATFORMS.to_owned(), list.to_owned()),
-    ]);
-    if !matches!(upstream.manifest.kind, Kind::Index(_)) {
-        return Ok((upstream, annotations));
-    }
-    let bad = |source| FetchError::Manifest {
-        digest: upstream.digest.to_string(),
-        source,
-    };
-    let cut = cut_index(&upstream.bytes, &p.platforms, &upstream.digest.to_string())
-        .map_err(|e| bad(ManifestError::Json(e)))?;
-    match cut {
-        PlatformCut::Whole => Ok((upstream, annotations)),
-        PlatformCut::Nothing { available } => Err(FetchError::NoPlatform {
-            reference: p.source.to_string(),
-            wanted: list.to_owned(),
-            available: available.join(", "),
-        }),
-        PlatformCut::Cut { bytes, dropped } => {
-            // New bytes: made a value of their own here, where they come to be.
-            let cut =
-                Verified::new(Bytes::from(bytes), Some(upstream.media_type())).map_err(bad)?;
-            ctx.reporter.warn(&format!(
-                "{}: kept {list}, left out {}; the stored index is {}, not the registry's \
-                 {} (pull it by tag or by the new digest)",
-                p.source,
-                dropped.join(", "),
-                cut.digest,
-                upstream.digest
-            ));
-            Ok((Arc::new(cut), annotations))
-        }
-    }
-}
-
-/// The manifests whose referrers to look up: the image as the registry knows it, and
-/// the children of the stored index (per-platform signatures). `top` is the stored
-/// manifest when this run stored it; an unchanged one is read from the store.
-async fn subjects(
-    ctx: &Ctx,
-    outcome: &Outcome,
-    top: Option<Arc<Verified>>,
-) -> Result<Vec<Digest>, FetchError> {
-    let top = match top {
-        Some(top) => top,
-        None => stored_manifest(ctx, &outcome.digest, None).await?,
-    };
-    let mut subjects = vec![outcome.upstream.clone().unwrap_or(outcome.digest.clone())];
-    if let Kind::Index(children) = &top.manifest.kind {
-        subjects.extend(children.iter().map(|c| c.digest.clone()));
-    }
-    Ok(subjects)
-}
-
-/// Signatures, SBOMs and attestations of `subjects`: what the referrers API lists (or,
-/// where the registry lacks it, the `sha256-<hex>` tag's index lists), plus cosign's
-/// `sha256-<hex>.sig`/`.att`/`.sbom` tags. Everything is stored; the returned entries are
-/// for index.json (untagged for API-listed referrers, so prune keeps them) and for the
-/// served referrers lists.
-async fn fetch_referrers(
-    ctx: &Arc<Ctx>,
-    p: &Planned,
-    index: &TagIndex,
-    subjects: &[Digest],
-) -> Result<(Vec<TagUpdate>, Vec<(Digest, Descriptor)>), FetchError> {
-    let tags = repo_tags(ctx, p).await;
-    let found = try_join_all(
-        subjects
-            .iter()
-            .map(|s| referrers_of(ctx, p, index, s, &tags)),
-    )
-    .await?;
-    let mut updates = Vec::new();
-    let mut referrers = Vec::new();
-    for (u, r) in found {
-        updates.extend(u);
-        referrers.extend(r);
-    }
-    Ok((updates, referrers))
-}
-
-async fn referrers_of(
-    ctx: &Arc<Ctx>,
-    p: &Planned,
-    index: &TagIndex,
-    subject: &Digest,
-    tags: &HashSet<String>,
-) -> Result<(Vec<TagUpdate>, Vec<(Digest, Descriptor)>), FetchError> {
-    let r = &p.source;
-    let listed = ctx
-        .clients
-        .get(&r.registry)
-        .get_referrers(r.api_host(), &r.repository, &subject.to_string())
-        .await?;
-    let mut updates = Vec::new();
-    let mut referrers = Vec::new();
-    let mut tag_names = Vec::new();
-    let schema_tag = format!("{}-{}", subject.algorithm(), subject.hex());
-    match listed {
-        Some(body) => {
-            let bad = |source| FetchError::Manifest {
-                digest: format!("referrers of {subject}"),
-                source,
-            };
-            let children = match Manifest::parse(&body.bytes, Some(OCI_INDEX)).map_err(bad)? {
-                Manifest {
-                    kind: Kind::Index(children),
-                    ..
-                } => children,
-                _ => {
-                    return Err(bad(ManifestError::UnknownMediaType(
-                        body.media_type.unwrap_or_default(),
-                    )));
-                }
-            };
-            let stored = try_join_all(
-                children
-                    .iter()
-                    .map(|c| ensure_child(ctx, p, subject, c, Vec::new(), REFERRER_ORIGIN)),
-            )
-            .await?;
-            for (c, s) in children.iter().zip(stored) {
-                updates.push(TagUpdate {
-                    tag: None,
-                    media_type: s.media_type,
-                    digest: c.digest.clone(),
-                    size: c.size,
-                    annotations: BTreeMap::new(),
-                });
-                referrers.extend(s.referrers);
-            }
-        }
-        // No referrers API: the distribution spec's fallback is an index under this tag.
-        None => tag_names.push(schema_tag.clone()),
-    }
-    tag_names.extend([".sig", ".att", ".sbom"].map(|suffix| format!("{schema_tag}{suffix}")));
-    for tag in tag_names.into_iter().filter(|t| tags.contains(t)) {
-        let tagged = Planned {
-            source: Reference {
-                tag: Some(tag),
-                digest: None,
-                ..r.clone()
-            },
-            name: p.name.clone(),
-            platforms: Vec::new(),
-            referrers: false,
-        };
-        if let Got::Fetched {
-            update,
-            referrers: found,
-            ..
-        } = get_image(ctx, &tagged, index).await?
-        {
-            updates.push(update);
-            referrers.extend(found);
-        }
-    }
-    Ok((updates, referrers))
-}
-
-/// The repository's tags, listed once per run (for referrer tags).
-async fn repo_tags(ctx: &Ctx, p: &Planned) -> Arc<HashSet<String>> {
-    let r = &p.source;
-    let key = r.origin();
-    let cell = ctx.tags.cell(&key).await;
-    let tags = cell
-        .get_or_init(|| async {
-            // Some registries refuse listing to tokens that may pull; the referrers API
-            // still works there.
-            let listed = match ctx
-                .clients
-                .get(&r.registry)
-                .list_tags(r.api_host(), &r.repository)
-                .await
-            {
-                Ok(listed) => listed,
-                Err(e) => {
-                    ctx.reporter.warn(&format!(
-                        "{key}: cannot list tags, so referrer tags (sha256-<hex>, cosign's \
-                         .sig/.att/.sbom) are not looked for: {}",
-                        error_chain(&e).join(": ")
-                    ));
-                    Vec::new()
-                }
-            };
-            let valid = valid_tags(listed, &key, ctx.reporter.as_ref());
-            Arc::new(valid.into_iter().collect::<HashSet<_>>())
-        })
-        .await;
-    tags.clone()
-}
-
-/// Write everything queued for `name`, again and again until its queue is empty.
-async fn flush_publishes(ctx: Arc<Ctx>, name: String) {
-    let mut pause = Duration::ZERO;
-    loop {
-        // Group commit: a write costs as much as the whole index, so a writer going
-        // back to back spends a core rewriting a big repository's index.json for a few
-        // tags each time. Waiting twice as long as the last write took gathers larger
-        // batches and keeps writing to at most a third of the time.
-        tokio::time::sleep(pause).await;
-        let (updates, referrers, waiters) = {
-            let mut queues = ctx.publish.lock().expect("publish queue lock");
-            let q = queues.get_mut(&name).expect("queue exists while flushing");
-            if q.waiters.is_empty() {
-                q.flushing = false;
-                return;
-            }
-            (
-                std::mem::take(&mut q.updates),
-                std::mem::take(&mut q.referrers),
-                std::mem::take(&mut q.waiters),
-            )
-        };
-        let store = ctx.store.clone();
-        let repo = name.clone();
-        let started = Instant::now();
-        let result = blocking(move || store.publish(&repo, &updates, &referrers))
-            .await
-            .map_err(|e| error_chain(&e).join(": "));
-        pause = (started.elapsed() * 2).min(MAX_PUBLISH_PAUSE);
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
-        }
-    }
-}
-
-/// Updates waiting to be written into one repository's index.json, and who waits.
-#[derive(Default)]
-struct PublishQueue {
-    updates: Vec<TagUpdate>,
-    referrers: Vec<(Digest, Descriptor)>,
-    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    flushing: bool,
-}
-
-/// Publish one image's entries. Every publish rewrites the repository's whole index.json,
-/// so publishes are coalesced: the first caller starts a writer that takes everything
-/// queued for the repository (again, until the queue is empty), and every caller waits
-/// for the write that holds its update. A repository with 10k tags costs a handful of
-/// rewrites, not 10k.
-async fn publish(
-    ctx: &Arc<Ctx>,
-    name: &str,
-    updates: Vec<TagUpdate>,
-    referrers: Vec<(Digest, Descriptor)>,
-) -> Result<(), FetchError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let leader = {
-        let mut queues = ctx.publish.lock().expect("publish queue lock");
-        let q = queues.entry(name.to_owned()).or_default();
-        q.updates.extend(updates);
-        q.referrers.extend(referrers);
-        q.waiters.push(tx);
-        !std::mem::replace(&mut q.flushing, true)
-    };
-    if leader {
-        // A task of its own: cancelling this image (--fail-fast) must not strand the
-        // others waiting on the same write.
-        tokio::spawn(flush_publishes(ctx.clone(), name.to_owned()));
-    }
-    match rx.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(cause)) => Err(FetchError::Publish {
-            name: name.to_owned(),
-            cause,
-        }),
-        Err(_) => Err(FetchError::Publish {
-            name: name.to_owned(),
-            cause: "the run stopped before the index was written".into(),
-        }),
-    }
-}
-
-/// What storing a manifest tree found out.
-struct Stored {
-    media_type: String,
-    /// (subject, referrer descriptor) for every manifest in the tree that has a subject.
-    referrers: Vec<(Digest, Descriptor)>,
-}
-
-/// Store a verified manifest and everything it reaches in the image's repository. The
-/// manifest itself is linked last, after all it needs.
-fn ensure_manifest<'a>(
-    ctx: &'a Ctx,
-    p: &'a Planned,
-    verified: Arc<Verified>,
-    parents: Vec<Digest>,
-) -> BoxFuture<'a, Result<Stored, FetchError>> {
-    async move {
-        let (digest, manifest) = (&verified.digest, &verified.manifest);
-        let mut referrers = Vec::new();
-        if let Some(subject) = &manifest.subject {
-            let me = manifest.referrer_descriptor(digest, verified.size());
-            referrers.push((subject.digest.clone(), me));
-        }
-        match &manifest.kind {
-            Kind::Index(children) => {
-                if parents.len() >= MAX_INDEX_DEPTH {
-                    return Err(FetchError::IndexTooDeep {
-                        digest: digest.clone(),
-                    });
-                }
-                let mut chain = parents.clone();
-                chain.push(digest.clone());
-                let stored =
-                    try_join_all(children.iter().map(|child| {
-                        ensure_child(ctx, p, digest, child, chain.clone(), CHILD_ORIGIN)
-                    }))
-                    .await?;
-                referrers.extend(stored.into_iter().flat_map(|s| s.referrers));
-            }
-            Kind::Image { config, layers } => {
-                let wanted = std::iter::once(config.as_ref())
-                    .chain(layers.iter())
-                    .filter(|d| {
-                        if d.is_foreign() && !ctx.opts.include_foreign {
-                            ctx.reporter.warn(&format!(
-                            "{}: skipping foreign layer {} (pass --include-foreign to fetch it)",
-                            p.source, d.digest
-                        ));
-                            false
-                        } else {
-                            true
-                        }
-                    });
-                try_join_all(wanted.map(|d| ensure_blob(ctx, p, d))).await?;
-            }
-        }
-        let store = ctx.store.clone();
-        let name = p.name.clone();
-        let media_type = manifest.media_type.clone();
-        blocking(move || {
-            store.put_manifest(&verified)?;
-            store.link_blob(&name, &verified.digest)
-        })
-        .await?;
-        Ok(Stored {
-            media_type,
-            referrers,
-        })
-    }
-    .boxed()
-}
-
-/// Where a child's expected digest came from, for the error when its bytes disagree.
-const CHILD_ORIGIN: &str = "the digest in its parent index";
-const REFERRER_ORIGIN: &str = "the digest the registry's referrers list gave";
-
-async fn ensure_child(
-    ctx: &Ctx,
-    p: &Planned,
-    parent: &Digest,
-    child: &Descriptor,
-    chain: Vec<Digest>,
-    origin: &'static str,
-) -> Result<Stored, FetchError> {
-    let d = &child.digest;
-    if chain.contains(d) {
-        return Err(FetchError::IndexCycle {
-            digest: parent.clone(),
-            child: d.clone(),
-        });
-    }
-    let verified = manifest_by_digest(ctx, p, d, origin, Some(&child.media_type)).await?;
-    if verified.size() != child.size {
-        return Err(FetchError::ManifestSize {
-            digest: d.clone(),
-            expected: child.size,
-            actual: verified.bytes.len(),
-        });
-    }
-    ensure_manifest(ctx, p, verified, chain).await
-}
-
-/// A manifest the pool holds, read and parsed once; bytes that no longer hash to their
-/// name are a damaged store.
-async fn stored_manifest(
-    ctx: &Ctx,
-    digest: &Digest,
-    media_type: Option<&str>,
-) -> Result<Arc<Verified>, FetchError> {
-    let store = ctx.store.clone();
-    let d = digest.clone();
-    let bytes = Bytes::from(blocking(move || store.read_blob(&d)).await?);
-    let verified = Verified::new(bytes, media_type).map_err(|source| FetchError::Manifest {
-        digest: digest.to_string(),
-        source,
-    })?;
-    if verified.digest != *digest {
-        return Err(StoreError::DigestMismatch {
-            expected: digest.clone(),
-            actual: verified.digest.clone(),
-        }
-        .into());
-    }
-    Ok(Arc::new(verified))
-}
-
-/// A manifest by digest, from the pool when a previous run stored it, else downloaded
-/// once however many tags or indexes share it.
-async fn manifest_by_digest(
-    ctx: &Ctx,
-    p: &Planned,
-    digest: &Digest,
-    origin: &'static str,
-    media_type: Option<&str>,
-) -> Result<Arc<Verified>, FetchError> {
-    if ctx.store.has_blob(digest)? {
-        return stored_manifest(ctx, digest, media_type).await;
-    }
-    let cell = ctx.manifests.cell(digest).await;
-    let fetched = cell
-        .get_or_try_init(|| async {
-            let v = ctx
-                .clients
-                .get(&p.source.registry)
-                .get_verified(
-                    p.source.api_host(),
-                    &p.source.repository,
-                    &digest.to_string(),
-                    Some((digest, origin)),
-                    media_type,
-                )
-                .await?;
-            ctx.stats.manifest_fetched(&v.bytes);
-            Ok::<_, FetchError>(Arc::new(v))
-        })
-        .await?;
-    Ok(fetched.clone())
-}
-
-async fn ensure_blob(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), FetchError> {
-    if ctx.store.has_blob(&desc.digest)? {
-        ctx.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
-    } else {
-        ctx.blobs
-            .cell(&desc.digest)
-            .await
-            .get_or_try_init(|| download(ctx, p, desc))
-            .await?;
-    }
-    let store = ctx.store.clone();
-    let name = p.name.clone();
-    let digest = desc.digest.clone();
-    blocking(move || store.link_blob(&name, &digest)).await?;
-    Ok(())
-}
-
-/// Download one blob into the pool, resuming with Range after a broken or short body.
-async fn download(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), FetchError> {
-    let host = ctx
-        .host_downloads
-        .lock()
-        .expect("host limiter lock")
-        .entry(p.source.api_host().to_owned())
-        .or_insert_with(|| Arc::new(Semaphore::new(ctx.opts.jobs_per_host.max(1))))
-        .clone();
-    let _host_permit = host.acquire().await.expect("semaphore never closed");
-    let _permit = ctx
-        .downloads
-        .acquire()
-        .await
-        .expect("semaphore never closed");
-    let result = download_verified(ctx, p, desc).await;
-    ctx.reporter.blob_finished(&desc.digest);
-    result
-}
-
-async fn download_verified(ctx: &Ctx, p: &Planned, desc: &Descriptor) -> Result<(), FetchError> {
-    let (d, size) = (&desc.digest, desc.size);
-    let mut from_scratch = false;
-    loop {
-        let store = ctx.store.clone();
-        let digest = d.clone();
-        let mut partial = match blocking(move || store.claim_blob(&digest, size)).await? {
-            BlobClaim::Present => {
-                ctx.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            BlobClaim::Write(w) => *w,
-        };
-        let resumed = partial.offset() > 0;
-        ctx.reporter.blob_started(d, size, partial.offset());
-        let mut resumes = 0;
-        // A part that a killed run completed (but did not move into the pool) needs no
-        // request: asking for bytes from its end would only earn a 416 and a restart.
-        while partial.offset() != size {
-            let (back, broke) = stream_into(ctx, p, partial).await?;
-            partial = back;
-            if partial.offset() == size {
-                break;
-            }
-            if resumes == BLOB_RESUMES {
-                return Err(FetchError::BlobIncomplete {
-                    digest: d.clone(),
-                    got: partial.offset(),
-                    size,
-                    source: broke.map(Box::new),
-                });
-            }
-            resumes += 1;
-            ctx.reporter.warn(&format!(
-                "{}: blob {d} stopped at byte {} of {size}{}; resuming",
-                p.source,
-                partial.offset(),
-                broke.map(|e| format!(" ({e})")).unwrap_or_default()
-            ));
-        }
-        match blocking(move || partial.commit()).await {
-            Ok(()) => {
-                ctx.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            // Bytes kept from an earlier run may be what was wrong (a different
-            // upstream, a damaged disk); the part is gone now, so one clean try is owed.
-            Err(FetchError::Store(StoreError::DigestMismatch { .. }))
-                if resumed && !from_scratch =>
-            {
-                ctx.reporter.warn(&format!(
-                    "{}: blob {d} resumed from an earlier run did not verify; downloading it again from the start",
-                    p.source
-                ));
-                from_scratch = true;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// One GET of the blob from `partial`'s offset, written on a blocking thread (file writes
-/// and hashing stay off the async workers) while the network side keeps reading. Returns
-/// the writer and the stream error, if the body broke off.
-async fn stream_into(
-    ctx: &Ctx,
-    p: &Planned,
-    mut partial: PartialBlob,
-) -> Result<(PartialBlob, Option<RegistryError>), FetchError> {
-    let resp = ctx
-        .clients
-        .get(&p.source.registry)
-        .get_blob(
-            p.source.api_host(),
-            &p.source.repository,
-            &partial.digest().to_string(),
-            partial.offset(),
-        )
-        .await?;
-    if resp.offset != partial.offset() {
-        // The server ignored Range: start over.
-        partial = blocking(move || partial.restart().map(|()| partial)).await?;
-    }
-    let digest = partial.digest().clone();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(32);
-    let writer = tokio::task::spawn_blocking(move || {
-        while let Some(chunk) = rx.blocking_recv() {
-            partial.write(&chunk)?;
-        }
-        Ok::<_, StoreError>(partial)
-    });
-    let mut stream = resp.stream;
-    let mut broke = None;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(chunk) => {
-                let n = chunk.len() as u64;
-                if tx.send(chunk).await.is_err() {
-                    break; // the writer failed; its error is reported below
-                }
-                ctx.stats.bytes_fetched.fetch_add(n, Ordering::Relaxed);
-                ctx.reporter.blob_progress(&digest, n);
-            }
-            Err(e) => {
-                broke = Some(e);
-                break;
-            }
-        }
-    }
-    drop(tx);
-    Ok((writer.await??, broke))
 }

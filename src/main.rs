@@ -659,7 +659,11 @@ fn ls_remote(args: &LsArgs, repository: &str) -> Result<ExitCode> {
         .block_on(client.list_tags(r.api_host(), &r.repository))
         .with_context(|| format!("listing the tags of {}/{}", r.registry, r.repository))?;
     let source = r.origin();
-    let valid = fetch::valid_tags(listed, &source, progress::reporter(false).as_ref());
+    let valid = static_registry::copy::registry::valid_tags(
+        listed,
+        &source,
+        progress::reporter(false).as_ref(),
+    );
     let tags = selector.select(&valid);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&tags)?);

@@ -251,7 +251,7 @@ pub fn push(
                 })?;
                 vec![(SourceRef::Tag(tag.clone()), Some(tag))]
             }
-            Some(SourceRef::Digest(d)) => {
+            Some(SourceRef::Digest(d) | SourceRef::Referrer(d)) => {
                 if !index.contains(&d) {
                     return Err(StoreError::UnknownManifest { name, digest: d }.into());
                 }
@@ -269,7 +269,7 @@ pub fn push(
         for (reference, tag) in refs {
             let label = match &reference {
                 SourceRef::Tag(t) => format!("{name}:{t}"),
-                SourceRef::Digest(d) => format!("{name}@{d}"),
+                SourceRef::Digest(d) | SourceRef::Referrer(d) => format!("{name}@{d}"),
             };
             let job = ImageJob {
                 label,

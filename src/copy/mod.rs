@@ -82,7 +82,9 @@ pub enum CopyError {
         expected: u64,
         actual: u64,
     },
-    #[error("index nesting deeper than {MAX_INDEX_DEPTH} levels (or a cycle) at {digest}; refusing")]
+    #[error(
+        "index nesting deeper than {MAX_INDEX_DEPTH} levels (or a cycle) at {digest}; refusing"
+    )]
     IndexTooDeep { digest: Digest },
     #[error(
         "digest mismatch: blob {digest} from the source hashes to {actual}; nothing was committed at the targets"
@@ -106,6 +108,10 @@ pub enum CopyError {
         wanted: String,
         available: String,
     },
+    #[error("a referrer it was asked with failed, so it was not named: {referrer}: {cause}")]
+    ReferrerFailed { referrer: String, cause: String },
+    #[error("publishing into {name}: {cause}")]
+    Publish { name: String, cause: String },
     #[error("{target} points at {existing}, not {digest}; left as it is (--overwrite=fail)")]
     TagExists {
         target: String,
@@ -157,12 +163,13 @@ pub trait Source: Send + Sync {
         tag: &str,
     ) -> impl Future<Output = Result<Verified, CopyError>> + Send;
     /// Manifest `digest` of `repo`; `media_type` is what its descriptor says (for
-    /// documents without the field).
+    /// documents without the field), `why` where the digest came from.
     fn manifest(
         &self,
         repo: &str,
         digest: &Digest,
         media_type: Option<&str>,
+        why: &'static str,
     ) -> impl Future<Output = Result<Verified, CopyError>> + Send;
     /// Blob `desc` of `repo`, from byte `offset`.
     fn blob(
@@ -247,11 +254,11 @@ pub trait Destination: Send + Sync {
         digest: &Digest,
         platforms: Option<&str>,
     ) -> impl Future<Output = Result<Option<Held>, CopyError>> + Send;
-    /// Whether manifest `digest` and all it reaches are in `repo`.
+    /// Whether manifest `desc` and all it reaches are in `repo`.
     fn has_manifest(
         &self,
         repo: &str,
-        digest: &Digest,
+        desc: &Descriptor,
     ) -> impl Future<Output = Result<bool, CopyError>> + Send;
     fn has_blob(
         &self,
@@ -394,7 +401,25 @@ impl Default for Options {
 pub enum SourceRef {
     Tag(String),
     Digest(Digest),
+    /// A digest the source's referrers list gave.
+    Referrer(Digest),
 }
+
+impl SourceRef {
+    pub fn digest(&self) -> Option<&Digest> {
+        match self {
+            SourceRef::Tag(_) => None,
+            SourceRef::Digest(d) | SourceRef::Referrer(d) => Some(d),
+        }
+    }
+}
+
+/// Where a digest the engine asks the source for came from, for the error when the
+/// bytes disagree.
+const ASKED: &str = "the digest asked for";
+const ANNOUNCED: &str = "the digest the registry announced";
+const IN_PARENT: &str = "the digest in its parent index";
+const LISTED: &str = "the digest the registry's referrers list gave";
 
 /// One image and where it goes.
 #[derive(Debug, Clone)]
@@ -542,6 +567,17 @@ struct Copied {
     upstream: Digest,
 }
 
+/// How copying one image went, before it is named at the targets waiting for it.
+struct ImageOutcome {
+    /// Per target; `None` for those in `pending`.
+    reports: Vec<Option<TargetReport>>,
+    copied: Option<Copied>,
+    /// Targets that hold the image by digest and wait for its name until its referrers
+    /// are there.
+    pending: Vec<Slot>,
+    annotations: Annotations,
+}
+
 /// One image's target while it is copied, and the first error it met (after which
 /// nothing more is sent there).
 struct Slot {
@@ -580,12 +616,7 @@ pub fn platform_list(platforms: &[PlatformSpec]) -> Option<String> {
 }
 
 impl<S: Source, D: Destination> Engine<S, D> {
-    pub fn new(
-        sources: Vec<S>,
-        dests: Vec<D>,
-        opts: Options,
-        reporter: Arc<dyn Reporter>,
-    ) -> Self {
+    pub fn new(sources: Vec<S>, dests: Vec<D>, opts: Options, reporter: Arc<dyn Reporter>) -> Self {
         let n = dests.len();
         Engine {
             sources,
@@ -600,6 +631,10 @@ impl<S: Source, D: Destination> Engine<S, D> {
             opts,
             reporter,
         }
+    }
+
+    pub fn sources(&self) -> &[S] {
+        &self.sources
     }
 
     /// Copy every image to each of its targets; `finished` hears of each job as it ends.
@@ -689,21 +724,24 @@ impl<S: Source, D: Destination> Engine<S, D> {
         seen: &'a Mutex<HashSet<Digest>>,
     ) -> BoxFuture<'a, (Reports, Reports)> {
         async move {
-            let (reports, copied) = self.copy_image(job).await;
-            let main: Reports = job.targets.iter().map(|t| t.dest).zip(reports).collect();
+            // Referrers go before the image's name: an image is not tagged without the
+            // signatures it was asked with.
+            let defer = job.referrers && depth < MAX_REFERRER_DEPTH;
+            let outcome = self.copy_image(job, defer).await;
             let mut out = Reports::new();
-            let Some(copied) = copied.filter(|_| job.referrers && depth < MAX_REFERRER_DEPTH)
-            else {
-                return (main, out);
+            let Some(copied) = outcome.copied.as_ref().filter(|_| defer) else {
+                return (self.settle(job, outcome, &out).await, out);
             };
             // A skipped tag left another image there, and a failed one may lack the
             // subject: referrers go where the image is.
             let targets: Vec<JobTarget> = job
                 .targets
                 .iter()
-                .zip(&main)
-                .filter(|(_, (_, r))| {
-                    matches!(r.status, CopyStatus::Copied | CopyStatus::Unchanged)
+                .zip(&outcome.reports)
+                .filter(|(_, r)| {
+                    r.as_ref().is_none_or(|r| {
+                        matches!(r.status, CopyStatus::Copied | CopyStatus::Unchanged)
+                    })
                 })
                 .map(|(t, _)| JobTarget {
                     tag: None,
@@ -711,7 +749,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 })
                 .collect();
             if targets.is_empty() {
-                return (main, out);
+                return (self.settle(job, outcome, &out).await, out);
             }
             // The image as the source knows it, and the children it kept.
             let mut subjects = vec![copied.upstream.clone()];
@@ -729,8 +767,15 @@ impl<S: Source, D: Destination> Engine<S, D> {
                         // Referrers asked for are never dropped silently.
                         let label = format!("{name}@{subject} (its referrers)");
                         out.extend(targets.iter().map(|t| {
-                            let r =
-                                self.report(&label, t, None, None, CopyStatus::Failed, None, Some(&e));
+                            let r = self.report(
+                                &label,
+                                t,
+                                None,
+                                None,
+                                CopyStatus::Failed,
+                                None,
+                                Some(&e),
+                            );
                             (t.dest, r)
                         }));
                         continue;
@@ -750,12 +795,15 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 for r in found.listed {
                     if seen.lock().expect("seen lock").insert(r.digest.clone()) {
                         let label = format!("{name}@{}", r.digest);
-                        let reference = SourceRef::Digest(r.digest);
+                        let reference = SourceRef::Referrer(r.digest);
                         jobs.push(referrer(label, reference, false, targets.clone()));
                     }
                 }
                 let fallback = found.fallback.map(|t| (t, true));
-                for (tag, fallback) in fallback.into_iter().chain(found.tags.into_iter().map(|t| (t, false))) {
+                for (tag, fallback) in fallback
+                    .into_iter()
+                    .chain(found.tags.into_iter().map(|t| (t, false)))
+                {
                     let tagged = targets
                         .iter()
                         .map(|t| JobTarget {
@@ -767,14 +815,119 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     jobs.push(referrer(label, SourceRef::Tag(tag), fallback, tagged));
                 }
             }
-            for (main, more) in join_all(jobs.iter().map(|j| self.copy_job(j, depth + 1, seen))).await
+            for (main, more) in
+                join_all(jobs.iter().map(|j| self.copy_job(j, depth + 1, seen))).await
             {
                 out.extend(main);
                 out.extend(more);
             }
-            (main, out)
+            (self.settle(job, outcome, &out).await, out)
         }
         .boxed()
+    }
+
+    /// Name the image at each target still waiting for it (see [`Pending`]), unless a
+    /// referrer of it failed there; the job's reports, in target order.
+    async fn settle(&self, job: &ImageJob, outcome: ImageOutcome, referrers: &Reports) -> Reports {
+        let ImageOutcome {
+            mut reports,
+            copied,
+            pending,
+            annotations,
+        } = outcome;
+        if let Some(copied) = &copied {
+            let named = join_all(pending.iter().map(|slot| async {
+                let failed = referrers
+                    .iter()
+                    .find(|(d, r)| *d == slot.dest && r.status == CopyStatus::Failed);
+                match failed {
+                    Some((_, r)) => slot.fail(Arc::new(CopyError::ReferrerFailed {
+                        referrer: r.source.clone(),
+                        cause: r.error.join(": "),
+                    })),
+                    None => {
+                        let claim = match self.dests[slot.dest].parallel_puts() {
+                            true => None,
+                            false => self.claim_manifest(&copied.top.digest, &[slot]).await.pop(),
+                        };
+                        self.name(job, slot, &copied.top, &annotations).await;
+                        drop(claim);
+                    }
+                }
+            }))
+            .await;
+            drop(named);
+            for slot in &pending {
+                let t = &job.targets[slot.target];
+                let report = self.slot_report(job, t, slot, &copied.top.digest, &copied.upstream);
+                reports[slot.target] = Some(report);
+            }
+        }
+        job.targets
+            .iter()
+            .map(|t| t.dest)
+            .zip(
+                reports
+                    .into_iter()
+                    .map(|r| r.expect("every target decided")),
+            )
+            .collect()
+    }
+
+    /// How a target the image (`digest`, `upstream` at the source) was sent to fared.
+    fn slot_report(
+        &self,
+        job: &ImageJob,
+        t: &JobTarget,
+        slot: &Slot,
+        digest: &Digest,
+        upstream: &Digest,
+    ) -> TargetReport {
+        let error = slot.error.lock().expect("slot lock").take();
+        let status = match error {
+            None => CopyStatus::Copied,
+            Some(_) => CopyStatus::Failed,
+        };
+        let (digest, upstream) = (Some(digest), Some(upstream));
+        self.report(
+            &job.label,
+            t,
+            digest,
+            upstream,
+            status,
+            None,
+            error.as_deref(),
+        )
+    }
+
+    /// Put the image under its name at the slot: its tag (a fallback tag merged with the
+    /// target's own), or by digest as an image of its own; and list a referrer sent by
+    /// digest in its subject's fallback tag where the target does not list it itself.
+    async fn name(
+        &self,
+        job: &ImageJob,
+        slot: &Slot,
+        top: &Verified,
+        annotations: &Annotations,
+    ) -> bool {
+        let t = &job.targets[slot.target];
+        let how = match &t.tag {
+            Some(tag) if job.fallback => {
+                self.merge_fallback(slot, tag, top, annotations).await;
+                return !slot.failed();
+            }
+            Some(tag) => Put::Tag(tag, annotations),
+            None => Put::Image(annotations),
+        };
+        let Some(indexed) = self.put_manifest(slot, how, top).await else {
+            return false;
+        };
+        // Only a referrer sent by digest is listed by us (the module's notes).
+        if let (None, false, Some(subject)) = (&t.tag, indexed, &top.manifest.subject) {
+            self.update_fallback(slot, &subject.digest, top, annotations)
+                .await;
+        }
+        !slot.failed()
     }
 
     /// How `t` fared for image `label` (`digest` at the target, `upstream` at the source
@@ -800,7 +953,9 @@ impl<S: Source, D: Destination> Engine<S, D> {
             source: label.to_owned(),
             target: at,
             digest: digest.map(Digest::to_string),
-            upstream_digest: upstream.filter(|u| Some(*u) != digest).map(Digest::to_string),
+            upstream_digest: upstream
+                .filter(|u| Some(*u) != digest)
+                .map(Digest::to_string),
             status,
             existing: existing.as_ref().map(Digest::to_string),
             error: error.map(|e| error_chain(e)).unwrap_or_default(),
@@ -810,13 +965,17 @@ impl<S: Source, D: Destination> Engine<S, D> {
 
     /// What each target holds of the job's image before anything is read from the
     /// source: its tag, or (by digest) the image the digest became there.
-    async fn held(&self, job: &ImageJob, filter: Option<&str>) -> Vec<Result<Option<Held>, CopyError>> {
+    async fn held(
+        &self,
+        job: &ImageJob,
+        filter: Option<&str>,
+    ) -> Vec<Result<Option<Held>, CopyError>> {
         join_all(job.targets.iter().map(|t| async {
             let d = &self.dests[t.dest];
-            match (&t.tag, &job.reference) {
+            match (&t.tag, job.reference.digest()) {
                 (Some(tag), _) => d.tag(&t.repo, tag).await,
-                (None, SourceRef::Digest(digest)) => d.image(&t.repo, digest, filter).await,
-                (None, SourceRef::Tag(_)) => Ok(None),
+                (None, Some(digest)) => d.image(&t.repo, digest, filter).await,
+                (None, None) => Ok(None),
             }
         }))
         .await
@@ -824,7 +983,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
 
     /// One image to each of its targets: a report per target, in target order, and the
     /// image as they got it, when it could be read.
-    async fn copy_image(&self, job: &ImageJob) -> (Vec<TargetReport>, Option<Copied>) {
+    async fn copy_image(&self, job: &ImageJob, defer: bool) -> ImageOutcome {
         let walking = self.walking.acquire().await.expect("never closed");
         let label = &job.label;
         let source = &self.sources[job.source];
@@ -837,22 +996,33 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 Ok(h) => held[i] = h,
                 Err(e) => {
                     let t = &job.targets[i];
-                    reports[i] = Some(self.report(label, t, None, None, CopyStatus::Failed, None, Some(&e)));
+                    reports[i] =
+                        Some(self.report(label, t, None, None, CopyStatus::Failed, None, Some(&e)));
                 }
             }
         }
         let open = |reports: &[Option<TargetReport>]| -> Vec<usize> {
-            (0..reports.len()).filter(|i| reports[*i].is_none()).collect()
+            (0..reports.len())
+                .filter(|i| reports[*i].is_none())
+                .collect()
         };
         let fail_open = |reports: &mut Vec<Option<TargetReport>>, e: &CopyError| {
             for i in open(reports) {
-                reports[i] = Some(self.report(label, &job.targets[i], None, None, CopyStatus::Failed, None, Some(e)));
+                reports[i] = Some(self.report(
+                    label,
+                    &job.targets[i],
+                    None,
+                    None,
+                    CopyStatus::Failed,
+                    None,
+                    Some(e),
+                ));
             }
         };
         // The source's digest, where it is known without reading the manifest: a digest
         // asked for, or (when every target holds the tag) what a HEAD says.
         let known = match &job.reference {
-            SourceRef::Digest(d) => Some(d.clone()),
+            SourceRef::Digest(d) | SourceRef::Referrer(d) => Some(d.clone()),
             SourceRef::Tag(tag) if open(&reports).iter().all(|i| held[*i].is_some()) => {
                 match source.digest(&job.repo, tag).await {
                     Ok(d) => d,
@@ -869,19 +1039,32 @@ impl<S: Source, D: Destination> Engine<S, D> {
             for i in open(&reports) {
                 if let Some(h) = held[i].as_ref().filter(|h| h.is_copy_of(d, filter)) {
                     let t = &job.targets[i];
-                    reports[i] = Some(self.report(label, t, Some(&h.digest), Some(d), CopyStatus::Unchanged, None, None));
+                    reports[i] = Some(self.report(
+                        label,
+                        t,
+                        Some(&h.digest),
+                        Some(d),
+                        CopyStatus::Unchanged,
+                        None,
+                        None,
+                    ));
                     unchanged_top.get_or_insert((t, h.digest.clone()));
                 }
             }
         }
         if open(&reports).is_empty() {
             drop(walking);
-            let reports = reports.into_iter().map(|r| r.expect("decided")).collect();
             // What the targets hold is read from one of them, for its referrers.
-            let copied = match (job.referrers, unchanged_top, known) {
+            let copied = match (defer, unchanged_top, known) {
                 (true, Some((t, digest)), Some(upstream)) => {
-                    match self.dests[t.dest].get_manifest(&t.repo, &digest.to_string()).await {
-                        Ok(Some(top)) => Some(Copied { top: Arc::new(top), upstream }),
+                    match self.dests[t.dest]
+                        .get_manifest(&t.repo, &digest.to_string())
+                        .await
+                    {
+                        Ok(Some(top)) => Some(Copied {
+                            top: Arc::new(top),
+                            upstream,
+                        }),
                         Ok(None) => None,
                         Err(e) => {
                             self.reporter.warn(&format!(
@@ -895,13 +1078,28 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 }
                 _ => None,
             };
-            return (reports, copied);
+            return ImageOutcome {
+                reports,
+                copied,
+                pending: Vec::new(),
+                annotations: Annotations::new(),
+            };
         }
-        let origin = Origin { source, repo: &job.repo };
+        let origin = Origin {
+            source,
+            repo: &job.repo,
+        };
         let upstream = match (&known, &job.reference) {
-            (Some(d), _) => self.source_manifest(origin, d, None).await,
+            (Some(d), reference) => {
+                let why = match reference {
+                    SourceRef::Tag(_) => ANNOUNCED,
+                    SourceRef::Digest(_) => ASKED,
+                    SourceRef::Referrer(_) => LISTED,
+                };
+                self.source_manifest(origin, d, None, why).await
+            }
             (None, SourceRef::Tag(tag)) => source.resolve(&job.repo, tag).await.map(Arc::new),
-            (None, SourceRef::Digest(_)) => unreachable!("a digest is known"),
+            (None, _) => unreachable!("a digest is known"),
         };
         let mut annotations = job.annotations.clone();
         let top = upstream.and_then(|upstream| match filter {
@@ -918,11 +1116,27 @@ impl<S: Source, D: Destination> Engine<S, D> {
             }
             Err(e) => {
                 fail_open(&mut reports, &e);
-                return (reports.into_iter().map(|r| r.expect("decided")).collect(), None);
+                return ImageOutcome {
+                    reports,
+                    copied: None,
+                    pending: Vec::new(),
+                    annotations,
+                };
             }
         };
-        let report = |t: &JobTarget, status: CopyStatus, existing: Option<Digest>, error: Option<&CopyError>| {
-            self.report(label, t, Some(&top.digest), Some(&upstream), status, existing, error)
+        let report = |t: &JobTarget,
+                      status: CopyStatus,
+                      existing: Option<Digest>,
+                      error: Option<&CopyError>| {
+            self.report(
+                label,
+                t,
+                Some(&top.digest),
+                Some(&upstream),
+                status,
+                existing,
+                error,
+            )
         };
         // Targets asked for by tag hold nothing yet; by digest, the image may be there.
         let found = join_all(open(&reports).into_iter().map(|i| {
@@ -943,11 +1157,14 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }))
         .await;
         let mut slots = Vec::new();
+        let mut pending = Vec::new();
         for (i, found) in found {
             let t = &job.targets[i];
             let overwrites = t.tag.is_some() && !job.fallback;
             reports[i] = match found {
-                Ok(Some(d)) if d == top.digest => Some(report(t, CopyStatus::Unchanged, None, None)),
+                Ok(Some(d)) if d == top.digest => {
+                    Some(report(t, CopyStatus::Unchanged, None, None))
+                }
                 // A fallback tag is merged, and an image by digest is not a tag to keep.
                 Ok(Some(d)) if overwrites && self.opts.overwrite == Overwrite::Skip => {
                     Some(report(t, CopyStatus::Skipped, Some(d), None))
@@ -988,43 +1205,45 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 .collect();
             self.copy_tree(origin, &top, &need, 0).await;
             drop(walking);
-            let (top, annotations) = (&top, &annotations);
+            let (top, annotations) = (&*top, &annotations);
             join_all(claims.into_iter().map(|(slot, mut put)| async move {
                 if slot.failed() {
                     return;
                 }
-                let dest = &self.dests[slot.dest];
-                if dest.parallel_puts() {
+                if self.dests[slot.dest].parallel_puts() {
                     // Its tree is there: other tags of it need not wait for this one.
                     *put = true;
                     drop(put);
-                }
-                let t = &job.targets[slot.target];
-                let how = match &t.tag {
-                    Some(tag) if job.fallback => return self.merge_fallback(slot, tag, top).await,
-                    Some(tag) => Put::Tag(tag, annotations),
-                    None => Put::Image(annotations),
-                };
-                let Some(indexed) = self.put_manifest(slot, how, top).await else {
+                    if !defer {
+                        self.name(job, slot, top, annotations).await;
+                    } else {
+                        self.put_manifest(slot, Put::Child, top).await;
+                    }
                     return;
-                };
-                // Only a referrer sent by digest is listed by us (the module's notes).
-                if let (None, false, Some(subject)) = (&t.tag, indexed, &top.manifest.subject) {
-                    self.update_fallback(slot, &subject.digest, top).await;
                 }
+                *put = match defer {
+                    false => self.name(job, slot, top, annotations).await,
+                    // By digest now, its name once its referrers are there.
+                    true => self.put_manifest(slot, Put::Child, top).await.is_some(),
+                };
             }))
             .await;
-            for slot in &slots {
-                let t = &job.targets[slot.target];
-                let error = slot.error.lock().expect("slot lock").take();
-                reports[slot.target] = Some(match error {
-                    None => report(t, CopyStatus::Copied, None, None),
-                    Some(e) => report(t, CopyStatus::Failed, None, Some(e.as_ref())),
-                });
+            for slot in slots {
+                if defer && !slot.failed() {
+                    pending.push(slot);
+                } else {
+                    let t = &job.targets[slot.target];
+                    let report = self.slot_report(job, t, &slot, &top.digest, &upstream);
+                    reports[slot.target] = Some(report);
+                }
             }
         }
-        let reports = reports.into_iter().map(|r| r.expect("every target decided")).collect();
-        (reports, Some(Copied { top, upstream }))
+        ImageOutcome {
+            reports,
+            copied: Some(Copied { top, upstream }),
+            pending,
+            annotations,
+        }
     }
 
     /// Apply the job's platform list to its top manifest. An index loses the children of
@@ -1047,8 +1266,12 @@ impl<S: Source, D: Destination> Engine<S, D> {
             what: upstream.digest.to_string(),
             source,
         };
-        let cut = cut_index(&upstream.bytes, &job.platforms, &upstream.digest.to_string())
-            .map_err(|e| bad(ManifestError::Json(e)))?;
+        let cut = cut_index(
+            &upstream.bytes,
+            &job.platforms,
+            &upstream.digest.to_string(),
+        )
+        .map_err(|e| bad(ManifestError::Json(e)))?;
         match cut {
             PlatformCut::Whole => Ok(upstream),
             PlatformCut::Nothing { available } => Err(CopyError::NoPlatform {
@@ -1058,8 +1281,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
             }),
             PlatformCut::Cut { bytes, dropped } => {
                 // New bytes: made a value of their own here, where they come to be.
-                let cut = Verified::new(Bytes::from(bytes), Some(upstream.media_type()))
-                    .map_err(bad)?;
+                let cut =
+                    Verified::new(Bytes::from(bytes), Some(upstream.media_type())).map_err(bad)?;
                 self.reporter.warn(&format!(
                     "{}: kept {list}, left out {}; the stored index is {}, not the registry's \
                      {} (pull it by tag or by the new digest)",
@@ -1092,18 +1315,31 @@ impl<S: Source, D: Destination> Engine<S, D> {
     }
 
     /// Add `referrer` to its subject's fallback tag at the slot.
-    async fn update_fallback(&self, slot: &Slot, subject: &Digest, referrer: &Verified) {
+    async fn update_fallback(
+        &self,
+        slot: &Slot,
+        subject: &Digest,
+        referrer: &Verified,
+        annotations: &Annotations,
+    ) {
         let ours = referrer
             .manifest
             .referrer_descriptor(&referrer.digest, referrer.size());
         let raw = serde_json::value::to_raw_value(&ours).expect("a descriptor serialises");
         let add = vec![(referrer.digest.clone(), raw)];
-        self.fallback(slot, &fallback_tag(subject), add, None).await;
+        let tag = fallback_tag(subject);
+        self.fallback(slot, &tag, add, None, annotations).await;
     }
 
     /// Bring the source's fallback tag `tag` (its index `index`) to the slot: as it is
     /// where the slot has none, else what it lists added to the slot's own.
-    async fn merge_fallback(&self, slot: &Slot, tag: &str, index: &Verified) {
+    async fn merge_fallback(
+        &self,
+        slot: &Slot,
+        tag: &str,
+        index: &Verified,
+        annotations: &Annotations,
+    ) {
         let what = || format!("{tag} at the source");
         let raw = match serde_json::from_slice::<Listed>(&index.bytes) {
             Ok(listed) => listed.manifests,
@@ -1121,7 +1357,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
             }));
         };
         let add = children.iter().map(|c| c.digest.clone()).zip(raw).collect();
-        self.fallback(slot, tag, add, Some(index)).await;
+        self.fallback(slot, tag, add, Some(index), annotations)
+            .await;
     }
 
     /// Put the fallback tag `tag` at the slot with the entries `add` (digest, descriptor
@@ -1134,6 +1371,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
         tag: &str,
         add: Vec<(Digest, Box<RawValue>)>,
         whole: Option<&Verified>,
+        annotations: &Annotations,
     ) {
         let lock = self.fallback_claims[slot.dest]
             .lock()
@@ -1142,7 +1380,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        if let Err(e) = self.put_fallback(slot, tag, add, whole).await {
+        if let Err(e) = self.put_fallback(slot, tag, add, whole, annotations).await {
             slot.fail(Arc::new(e));
         }
     }
@@ -1153,11 +1391,12 @@ impl<S: Source, D: Destination> Engine<S, D> {
         tag: &str,
         add: Vec<(Digest, Box<RawValue>)>,
         whole: Option<&Verified>,
+        annotations: &Annotations,
     ) -> Result<(), CopyError> {
         let dest = &self.dests[slot.dest];
         let what = || format!("{}/{}:{tag}", dest.name(), slot.repo);
         let put = |index: Verified| async move {
-            dest.put_manifest(&slot.repo, Put::Tag(tag, &Annotations::new()), &index)
+            dest.put_manifest(&slot.repo, Put::Tag(tag, annotations), &index)
                 .await?;
             bump(&self.counters[slot.dest].manifests_put, 1);
             Ok(())
@@ -1178,6 +1417,14 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 });
             }
         };
+        // Nothing of the target's own: the source's index as it is.
+        if let Some(whole) = whole
+            && listed
+                .iter()
+                .all(|l| add.iter().any(|(d, _)| *d == l.digest))
+        {
+            return put(whole.clone()).await;
+        }
         let new: Vec<Box<RawValue>> = add
             .into_iter()
             .filter(|(d, _)| !listed.iter().any(|l| &l.digest == d))
@@ -1202,6 +1449,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
         from: Origin<'_, S>,
         digest: &Digest,
         media_type: Option<&str>,
+        why: &'static str,
     ) -> Result<Arc<Verified>, CopyError> {
         let cell = self
             .manifests
@@ -1212,7 +1460,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             .clone();
         cell.get_or_try_init(|| async {
             from.source
-                .manifest(from.repo, digest, media_type)
+                .manifest(from.repo, digest, media_type, why)
                 .await
                 .map(Arc::new)
         })
@@ -1248,9 +1496,16 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     .await;
                 }
                 Kind::Image { config, layers } => {
-                    let blobs = std::iter::once(config.as_ref())
-                        .chain(layers)
-                        .filter(|d| self.opts.include_foreign || !d.is_foreign());
+                    let blobs = std::iter::once(config.as_ref()).chain(layers).filter(|d| {
+                        let skip = d.is_foreign() && !self.opts.include_foreign;
+                        if skip {
+                            self.reporter.warn(&format!(
+                                "{}: skipping foreign layer {} (pass --include-foreign to copy it)",
+                                manifest.digest, d.digest
+                            ));
+                        }
+                        !skip
+                    });
                     join_all(blobs.map(|b| self.copy_blob(from, b, slots))).await;
                 }
             }
@@ -1276,9 +1531,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             if **put {
                 return Ok(true);
             }
-            self.dests[s.dest]
-                .has_manifest(&s.repo, &child.digest)
-                .await
+            self.dests[s.dest].has_manifest(&s.repo, child).await
         }))
         .await;
         let mut need = Vec::new();
@@ -1294,7 +1547,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }
         let slots: Vec<&Slot> = need.iter().map(|(s, _)| *s).collect();
         let verified = match self
-            .source_manifest(from, &child.digest, Some(&child.media_type))
+            .source_manifest(from, &child.digest, Some(&child.media_type), IN_PARENT)
             .await
         {
             Ok(v) if v.size() != child.size => Err(CopyError::ManifestSize {
@@ -1426,7 +1679,10 @@ impl<S: Source, D: Destination> Engine<S, D> {
             ));
             let mut writers = Vec::new();
             for slot in again {
-                match self.dests[slot.dest].start_blob(&slot.repo, desc, None).await {
+                match self.dests[slot.dest]
+                    .start_blob(&slot.repo, desc, None)
+                    .await
+                {
                     Ok(Start::Write(w)) => writers.push((slot, w)),
                     Ok(Start::Mounted) => bump(&self.counters[slot.dest].blobs_mounted, 1),
                     Err(e) => slot.fail(Arc::new(e)),
@@ -1435,7 +1691,9 @@ impl<S: Source, D: Destination> Engine<S, D> {
             let retried = self.transfer(from, desc, writers).await;
             for s in &mut sent {
                 if let Sent::Again(slot) = s {
-                    let done = retried.iter().any(|r| matches!(r, Sent::Done(d) if std::ptr::eq(*d, *slot)));
+                    let done = retried
+                        .iter()
+                        .any(|r| matches!(r, Sent::Done(d) if std::ptr::eq(*d, *slot)));
                     *s = if done { Sent::Done(slot) } else { Sent::Failed };
                 }
             }
@@ -1606,9 +1864,11 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 Piece::Last(chunk) => {
                     let chunk = trim(chunk);
                     let n = chunk.len() as u64;
-                    return match writer.finish(digest, chunk).await {
+                    let finished = writer.finish(digest, chunk).await;
+                    // Sent, whether or not the destination took it.
+                    self.sent(slot.dest, n);
+                    return match finished {
                         Ok(()) => {
-                            self.sent(slot.dest, n);
                             bump(&self.counters[slot.dest].blobs_uploaded, 1);
                             Sent::Done(slot)
                         }
@@ -1743,7 +2003,7 @@ impl Spool {
 fn source_name(job: &ImageJob) -> &str {
     let suffix = match &job.reference {
         SourceRef::Tag(t) => format!(":{t}"),
-        SourceRef::Digest(d) => format!("@{d}"),
+        SourceRef::Digest(d) | SourceRef::Referrer(d) => format!("@{d}"),
     };
     job.label.strip_suffix(&suffix).unwrap_or(&job.label)
 }
@@ -1788,7 +2048,11 @@ impl<'a, S: Source> SourceReader<'a, S> {
             let stream = match &mut self.stream {
                 Some(s) => s,
                 None => {
-                    let read = self.from.source.blob(self.from.repo, self.desc, self.pos).await?;
+                    let read = self
+                        .from
+                        .source
+                        .blob(self.from.repo, self.desc, self.pos)
+                        .await?;
                     self.skip = self.pos.saturating_sub(read.offset);
                     self.stream.insert(read.stream)
                 }

@@ -11,8 +11,7 @@ use futures::TryStreamExt;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::{
-    BlobRead, BlobWriter, CopyError, Destination, Held, Put, Referrers, Source, Start,
-    fallback_tag,
+    BlobRead, BlobWriter, CopyError, Destination, Held, Put, Referrers, Source, Start, fallback_tag,
 };
 use crate::manifest::{Descriptor, Kind, Manifest, OCI_INDEX, Verified};
 use crate::reference::{Digest, validate_tag};
@@ -105,7 +104,11 @@ impl RegistrySource {
                     Vec::new()
                 }
             };
-            Arc::new(valid_tags(listed, &name, self.reporter.as_ref()).into_iter().collect())
+            Arc::new(
+                valid_tags(listed, &name, self.reporter.as_ref())
+                    .into_iter()
+                    .collect(),
+            )
         })
         .await
         .clone()
@@ -155,8 +158,9 @@ impl Source for RegistrySource {
         repo: &str,
         digest: &Digest,
         media_type: Option<&str>,
+        why: &'static str,
     ) -> Result<Verified, CopyError> {
-        let expected = Some((digest, "the digest asked for"));
+        let expected = Some((digest, why));
         let v = self
             .client
             .get_verified(&self.host, repo, &digest.to_string(), expected, media_type)
@@ -170,7 +174,12 @@ impl Source for RegistrySource {
         desc: &Descriptor,
         offset: u64,
     ) -> Result<BlobRead, CopyError> {
-        let permit = self.reads.clone().acquire_owned().await.expect("never closed");
+        let permit = self
+            .reads
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let resp = self
             .client
             .get_blob(&self.host, repo, &desc.digest.to_string(), offset)
@@ -241,6 +250,20 @@ impl RegistryDestination {
     }
 }
 
+impl RegistryDestination {
+    async fn manifest_exists(&self, repo: &str, digest: &Digest) -> Result<bool, CopyError> {
+        match self
+            .client
+            .head_manifest(&self.host, repo, &digest.to_string())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 pub struct RegistryWriter {
     client: Client,
     upload: Upload,
@@ -290,7 +313,7 @@ impl Destination for RegistryDestination {
         platforms: Option<&str>,
     ) -> Result<Option<Held>, CopyError> {
         // A registry keeps no note of a cut: what it became is known after the cut.
-        if platforms.is_some() || !self.has_manifest(repo, digest).await? {
+        if platforms.is_some() || !self.manifest_exists(repo, digest).await? {
             return Ok(None);
         }
         Ok(Some(Held {
@@ -299,16 +322,8 @@ impl Destination for RegistryDestination {
         }))
     }
 
-    async fn has_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, CopyError> {
-        match self
-            .client
-            .head_manifest(&self.host, repo, &digest.to_string())
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+    async fn has_manifest(&self, repo: &str, desc: &Descriptor) -> Result<bool, CopyError> {
+        self.manifest_exists(repo, &desc.digest).await
     }
 
     async fn has_blob(&self, repo: &str, digest: &Digest) -> Result<bool, CopyError> {
