@@ -338,12 +338,11 @@ pub fn remove_unselected(store: &Store, selection: &Selection) -> Result<Vec<Rem
 /// The subject's hex of a referrer tag: the referrers tag schema's `sha256-<hex>`, and
 /// cosign's `sha256-<hex>.sig`, `.att` and `.sbom`.
 fn referrer_tag_subject(tag: &str) -> Option<&str> {
-    let rest = tag.strip_prefix("sha256-")?;
-    let hex = [".sig", ".att", ".sbom"]
+    let base = [".sig", ".att", ".sbom"]
         .iter()
-        .find_map(|s| rest.strip_suffix(s))
-        .unwrap_or(rest);
-    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
+        .find_map(|s| tag.strip_suffix(s))
+        .unwrap_or(tag);
+    copy::fallback_subject(base)
 }
 
 /// What fetching one image would bring, for `plan`.

@@ -278,7 +278,11 @@ pub fn push(
                 platforms: Vec::new(),
                 referrers: false,
                 annotations: Default::default(),
-                fallback: false,
+                // Merged with a target's own, as a copy does.
+                fallback: tag
+                    .as_deref()
+                    .and_then(crate::copy::fallback_subject)
+                    .is_some(),
                 targets: targets
                     .iter()
                     .enumerate()

@@ -1,22 +1,26 @@
 //! The copy engine: one walk of a manifest tree from a source endpoint into any number
-//! of destination endpoints (registries today; the store, bundles and buckets are the
-//! same two traits). `push` is store → registries, `copy` is registry → registries.
+//! of destination endpoints (registries and the store today; bundles and buckets are the
+//! same two traits). `fetch` is registry → store, `push` store → registries, `copy`
+//! registry → registries.
 //!
 //! Order at every destination is the spec's: blobs before the manifest naming them,
-//! children before their index, the tag last. Each source blob is read once per image
-//! however many destinations lack it, and streamed to all of them chunk by chunk. Per
-//! destination one claimant per blob: a second image wanting the same blob waits, then
-//! finds it present (same repository) or mounts it from the repository that got it.
-//! One destination failing never stops the others; every outcome is reported per image
-//! and destination.
+//! children before their index, referrers before the name of what they refer to, the
+//! name last. The targets are asked first what they hold: where every one holds the tag,
+//! one HEAD at the source decides, and nothing else is read. Each source blob is read
+//! once per image however many destinations lack it, and streamed to all of them chunk
+//! by chunk. Per destination one claimant per blob: a second image wanting the same blob
+//! waits, then finds it present (same repository) or mounts it from the repository that
+//! got it. One destination failing never stops the others; every outcome is reported per
+//! image and destination.
 //!
-//! Referrers (signatures, SBOMs, attestations: manifests with a `subject`) are copied by
-//! digest after their subject. A destination without the referrers API (no `OCI-Subject`
-//! in the answer to the PUT) gets the spec's fallback tag `<alg>-<hex of subject>` kept
-//! for it, an OCI index of the subject's referrers, whenever a referrer is put there by
-//! digest (an untagged push entry, or one `copy --referrers` found). A referrer put as a
-//! child of a tagged index (a stored fallback tag being pushed) leaves the tags alone:
-//! that tag is the store's and arrives as it is.
+//! Referrers (signatures, SBOMs, attestations: manifests with a `subject`) listed by the
+//! source's referrers API are copied by digest; a source without the API has its
+//! fallback tag `<alg>-<hex of subject>` (an OCI index of them) copied as a tag, and
+//! cosign's `.sig`/`.att`/`.sbom` tags are copied as tags. A destination without the
+//! referrers API (no `OCI-Subject` in the answer to the PUT) gets the fallback tag kept
+//! for it whenever a referrer is put there by digest; a fallback tag copied as a tag is
+//! merged with the destination's own in the same way (sent as it is where the
+//! destination has none, or nothing of its own in it).
 
 pub mod registry;
 pub mod store;
@@ -202,6 +206,12 @@ pub struct Referrers {
 /// the subject, holding an OCI index of its referrers.
 pub fn fallback_tag(subject: &Digest) -> String {
     format!("{}-{}", subject.algorithm(), subject.hex())
+}
+
+/// The subject's hex of a fallback tag (`sha256-<64 hex>`).
+pub fn fallback_subject(tag: &str) -> Option<&str> {
+    let hex = tag.strip_prefix("sha256-")?;
+    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
 }
 
 /// How a destination took a blob.
@@ -1380,67 +1390,60 @@ impl<S: Source, D: Destination> Engine<S, D> {
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        if let Err(e) = self.put_fallback(slot, tag, add, whole, annotations).await {
-            slot.fail(Arc::new(e));
-        }
-    }
-
-    async fn put_fallback(
-        &self,
-        slot: &Slot,
-        tag: &str,
-        add: Vec<(Digest, Box<RawValue>)>,
-        whole: Option<&Verified>,
-        annotations: &Annotations,
-    ) -> Result<(), CopyError> {
-        let dest = &self.dests[slot.dest];
-        let what = || format!("{}/{}:{tag}", dest.name(), slot.repo);
-        let put = |index: Verified| async move {
-            dest.put_manifest(&slot.repo, Put::Tag(tag, annotations), &index)
-                .await?;
-            bump(&self.counters[slot.dest].manifests_put, 1);
-            Ok(())
-        };
-        let Some(old) = dest.get_manifest(&slot.repo, tag).await? else {
-            if let Some(whole) = whole {
+        let updated: Result<(), CopyError> = async {
+            let dest = &self.dests[slot.dest];
+            let what = || format!("{}/{}:{tag}", dest.name(), slot.repo);
+            let put = |index: Verified| async move {
+                dest.put_manifest(&slot.repo, Put::Tag(tag, annotations), &index)
+                    .await?;
+                bump(&self.counters[slot.dest].manifests_put, 1);
+                Ok::<(), CopyError>(())
+            };
+            let Some(old) = dest.get_manifest(&slot.repo, tag).await? else {
+                if let Some(whole) = whole {
+                    return put(whole.clone()).await;
+                }
+                let manifests = add.into_iter().map(|(_, raw)| raw).collect();
+                return put(fallback_index(manifests, &what)?).await;
+            };
+            let listed = match &old.manifest.kind {
+                Kind::Index(listed) if old.media_type() == OCI_INDEX => listed,
+                _ => {
+                    return Err(CopyError::NotReferrersIndex {
+                        what: what(),
+                        media_type: old.media_type().to_owned(),
+                    });
+                }
+            };
+            // Nothing of the target's own: the source's index as it is.
+            if let Some(whole) = whole
+                && listed
+                    .iter()
+                    .all(|l| add.iter().any(|(d, _)| *d == l.digest))
+            {
                 return put(whole.clone()).await;
             }
-            let manifests = add.into_iter().map(|(_, raw)| raw).collect();
-            return put(fallback_index(manifests, &what)?).await;
-        };
-        let listed = match &old.manifest.kind {
-            Kind::Index(listed) if old.media_type() == OCI_INDEX => listed,
-            _ => {
-                return Err(CopyError::NotReferrersIndex {
-                    what: what(),
-                    media_type: old.media_type().to_owned(),
-                });
+            let new: Vec<Box<RawValue>> = add
+                .into_iter()
+                .filter(|(d, _)| !listed.iter().any(|l| &l.digest == d))
+                .map(|(_, raw)| raw)
+                .collect();
+            if new.is_empty() {
+                return Ok(());
             }
-        };
-        // Nothing of the target's own: the source's index as it is.
-        if let Some(whole) = whole
-            && listed
-                .iter()
-                .all(|l| add.iter().any(|(d, _)| *d == l.digest))
-        {
-            return put(whole.clone()).await;
+            let mut manifests = serde_json::from_slice::<Listed>(&old.bytes)
+                .map_err(|e| CopyError::Manifest {
+                    what: what(),
+                    source: e.into(),
+                })?
+                .manifests;
+            manifests.extend(new);
+            put(fallback_index(manifests, &what)?).await
         }
-        let new: Vec<Box<RawValue>> = add
-            .into_iter()
-            .filter(|(d, _)| !listed.iter().any(|l| &l.digest == d))
-            .map(|(_, raw)| raw)
-            .collect();
-        if new.is_empty() {
-            return Ok(());
+        .await;
+        if let Err(e) = updated {
+            slot.fail(Arc::new(e));
         }
-        let mut manifests = serde_json::from_slice::<Listed>(&old.bytes)
-            .map_err(|e| CopyError::Manifest {
-                what: what(),
-                source: e.into(),
-            })?
-            .manifests;
-        manifests.extend(new);
-        put(fallback_index(manifests, &what)?).await
     }
 
     /// A source manifest by digest, read and verified once per run.

@@ -48,6 +48,31 @@ impl StoreSource {
     }
 }
 
+/// A manifest read from the store, parsed and checked against the digest it is filed
+/// under.
+fn stored_manifest(
+    bytes: Vec<u8>,
+    repo: &str,
+    digest: &Digest,
+    media_type: Option<&str>,
+) -> Result<Verified, CopyError> {
+    let what = format!("{repo}@{digest} in the store");
+    let v =
+        Verified::new(Bytes::from(bytes), media_type).map_err(|source| CopyError::Manifest {
+            what: what.clone(),
+            source,
+        })?;
+    if v.digest != *digest {
+        return Err(CopyError::ManifestDigest {
+            what,
+            expected: digest.clone(),
+            actual: v.digest,
+            origin: "its file name; run `static-registry verify --repair`",
+        });
+    }
+    Ok(v)
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, CopyError> {
@@ -85,22 +110,7 @@ impl Source for StoreSource {
     ) -> Result<Verified, CopyError> {
         let (view, name, d) = (self.view.clone(), repo.to_owned(), digest.clone());
         let bytes = blocking(move || view.read_manifest(&name, &d)).await?;
-        let what = format!("{repo}@{digest} in the store");
-        let v = Verified::new(Bytes::from(bytes), media_type).map_err(|source| {
-            CopyError::Manifest {
-                what: what.clone(),
-                source,
-            }
-        })?;
-        if v.digest != *digest {
-            return Err(CopyError::ManifestDigest {
-                what,
-                expected: digest.clone(),
-                actual: v.digest,
-                origin: "its file name; run `static-registry verify --repair`",
-            });
-        }
-        Ok(v)
+        stored_manifest(bytes, repo, digest, media_type)
     }
 
     async fn blob(
@@ -352,21 +362,7 @@ impl Destination for StoreDestination {
         };
         let (store, d) = (self.store.clone(), digest.clone());
         let bytes = blocking(move || store.read_blob(&d)).await?;
-        let what = format!("{repo}@{digest} in the store");
-        let v = Verified::new(Bytes::from(bytes), media_type).map_err(|source| {
-            CopyError::Manifest {
-                what: what.clone(),
-                source,
-            }
-        })?;
-        if v.digest != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest,
-                actual: v.digest,
-            }
-            .into());
-        }
-        Ok(Some(v))
+        stored_manifest(bytes, repo, &digest, media_type).map(Some)
     }
 
     fn parallel_puts(&self) -> bool {

@@ -256,6 +256,38 @@ async fn copy_reads_each_source_blob_once_for_two_targets() {
     }
 }
 
+/// A copy again, with nothing changed: the source answers one HEAD (no manifest is
+/// read: a rate-limited registry counts GETs), each target one HEAD, nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_again_sends_one_head_to_the_source_and_one_to_each_target() {
+    let (src, _fx, _root) = registry_with_fixtures().await;
+    let (a, b) = tokio::join!(empty_registry(), empty_registry());
+    let source = format!("{}/oci/multi:1.0", src.addr());
+    let (to_a, to_b) = (
+        format!("{}/x/multi", a.addr()),
+        format!("{}/y/multi:stable", b.addr()),
+    );
+    let (code, _, stderr) = copy(&source, &[&to_a, &to_b]);
+    assert_eq!(code, 0, "{stderr}");
+    src.mark();
+    a.mark();
+    b.mark();
+    let (code, json, stderr) = copy(&source, &[&to_a, &to_b]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json["targets"][0]["unchanged"], 1, "{json}");
+    assert_eq!(json["targets"][1]["unchanged"], 1, "{json}");
+    assert_eq!(
+        src.requests(),
+        [("HEAD".to_owned(), "/v2/oci/multi/manifests/1.0".to_owned())]
+    );
+    for (target, path) in [
+        (&a, "/v2/x/multi/manifests/1.0"),
+        (&b, "/v2/y/multi/manifests/stable"),
+    ] {
+        assert_eq!(target.requests(), [("HEAD".to_owned(), path.to_owned())]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blob_larger_than_a_chunk_is_sent_in_chunks_to_every_target() {
     let src = empty_registry().await;
