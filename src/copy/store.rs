@@ -159,6 +159,9 @@ impl Source for StoreSource {
 const MAX_PUBLISH_PAUSE: Duration = Duration::from_millis(100);
 /// Bytes handed to a blob's writer at a time (a kill leaves whole slices on disk).
 const WRITE_SLICE: usize = 256 << 10;
+/// Chunks the store takes: a file write needs no large request, and the engine holds a
+/// few chunks per blob in memory.
+const STORE_CHUNK: usize = 1 << 20;
 
 /// A manifest's subject and its entry in the subject's referrers list, if it has one.
 type Referrer = Option<(Digest, Descriptor)>;
@@ -456,6 +459,10 @@ impl StoreWriter {
 }
 
 impl BlobWriter for StoreWriter {
+    fn chunk(&self) -> usize {
+        STORE_CHUNK
+    }
+
     fn offset(&self) -> u64 {
         self.offset
     }
