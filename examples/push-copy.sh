@@ -33,9 +33,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_registry NAME: a docker-registry on a free loopback port; prints the port.
+# start_registry NAME: a docker-registry on a free loopback port, in $port. (Not run in
+# a $(...) subshell: its pid must reach `pids`, or cleanup leaves the registry running.)
 start_registry() {
-    local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     cat >"$work/$1.yml" <<YAML
 version: 0.1
@@ -51,10 +51,11 @@ YAML
         curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    echo "$port"
 }
-source_port=$(start_registry source)
-target_port=$(start_registry target)
+start_registry source
+source_port=$port
+start_registry target
+target_port=$port
 src=127.0.0.1:$source_port
 dst=127.0.0.1:$target_port
 

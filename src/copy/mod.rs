@@ -210,6 +210,62 @@ pub enum Start<W> {
     Write(W),
 }
 
+/// Bytes of a blob on their way to writers, in the pieces the source's reads gave them
+/// (gathered without copying them into one buffer).
+#[derive(Debug, Clone, Default)]
+pub struct Chunk(Vec<Bytes>);
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn parts(&self) -> &[Bytes] {
+        &self.0
+    }
+
+    /// In one buffer (copied where it is in several parts).
+    pub fn into_bytes(self) -> Bytes {
+        if self.0.len() == 1 {
+            return self.0.into_iter().next().expect("one part");
+        }
+        let mut one = bytes::BytesMut::with_capacity(self.len());
+        for part in &self.0 {
+            one.extend_from_slice(part);
+        }
+        one.freeze()
+    }
+
+    fn push(&mut self, part: Bytes) {
+        if !part.is_empty() {
+            self.0.push(part);
+        }
+    }
+
+    /// Without its first `n` bytes.
+    fn skip(self, mut n: usize) -> Chunk {
+        let mut rest = Chunk::default();
+        for mut part in self.0 {
+            let cut = n.min(part.len());
+            n -= cut;
+            rest.push(part.split_off(cut));
+        }
+        rest
+    }
+}
+
+impl From<Bytes> for Chunk {
+    fn from(bytes: Bytes) -> Chunk {
+        let mut chunk = Chunk::default();
+        chunk.push(bytes);
+        chunk
+    }
+}
+
 /// A blob being written at a destination. Chunks come in order, each as long as the
 /// longest [`BlobWriter::chunk`] of the writers of that blob; `finish` gets the rest (all
 /// of a blob no longer than one chunk).
@@ -227,11 +283,11 @@ pub trait BlobWriter: Send {
     fn verifies(&self) -> bool {
         false
     }
-    fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), CopyError>> + Send;
+    fn write(&mut self, chunk: Chunk) -> impl Future<Output = Result<(), CopyError>> + Send;
     fn finish(
         self,
         digest: &Digest,
-        last: Bytes,
+        last: Chunk,
     ) -> impl Future<Output = Result<(), CopyError>> + Send;
 }
 

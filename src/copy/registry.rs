@@ -6,12 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use futures::TryStreamExt;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::{
-    BlobRead, BlobWriter, CopyError, Destination, Held, Put, Referrers, Source, Start, fallback_tag,
+    BlobRead, BlobWriter, Chunk, CopyError, Destination, Held, Put, Referrers, Source, Start,
+    fallback_tag,
 };
 use crate::manifest::{Descriptor, Kind, Manifest, OCI_INDEX, Verified};
 use crate::reference::{Digest, validate_tag};
@@ -270,11 +270,13 @@ pub struct RegistryWriter {
 }
 
 impl BlobWriter for RegistryWriter {
-    async fn write(&mut self, chunk: Bytes) -> Result<(), CopyError> {
+    async fn write(&mut self, chunk: Chunk) -> Result<(), CopyError> {
+        let chunk = chunk.into_bytes();
         Ok(self.client.upload_chunk(&mut self.upload, chunk).await?)
     }
 
-    async fn finish(self, digest: &Digest, last: Bytes) -> Result<(), CopyError> {
+    async fn finish(self, digest: &Digest, last: Chunk) -> Result<(), CopyError> {
+        let last = last.into_bytes();
         Ok(self.client.finish_upload(self.upload, digest, last).await?)
     }
 }

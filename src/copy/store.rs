@@ -13,7 +13,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::OnceCell;
 
 use super::{
-    Annotations, BlobRead, BlobWriter, CopyError, Destination, Held, Put, Referrers, Source, Start,
+    Annotations, BlobRead, BlobWriter, Chunk, CopyError, Destination, Held, Put, Referrers, Source,
+    Start,
 };
 use crate::manifest::{Descriptor, KEPT_PLATFORMS, Kind, Manifest, UPSTREAM_DIGEST, Verified};
 use crate::reference::Digest;
@@ -441,14 +442,16 @@ pub struct StoreWriter {
 
 impl StoreWriter {
     /// Write `chunk` on a blocking thread, a slice at a time.
-    async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), CopyError> {
+    async fn write_chunk(&mut self, chunk: Chunk) -> Result<(), CopyError> {
         let mut partial = self
             .partial
             .take()
             .expect("a writer is not used after it failed");
         let partial = blocking(move || {
-            for slice in chunk.chunks(WRITE_SLICE) {
-                partial.write(slice)?;
+            for part in chunk.parts() {
+                for slice in part.chunks(WRITE_SLICE) {
+                    partial.write(slice)?;
+                }
             }
             Ok(partial)
         })
@@ -471,11 +474,11 @@ impl BlobWriter for StoreWriter {
         true
     }
 
-    async fn write(&mut self, chunk: Bytes) -> Result<(), CopyError> {
+    async fn write(&mut self, chunk: Chunk) -> Result<(), CopyError> {
         self.write_chunk(chunk).await
     }
 
-    async fn finish(mut self, _digest: &Digest, last: Bytes) -> Result<(), CopyError> {
+    async fn finish(mut self, _digest: &Digest, last: Chunk) -> Result<(), CopyError> {
         self.write_chunk(last).await?;
         let partial = self.partial.take().expect("written above");
         let (store, repo) = (self.store, self.repo);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::BoxStream;
@@ -12,8 +12,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use super::{
-    BlobWriter, CHUNK, CopyError, Destination, Engine, Origin, SOURCE_RESUMES, Slot, Source, Start,
-    bump, live,
+    BlobWriter, CHUNK, Chunk, CopyError, Destination, Engine, Origin, SOURCE_RESUMES, Slot, Source,
+    Start, bump, live,
 };
 use crate::manifest::Descriptor;
 use crate::reference::Digest;
@@ -214,7 +214,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             // A blob of no bytes: its one piece is empty.
             reader.verify()?;
             for (_, tx, _) in &queues {
-                let _ = tx.send(Piece::Last(Bytes::new()));
+                let _ = tx.send(Piece::Last(Chunk::default()));
             }
             Ok(())
         };
@@ -253,10 +253,10 @@ impl<S: Source, D: Destination> Engine<S, D> {
         mut skip: u64,
     ) -> Sent<'s> {
         let resumed = writer.offset() > 0;
-        let mut trim = |mut chunk: Bytes| {
+        let mut trim = |chunk: Chunk| {
             let n = skip.min(chunk.len() as u64);
             skip -= n;
-            chunk.split_off(n as usize)
+            chunk.skip(n as usize)
         };
         while let Some(piece) = pieces.recv().await {
             let result = match piece {
@@ -324,7 +324,7 @@ const QUEUED_CHUNKS: usize = 2;
 /// A chunk on its way to one writer.
 enum Piece {
     /// In memory; the permit is the writer's budget, given back when it is sent.
-    Memory(Bytes, tokio::sync::OwnedSemaphorePermit),
+    Memory(Chunk, tokio::sync::OwnedSemaphorePermit),
     /// Waiting in the spool file, at `at`.
     Spooled {
         spool: Arc<std::fs::File>,
@@ -332,7 +332,7 @@ enum Piece {
         len: usize,
     },
     /// The end of the blob, read and verified.
-    Last(Bytes),
+    Last(Chunk),
 }
 
 /// Chunks a slow writer has not taken yet, in an unnamed temporary file (gone when the
@@ -355,18 +355,25 @@ impl Spool {
     }
 
     /// Append `chunk`; where it starts.
-    async fn append(&mut self, chunk: Bytes) -> Result<u64, CopyError> {
+    async fn append(&mut self, chunk: Chunk) -> Result<u64, CopyError> {
         use std::os::unix::fs::FileExt;
         let (file, at, n) = (self.file.clone(), self.len, chunk.len() as u64);
-        tokio::task::spawn_blocking(move || file.write_all_at(&chunk, at))
-            .await
-            .expect("spool task panicked")
-            .map_err(|e| StoreError::io("write a spool file in", &std::env::temp_dir())(e))?;
+        tokio::task::spawn_blocking(move || {
+            let mut pos = at;
+            for part in chunk.parts() {
+                file.write_all_at(part, pos)?;
+                pos += part.len() as u64;
+            }
+            Ok(())
+        })
+        .await
+        .expect("spool task panicked")
+        .map_err(|e| StoreError::io("write a spool file in", &std::env::temp_dir())(e))?;
         self.len += n;
         Ok(at)
     }
 
-    async fn read(file: Arc<std::fs::File>, at: u64, len: usize) -> Result<Bytes, CopyError> {
+    async fn read(file: Arc<std::fs::File>, at: u64, len: usize) -> Result<Chunk, CopyError> {
         use std::os::unix::fs::FileExt;
         let bytes = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0; len];
@@ -375,7 +382,7 @@ impl Spool {
         .await
         .expect("spool task panicked")
         .map_err(|e| StoreError::io("read a spool file in", &std::env::temp_dir())(e))?;
-        Ok(Bytes::from(bytes))
+        Ok(Chunk::from(Bytes::from(bytes)))
     }
 }
 
@@ -420,10 +427,10 @@ impl<'a, S: Source> SourceReader<'a, S> {
     }
 
     /// The next chunk (shorter at the end); `None` past the end.
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, CopyError> {
+    async fn next_chunk(&mut self) -> Result<Option<Chunk>, CopyError> {
         let size = self.desc.size;
         let want = (size - self.pos).min(self.chunk as u64) as usize;
-        let mut buf = BytesMut::with_capacity(want);
+        let mut buf = Chunk::default();
         while buf.len() < want {
             let stream = match &mut self.stream {
                 Some(s) => s,
@@ -446,7 +453,7 @@ impl<'a, S: Source> SourceReader<'a, S> {
                     if let Some(h) = &mut self.hasher {
                         h.update(&bytes[..take]);
                     }
-                    buf.extend_from_slice(&bytes[..take]);
+                    buf.push(bytes.slice(..take));
                     self.pos += take as u64;
                     if take < bytes.len() {
                         if self.pos == size {
@@ -480,7 +487,7 @@ impl<'a, S: Source> SourceReader<'a, S> {
             }
             self.resumes += 1;
         }
-        Ok((!buf.is_empty()).then(|| buf.freeze()))
+        Ok((!buf.is_empty()).then_some(buf))
     }
 
     /// After the last chunk: the bytes read hash to the descriptor's digest.

@@ -36,8 +36,21 @@ fn the_quickstart_pushes_fetches_serves_and_pulls_back_the_bundled_image() {
     );
 }
 
+/// Processes whose command line mentions `dir` (what a script started under it).
+fn processes_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&dir))
+        .collect()
+}
+
+/// Issue: the example started its registries in `$(...)` subshells, so their pids never
+/// reached its cleanup and every run left two docker-registry processes behind.
 #[test]
-fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact() {
+fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact_and_stops_its_registries() {
     for (bin, package) in [
         ("docker-registry", "docker-registry"),
         ("skopeo", "skopeo"),
@@ -45,13 +58,15 @@ fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact() {
     ] {
         require_bin(bin, package);
     }
+    let tmp = tempfile::tempdir().unwrap();
     let out = run_with_timeout(
         Command::new("bash")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/examples/push-copy.sh"
             ))
-            .env("SR_BIN", env!("CARGO_BIN_EXE_static-registry")),
+            .env("SR_BIN", env!("CARGO_BIN_EXE_static-registry"))
+            .env("TMPDIR", tmp.path()),
         Duration::from_secs(120),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -61,4 +76,6 @@ fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    let left = processes_under(tmp.path());
+    assert!(left.is_empty(), "left running: {left:?}");
 }
