@@ -91,10 +91,15 @@ pub struct CopyArgs {
     #[arg(long, required = true, value_name = "HOST[:PORT]/REPOSITORY[:TAG]")]
     pub to: Vec<Target>,
     /// Also copy what refers to the image (signatures, SBOMs, attestations: the
-    /// referrers API, else the sha256-<hex> tag schema), by digest, and what refers to
-    /// those; targets without the referrers API get the sha256-<hex> tag.
+    /// referrers API, else the sha256-<hex> tag schema; cosign's .sig/.att/.sbom tags),
+    /// and what refers to those; targets without the referrers API get the
+    /// sha256-<hex> tag. The image is tagged at a target after them.
     #[arg(long)]
     pub referrers: bool,
+    /// Keep only this platform of a multi-platform image (os/arch[/variant], e.g.
+    /// linux/arm64); may be repeated. A cut index gets a new digest (the run says so).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Vec<PlatformSpec>,
     #[command(flatten)]
     pub copy: CopyOptionArgs,
     /// The source registry's TLS, credentials and retries.

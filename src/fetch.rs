@@ -1,6 +1,8 @@
-//! Fetch: the only place that joins the registry client and the store. `plan` checks the
-//! references and where each will be stored (no network); `execute` fetches every image
-//! concurrently, each blob once, and publishes each image only when all of it is stored.
+//! Fetch: registry → store on the copy engine. `resolve` turns a mirror configuration
+//! into planned images (listing tags where a selector needs them), `execute` runs them
+//! through the engine (one source per registry, the store the destination: each blob
+//! once, each image published only when all of it is stored), `survey` says what a fetch
+//! would bring (`plan`), and `remove_unselected` is `fetch --delete`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

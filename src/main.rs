@@ -384,7 +384,8 @@ fn copy_command(args: CopyArgs) -> Result<ExitCode> {
         .reference
         .parse()
         .map_err(|e| Usage(anyhow::Error::from(e)))?;
-    let job = plan::copy(&reference, &args.to, args.referrers).map_err(|e| Usage(e.into()))?;
+    let job = plan::copy(&reference, &args.to, args.referrers, &args.platform)
+        .map_err(|e| Usage(e.into()))?;
     let source_client =
         Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
     let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.copy.quiet));

@@ -348,11 +348,13 @@ fn parse_selection(spec: &str) -> Result<(String, Option<SourceRef>), PlanError>
 
 /// A copy: one upstream image to every target. A target without a tag gets the source's
 /// (or, for a source named by digest only, the manifest by digest).
-/// `referrers`: also what refers to it (see [`ImageJob::referrers`]).
+/// `referrers`: also what refers to it (see [`ImageJob::referrers`]); `platforms`: keep
+/// only those of an index.
 pub fn copy(
     source: &Reference,
     targets: &[Target],
     referrers: bool,
+    platforms: &[PlatformSpec],
 ) -> Result<ImageJob, PlanError> {
     let reference = match (&source.digest, &source.tag) {
         (Some(d), _) => SourceRef::Digest(d.clone()),
@@ -381,7 +383,7 @@ pub fn copy(
         source: 0,
         repo: source.repository.clone(),
         reference,
-        platforms: Vec::new(),
+        platforms: platforms.to_vec(),
         referrers,
         annotations: Default::default(),
         fallback: false,

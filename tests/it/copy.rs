@@ -288,6 +288,73 @@ async fn a_copy_again_sends_one_head_to_the_source_and_one_to_each_target() {
     }
 }
 
+/// `copy --platform` sends the index cut to that platform (a new digest, the source's
+/// in the report) and only that platform's manifest and blobs; copied again, it is
+/// unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_with_a_platform_sends_the_cut_index_and_only_that_platform() {
+    let (src, fx, _root) = registry_with_fixtures().await;
+    let target = empty_registry().await;
+    let source = format!("{}/oci/multi:1.0", src.addr());
+    let to = format!("{}/mirror/multi", target.addr());
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "copy",
+            source.as_str(),
+            "--to",
+            to.as_str(),
+            "--platform",
+            "linux/arm64",
+            "--tls-verify=false",
+            "--dest-tls-verify=false",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        tokio::task::block_in_place(|| run(&args))
+    };
+    let (code, json, stderr) = args(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    let report = &json["images"][0];
+    let upstream = fx.manifest("oci/multi", "1.0").digest.clone();
+    assert_eq!(report["upstream_digest"], upstream.as_str(), "{json}");
+    let cut = report["digest"].as_str().unwrap().to_owned();
+    assert_ne!(cut, upstream);
+    assert_eq!(
+        target.manifest_digest("mirror/multi", "1.0").await,
+        Some(cut.clone())
+    );
+    let url = format!("{}/v2/mirror/multi/manifests/1.0", target.url());
+    let index: Value = target
+        .http()
+        .get(&url)
+        .header(
+            reqwest::header::ACCEPT,
+            crate::harness::fixtures::ACCEPT_ALL,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kept = index["manifests"].as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{index}");
+    assert_eq!(kept[0]["platform"]["architecture"], "arm64");
+    for other in fx
+        .manifest("oci/multi", "1.0")
+        .children
+        .iter()
+        .filter(|c| **c != kept[0]["digest"])
+    {
+        assert_eq!(target.manifest_digest("mirror/multi", other).await, None);
+    }
+    target.mark();
+    let (code, json, stderr) = args(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json["targets"][0]["unchanged"], 1, "{json}");
+    assert!(writes(&target).is_empty(), "{:?}", writes(&target));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blob_larger_than_a_chunk_is_sent_in_chunks_to_every_target() {
     let src = empty_registry().await;
