@@ -45,6 +45,10 @@ pub enum Command {
         override_usage = "static-registry copy [OPTIONS] --to <HOST[:PORT]/REPOSITORY[:TAG]>... <REFERENCE>"
     )]
     Copy(CopyArgs),
+    /// One round of a mirror configuration into every place its `to:` names (the store,
+    /// registries), then its `on-change` command if the store changed.
+    #[command(override_usage = "static-registry sync [OPTIONS] --config <FILE> --once")]
+    Sync(SyncArgs),
     /// Print nginx configuration that serves the store as a read-only registry.
     #[command(override_usage = "static-registry gen-conf [OPTIONS]")]
     GenConf(GenConfArgs),
@@ -284,6 +288,44 @@ pub struct GenConfArgs {
     /// The nginx binary --install runs [default: nginx on PATH, else /usr/sbin/nginx].
     #[arg(long, value_name = "PATH")]
     pub nginx_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Mirror configuration (our YAML format, with `to:` and `on-change:`, or skopeo
+    /// sync's).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// One round, then exit (for cron or a systemd timer). Required: the scheduled
+    /// service is not built yet.
+    #[arg(long)]
+    pub once: bool,
+    /// Store directory (created if missing), when the configuration sends to `store`.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Blob transfers in flight at once.
+    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Blob reads in flight at once from one registry host.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs_per_host: u16,
+    /// Also copy foreign (non-distributable) layers.
+    #[arg(long)]
+    pub include_foreign: bool,
+    /// The source registries' TLS, credentials and retries (a config's `registries:`
+    /// entries override them per registry).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Defaults for the registry targets (a `to:` entry's own TLS settings and
+    /// credentials override them).
+    #[command(flatten)]
+    pub dest: DestArgs,
+    /// No progress output; errors are still printed.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

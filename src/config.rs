@@ -21,6 +21,8 @@ use serde::de::{
 };
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::copy::Overwrite;
+use crate::plan::Target;
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
 use crate::select::{self, PlatformSpec, SelectError, TagSelector};
 
@@ -96,6 +98,23 @@ pub struct MirrorConfig {
     pub registries: BTreeMap<String, RegistrySettings>,
     pub images: Vec<ImageSpec>,
     pub format: Format,
+    /// Where `sync` sends the images (`to:`); empty means the store.
+    pub to: Vec<SyncTarget>,
+    /// A command `sync` runs after a round that changed the store (`on-change:`).
+    pub on_change: Vec<String>,
+}
+
+/// One place `sync` sends every image to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncTarget {
+    /// The store under `--root`.
+    Store,
+    /// A registry, each image as `<prefix>/<stored name>`, as `push --to` sends them.
+    Registry {
+        target: Target,
+        settings: RegistrySettings,
+        overwrite: Overwrite,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +195,7 @@ fn parse_with_env(text: &str, origin: &str, env: Env) -> Result<MirrorConfig, Co
     }
 }
 
-const OWN_KEYS: &[&str] = &["prefix", "registries", "images"];
+const OWN_KEYS: &[&str] = &["prefix", "registries", "images", "to", "on-change"];
 const SKOPEO_KEYS: &[&str] = &[
     "images",
     "images-by-tag-regex",
@@ -575,6 +594,9 @@ mod own {
         prefix: Option<String>,
         registries: Option<Ordered<Option<Registry>>>,
         images: Option<Vec<Image>>,
+        to: Option<Vec<Value>>,
+        #[serde(rename = "on-change")]
+        on_change: Option<Vec<String>>,
     }
 
     /// The top level with its children unread, for salvage.
@@ -584,6 +606,27 @@ mod own {
         prefix: Option<Value>,
         registries: Option<Mapping>,
         images: Option<Vec<Value>>,
+        to: Option<Vec<Value>>,
+        #[serde(rename = "on-change")]
+        on_change: Option<Value>,
+    }
+
+    #[derive(Deserialize)]
+    struct OnChangeOnly {
+        #[serde(rename = "on-change")]
+        on_change: Vec<String>,
+    }
+
+    /// A registry `sync` sends to.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    struct RegistryTo {
+        registry: String,
+        tls_verify: Option<bool>,
+        cert_dir: Option<String>,
+        credentials: Option<RawCredentials>,
+        credentials_env: Option<String>,
+        overwrite: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -627,6 +670,8 @@ mod own {
     #[derive(Default)]
     pub(super) struct Parts {
         prefix: Option<String>,
+        to: Vec<Value>,
+        on_change: Option<Vec<String>>,
         registries: Vec<(String, Registry)>,
         /// (index in the file, image): salvage may skip broken entries.
         images: Vec<(usize, Image)>,
@@ -639,6 +684,8 @@ mod own {
             let images = f.images.unwrap_or_default();
             Parts {
                 prefix: f.prefix,
+                to: f.to.unwrap_or_default(),
+                on_change: f.on_change,
                 registries: registries_of(f.registries.unwrap_or_default()),
                 image_nodes: images.len(),
                 images: images.into_iter().enumerate().collect(),
@@ -656,7 +703,16 @@ mod own {
     fn salvage(doc: &Value, found: &mut Vec<String>) -> Option<Parts> {
         // A broken top level (unknown key, `images` not a list) leaves nothing to salvage.
         let shell: Shell = serde_yaml_ng::from_value(doc.clone()).ok()?;
-        let mut parts = Parts::default();
+        let mut parts = Parts {
+            to: shell.to.unwrap_or_default(),
+            ..Parts::default()
+        };
+        if let Some(on_change) = shell.on_change {
+            match read_node::<OnChangeOnly>(single("on-change", on_change)) {
+                Ok(c) => parts.on_change = Some(c.on_change),
+                Err(e) => found.push(e),
+            }
+        }
         if let Some(prefix) = shell.prefix {
             match read_node::<PrefixOnly>(single("prefix", prefix)) {
                 Ok(p) => parts.prefix = Some(p.prefix),
@@ -737,11 +793,97 @@ mod own {
             .collect();
         check_targets(&specs, "give one of them a different `target`", problems);
         complete_registries(&mut registries, &specs);
+        let to = parts
+            .to
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, node)| sync_target(&format!("to[{i}]"), node, env, problems))
+            .collect::<Vec<_>>();
+        if to.iter().filter(|t| **t == SyncTarget::Store).count() > 1 {
+            problems.push("to: `store` is listed more than once; keep one".to_owned());
+        }
+        let given = parts.on_change.is_some();
+        let on_change = parts.on_change.unwrap_or_default();
+        if given && on_change.first().is_none_or(String::is_empty) {
+            problems.push(
+                "on-change: the command is empty; give the program and its arguments, e.g. \
+                 [static-registry, gen-conf, --root, ./images, --install, /etc/nginx/conf.d/registry.conf]"
+                    .to_owned(),
+            );
+        }
         MirrorConfig {
             registries,
             images: specs.into_iter().map(|(_, spec)| spec).collect(),
             format: Format::Own,
+            to,
+            on_change,
         }
+    }
+
+    /// One `to:` entry: `store`, or a registry with its settings.
+    fn sync_target(
+        path: &str,
+        node: Value,
+        env: Env,
+        problems: &mut Vec<String>,
+    ) -> Option<SyncTarget> {
+        let raw = match node {
+            Value::String(s) if s == "store" => return Some(SyncTarget::Store),
+            Value::Mapping(_) => match serde_yaml_ng::from_value::<RegistryTo>(node) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    problems.push(format!("{path}: {e}"));
+                    return None;
+                }
+            },
+            _ => {
+                problems.push(format!(
+                    "{path}: expected `store` or a mapping with `registry: HOST[:PORT][/PREFIX]` \
+                     (and optionally tls-verify, cert-dir, credentials, credentials-env, overwrite)"
+                ));
+                return None;
+            }
+        };
+        let settings = registry_settings(
+            path,
+            raw.tls_verify,
+            raw.cert_dir,
+            raw.credentials,
+            raw.credentials_env,
+            env,
+            problems,
+        );
+        let overwrite = match raw.overwrite.as_deref().map(str::parse::<Overwrite>) {
+            None => Some(Overwrite::Replace),
+            Some(Ok(o)) => Some(o),
+            Some(Err(e)) => {
+                problems.push(format!("{path}.overwrite: {e}"));
+                None
+            }
+        };
+        let target = match raw.registry.parse::<Target>() {
+            Ok(t) if t.tag.is_some() => {
+                problems.push(format!(
+                    "{path}.registry: {:?} names a tag; give HOST[:PORT][/PREFIX] (each image keeps its own tags)",
+                    raw.registry
+                ));
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                let why = match &e {
+                    crate::plan::PlanError::Target { reason, .. } => (*reason).to_owned(),
+                    _ => crate::report::error_chain(&e)[1..].join(": "),
+                };
+                problems.push(format!("{path}.registry: {:?}: {why}", raw.registry));
+                None
+            }
+        };
+        Some(SyncTarget::Registry {
+            target: target?,
+            settings,
+            overwrite: overwrite?,
+        })
     }
 
     /// One entry; `None` (with its problems recorded) when anything in it is wrong.
@@ -975,6 +1117,8 @@ mod skopeo {
             registries,
             images: specs.into_iter().map(|(_, spec)| spec).collect(),
             format: Format::SkopeoSync,
+            to: Vec::new(),
+            on_change: Vec::new(),
         }
     }
 
@@ -1444,8 +1588,8 @@ quay.io:
         );
         assert_eq!(
             problem("image:\n  - source: alpine\n"),
-            "unknown field `image`, expected one of `prefix`, `registries`, `images` at line 1 \
-             column 1"
+            "unknown field `image`, expected one of `prefix`, `registries`, `images`, `to`, \
+             `on-change` at line 1 column 1"
         );
         assert_eq!(
             problem("images:\n  - target: x\n    all-tags: true\n"),
@@ -1679,6 +1823,33 @@ quay.io:
             "registries.docker.io.cert-dir: empty; give the directory holding the registry's \
              CA certificates and client keys, or remove `cert-dir`"
         );
+    }
+
+    #[test]
+    fn sync_targets_and_on_change_are_read_with_their_settings() {
+        let c = ok(
+            "images: [{source: a, tags: [\"1\"]}]\nto:\n  - store\n  - registry: reg.example:5000/mirror\n    tls-verify: false\n    credentials: {username: u, password: p}\n    overwrite: fail\non-change: [touch, /tmp/x]\n",
+        );
+        assert_eq!(c.to[0], SyncTarget::Store);
+        let SyncTarget::Registry {
+            target,
+            settings,
+            overwrite,
+        } = &c.to[1]
+        else {
+            panic!("{:?}", c.to[1]);
+        };
+        assert_eq!(
+            (target.host.as_str(), target.path.as_str()),
+            ("reg.example:5000", "mirror")
+        );
+        assert!(!settings.tls_verify);
+        assert_eq!(settings.credentials, Some(("u".into(), "p".into())));
+        assert_eq!(*overwrite, Overwrite::Fail);
+        assert_eq!(c.on_change, ["touch", "/tmp/x"]);
+        // Neither given: the store, nothing to run; a skopeo sync file likewise.
+        let plain = ok("images: [{source: a, tags: [\"1\"]}]\n");
+        assert!(plain.to.is_empty() && plain.on_change.is_empty());
     }
 
     #[test]

@@ -193,14 +193,15 @@ impl ImageReport {
     /// or a referrer it asked for, failed; fetched when anything of it (a new referrer
     /// included) was stored.
     fn of(p: &Planned, job: &JobReport) -> ImageReport {
-        let main = &job.targets[0];
+        let main = &job.targets[0].1;
         let referrers = job
             .referrers
             .iter()
-            .filter(|r| r.status == CopyStatus::Copied)
+            .filter(|(_, r)| r.status == CopyStatus::Copied)
             .count();
-        let failure = std::iter::once(main)
-            .chain(&job.referrers)
+        let failure = job
+            .all()
+            .map(|(_, r)| r)
             .find(|r| r.status == CopyStatus::Failed);
         let status = match (failure, main.status) {
             (Some(_), _) => Status::Failed,
@@ -246,7 +247,7 @@ impl ImageReport {
 }
 
 impl ImageReport {
-    fn failed_planned(p: &Planned, error: &FetchError) -> ImageReport {
+    pub fn failed_planned(p: &Planned, error: &FetchError) -> ImageReport {
         ImageReport::failed(
             p.source.to_string(),
             p.name.clone(),
@@ -535,86 +536,14 @@ pub async fn execute(
 ) -> Summary {
     let started = Instant::now();
     let mut reports: Vec<Option<ImageReport>> = planned.iter().map(|_| None).collect();
-    // Each repository's index.json, read once: what the store holds, and which source
-    // filled it.
-    let mut indexes = HashMap::new();
-    for p in &planned {
-        if !indexes.contains_key(&p.name) {
-            let (store, name) = (store.clone(), p.name.clone());
-            let index = tokio::task::spawn_blocking(move || store.read_index(&name))
-                .await
-                .map_err(FetchError::from)
-                .and_then(|r| r.map_err(FetchError::from));
-            indexes.insert(p.name.clone(), index.map(Arc::new));
-        }
+    let (dest, refused) = StoreTarget::open(store, &planned).await;
+    for (i, e) in &refused {
+        reports[*i] = Some(ImageReport::failed_planned(&planned[*i], e));
     }
-    let mut sources: Vec<RegistrySource> = Vec::new();
-    let mut by_registry: HashMap<&str, usize> = HashMap::new();
-    let mut jobs = Vec::new();
-    let mut planned_of = Vec::new();
-    for (i, p) in planned.iter().enumerate() {
-        let origin = p.source.origin();
-        let index = match &indexes[&p.name] {
-            Ok(index) => index,
-            Err(e) => {
-                reports[i] = Some(ImageReport::failed_planned(p, e));
-                continue;
-            }
-        };
-        // The same stored name from another source, fetched by an earlier run.
-        if let Some(stored) = index.sources().iter().find(|s| **s != origin) {
-            let e = FetchError::StoredNameClash {
-                name: p.name.clone(),
-                stored: stored.clone(),
-                second: origin,
-            };
-            reports[i] = Some(ImageReport::failed_planned(p, &e));
-            continue;
-        }
-        let r = &p.source;
-        let source = *by_registry.entry(r.registry.as_str()).or_insert_with(|| {
-            let client = clients.get(&r.registry).clone();
-            let source = RegistrySource::new(client, &r.registry, r.api_host(), reporter.clone())
-                .with_reads(opts.jobs_per_host);
-            sources.push(source);
-            sources.len() - 1
-        });
-        jobs.push(ImageJob {
-            label: r.to_string(),
-            source,
-            repo: r.repository.clone(),
-            reference: match &r.digest {
-                Some(d) => SourceRef::Digest(d.clone()),
-                None => SourceRef::Tag(r.manifest_reference()),
-            },
-            platforms: p.platforms.clone(),
-            referrers: p.referrers,
-            annotations: Annotations::from([(SOURCE.to_owned(), origin)]),
-            fallback: false,
-            targets: vec![JobTarget {
-                dest: 0,
-                repo: p.name.clone(),
-                tag: r.tag.clone(),
-            }],
-        });
-        planned_of.push(i);
-    }
-    let indexes = indexes
-        .into_iter()
-        .filter_map(|(name, index)| Some((name, index.ok()?)))
-        .collect();
-    let engine = Engine::new(
-        sources,
-        vec![StoreDestination::new(store, indexes)],
-        copy::Options {
-            jobs: opts.jobs,
-            images: (opts.jobs * 4).max(16),
-            overwrite: Overwrite::Replace,
-            include_foreign: opts.include_foreign,
-            fail_fast: opts.fail_fast,
-        },
-        reporter.clone(),
-    );
+    let (sources, jobs, planned_of) = engine_jobs(&clients, &planned, &opts, &reporter, |i, p| {
+        (!refused.contains_key(&i)).then(|| vec![StoreTarget::job_target(0, p)])
+    });
+    let engine = Engine::new(sources, vec![dest], engine_options(&opts), reporter.clone());
     for i in &planned_of {
         reporter.image_started(&planned[*i].source.to_string());
     }
@@ -635,11 +564,7 @@ pub async fn execute(
     let images: Vec<ImageReport> = reports.into_iter().flatten().collect();
     let count = |s| images.iter().filter(|i| i.status == s).count();
     let store = &copied.targets[0];
-    let (manifests, manifest_bytes) = engine
-        .sources()
-        .iter()
-        .map(RegistrySource::manifests_read)
-        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    let (manifests, manifest_bytes) = manifests_read(engine.sources());
     Summary {
         images_fetched: count(Status::Fetched),
         images_unchanged: count(Status::Unchanged),
@@ -652,4 +577,126 @@ pub async fn execute(
         seconds: started.elapsed().as_secs_f64(),
         removed: Vec::new(),
     }
+}
+
+/// Manifests the sources downloaded, and their bytes.
+pub fn manifests_read(sources: &[RegistrySource]) -> (u64, u64) {
+    sources
+        .iter()
+        .map(RegistrySource::manifests_read)
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+}
+
+pub fn engine_options(opts: &FetchOptions) -> copy::Options {
+    copy::Options {
+        jobs: opts.jobs,
+        images: (opts.jobs * 4).max(16),
+        include_foreign: opts.include_foreign,
+        fail_fast: opts.fail_fast,
+    }
+}
+
+/// The store as the destination of planned images.
+pub struct StoreTarget;
+
+impl StoreTarget {
+    /// The store destination, each repository's index.json read once (what the store
+    /// holds, and which source filled it); and the planned images (by index) it refuses:
+    /// a name another source filled, an index.json that cannot be read.
+    pub async fn open(
+        store: Arc<Store>,
+        planned: &[Planned],
+    ) -> (StoreDestination, HashMap<usize, Arc<FetchError>>) {
+        let mut indexes = HashMap::new();
+        for p in planned {
+            if !indexes.contains_key(&p.name) {
+                let (store, name) = (store.clone(), p.name.clone());
+                let index = tokio::task::spawn_blocking(move || store.read_index(&name))
+                    .await
+                    .map_err(FetchError::from)
+                    .and_then(|r| r.map_err(FetchError::from));
+                indexes.insert(p.name.clone(), index.map(Arc::new).map_err(Arc::new));
+            }
+        }
+        let mut refused = HashMap::new();
+        for (i, p) in planned.iter().enumerate() {
+            let origin = p.source.origin();
+            match &indexes[&p.name] {
+                Err(e) => {
+                    refused.insert(i, e.clone());
+                }
+                // The same stored name from another source, fetched by an earlier run.
+                Ok(index) => {
+                    if let Some(stored) = index.sources().iter().find(|s| **s != origin) {
+                        let e = FetchError::StoredNameClash {
+                            name: p.name.clone(),
+                            stored: stored.clone(),
+                            second: origin,
+                        };
+                        refused.insert(i, Arc::new(e));
+                    }
+                }
+            }
+        }
+        let indexes = indexes
+            .into_iter()
+            .filter_map(|(name, index)| Some((name, index.ok()?)))
+            .collect();
+        (StoreDestination::new(store, indexes), refused)
+    }
+
+    /// A planned image's target in the store (destination `dest`): its stored name and tag.
+    pub fn job_target(dest: usize, p: &Planned) -> JobTarget {
+        JobTarget {
+            dest,
+            repo: p.name.clone(),
+            tag: p.source.tag.clone(),
+            overwrite: Overwrite::Replace,
+        }
+    }
+}
+
+/// The engine's sources (one per registry, with the per-host read limit) and a job per
+/// planned image that `targets` gives any targets (by planned index); with each job, the
+/// index of its planned image.
+pub fn engine_jobs(
+    clients: &Clients,
+    planned: &[Planned],
+    opts: &FetchOptions,
+    reporter: &Arc<dyn Reporter>,
+    mut targets: impl FnMut(usize, &Planned) -> Option<Vec<JobTarget>>,
+) -> (Vec<RegistrySource>, Vec<ImageJob>, Vec<usize>) {
+    let mut sources: Vec<RegistrySource> = Vec::new();
+    let mut by_registry: HashMap<&str, usize> = HashMap::new();
+    let mut jobs = Vec::new();
+    let mut planned_of = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        let Some(targets) = targets(i, p).filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let r = &p.source;
+        let source = *by_registry.entry(r.registry.as_str()).or_insert_with(|| {
+            let client = clients.get(&r.registry).clone();
+            let source = RegistrySource::new(client, &r.registry, r.api_host(), reporter.clone())
+                .with_reads(opts.jobs_per_host);
+            sources.push(source);
+            sources.len() - 1
+        });
+        jobs.push(ImageJob {
+            label: r.to_string(),
+            source,
+            repo: r.repository.clone(),
+            reference: match &r.digest {
+                Some(d) => SourceRef::Digest(d.clone()),
+                None => SourceRef::Tag(r.manifest_reference()),
+            },
+            platforms: p.platforms.clone(),
+            referrers: p.referrers,
+            annotations: Annotations::from([(SOURCE.to_owned(), r.origin())]),
+            fallback: false,
+            targets,
+        });
+        planned_of.push(i);
+    }
+    (sources, jobs, planned_of)
 }

@@ -13,3 +13,4 @@ pub mod registry;
 pub mod report;
 pub mod select;
 pub mod store;
+pub mod sync;

@@ -23,10 +23,11 @@ use static_registry::registry::{Client, ClientOptions, RegistryError, Remedy};
 use static_registry::report;
 use static_registry::select;
 use static_registry::store::{Removal, Store, StoreView, inventory, verify};
+use static_registry::sync;
 
 use cli::{
     Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, FetchArgs, GenConfArgs, LsArgs, PlanArgs,
-    PruneArgs, PushArgs, RegistryArgs, RmArgs, VerifyArgs,
+    PruneArgs, PushArgs, RegistryArgs, RmArgs, SyncArgs, VerifyArgs,
 };
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
@@ -179,6 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan_command(args),
         Command::Push(args) => push_command(args),
         Command::Copy(args) => copy_command(args),
+        Command::Sync(args) => sync_command(args),
         Command::GenConf(args) => gen_conf_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
@@ -221,9 +223,9 @@ fn client_options(args: &RegistryArgs) -> Result<ClientOptions> {
     })
 }
 
-/// The client for the targets of a push or copy.
-fn dest_client(args: &DestArgs) -> Result<Client> {
-    Client::new(ClientOptions {
+/// The client options for the targets of a push, copy or sync.
+fn dest_options(args: &DestArgs) -> Result<ClientOptions> {
+    Ok(ClientOptions {
         tls_verify: args.dest_tls_verify,
         ca_certs: args.dest_ca_cert.clone(),
         cert_dir: args.dest_cert_dir.clone(),
@@ -232,7 +234,21 @@ fn dest_client(args: &DestArgs) -> Result<Client> {
         retries: args.dest_retries,
         ..ClientOptions::default()
     })
-    .context("setting up the HTTP client for the targets")
+}
+
+/// The client for the targets of a push or copy.
+fn dest_client(args: &DestArgs) -> Result<Client> {
+    Client::new(dest_options(args)?).context("setting up the HTTP client for the targets")
+}
+
+/// `base` with a config file's TLS settings and credentials for one registry.
+fn with_settings(base: &ClientOptions, settings: &config::RegistrySettings) -> ClientOptions {
+    ClientOptions {
+        tls_verify: settings.tls_verify && base.tls_verify,
+        cert_dir: settings.cert_dir.clone().or_else(|| base.cert_dir.clone()),
+        creds: settings.credentials.clone().or_else(|| base.creds.clone()),
+        ..base.clone()
+    }
 }
 
 /// Clients for a configuration: the command line's options, overridden per registry
@@ -241,17 +257,108 @@ fn clients_for(config: &MirrorConfig, base: &ClientOptions) -> Result<fetch::Cli
     let mut clients =
         fetch::Clients::new(Client::new(base.clone()).context("setting up the HTTP client")?);
     for (registry, settings) in &config.registries {
-        let opts = ClientOptions {
-            tls_verify: settings.tls_verify && base.tls_verify,
-            cert_dir: settings.cert_dir.clone().or_else(|| base.cert_dir.clone()),
-            creds: settings.credentials.clone().or_else(|| base.creds.clone()),
-            ..base.clone()
-        };
-        let client = Client::new(opts)
+        let client = Client::new(with_settings(base, settings))
             .with_context(|| format!("setting up the HTTP client for {registry}"))?;
         clients.insert(registry, client);
     }
     Ok(clients)
+}
+
+fn sync_command(args: SyncArgs) -> Result<ExitCode> {
+    if !args.once {
+        return Err(Usage(anyhow::anyhow!(
+            "sync runs one round with --once (from cron or a systemd timer); the scheduled service is not built yet"
+        ))
+        .into());
+    }
+    let config = load_config(&args.config)?;
+    let clients = clients_for(&config, &client_options(&args.registry)?)?;
+    let dest_base = dest_options(&args.dest)?;
+    let mut registries = Vec::new();
+    for t in &config.to {
+        if let config::SyncTarget::Registry {
+            target,
+            settings,
+            overwrite,
+        } = t
+        {
+            let client = Client::new(with_settings(&dest_base, settings))
+                .with_context(|| format!("setting up the HTTP client for {}", target.host))?;
+            registries.push(sync::RegistryTarget {
+                dest: RegistryDestination::new(client, &target.host),
+                at: target.clone(),
+                overwrite: *overwrite,
+            });
+        }
+    }
+    let to_store = config.to.is_empty() || config.to.contains(&config::SyncTarget::Store);
+    let store = match to_store {
+        true => Some(Arc::new(Store::open(&args.root).with_context(|| {
+            format!("opening the store at {}", args.root.display())
+        })?)),
+        false => None,
+    };
+    let opts = FetchOptions {
+        jobs: args.jobs.into(),
+        include_foreign: args.include_foreign,
+        jobs_per_host: args.jobs_per_host.into(),
+        fail_fast: false,
+    };
+    let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
+    let round = runtime()?.block_on(async {
+        tokio::select! {
+            r = sync::round(&clients, &config, store, registries, &opts, reporter) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(round) = round else {
+        eprintln!("interrupted: nothing half-published; the next round goes on from here");
+        return Ok(ExitCode::from(130));
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&round)?);
+    }
+    if !args.quiet {
+        for t in &round.targets {
+            eprintln!(
+                "{}: {} copied, {} unchanged, {} skipped, {} failed; blobs: {} sent ({}), {} present",
+                t.target,
+                t.copied,
+                t.unchanged,
+                t.skipped,
+                t.failed,
+                t.blobs_uploaded,
+                human_bytes(t.bytes_sent),
+                t.blobs_present + t.blobs_mounted
+            );
+        }
+    }
+    for r in &round.unresolved {
+        eprintln!("error: {}: {}", r.source, r.error.join(": "));
+    }
+    for r in round.images.iter().filter(|r| !r.error.is_empty()) {
+        eprintln!(
+            "error: {} -> {}: {}",
+            r.source,
+            r.target,
+            r.error.join(": ")
+        );
+    }
+    let mut failed = round.failed() > 0;
+    if round.store_changed && !config.on_change.is_empty() {
+        match sync::run_hook(&config.on_change) {
+            Ok(()) => eprintln!("on-change: {} done", config.on_change.join(" ")),
+            Err(e) => {
+                eprintln!("error: {}", report::error_chain(&e).join(": "));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn load_config(path: &std::path::Path) -> Result<MirrorConfig> {
@@ -279,6 +386,15 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     let (clients, planned, unresolved) = match &args.config {
         Some(path) => {
             let config = load_config(path)?;
+            if config.to.iter().any(|t| *t != config::SyncTarget::Store)
+                || !config.on_change.is_empty()
+            {
+                return Err(Usage(anyhow::anyhow!(
+                    "{}: `to:` registries and `on-change:` are for `static-registry sync --config {0} --once`; fetch writes the store only",
+                    path.display()
+                ))
+                .into());
+            }
             let clients = clients_for(&config, &base)?;
             let (planned, unresolved) =
                 runtime.block_on(fetch::resolve(&clients, &config.images, reporter.as_ref()));
@@ -370,7 +486,8 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
 fn push_command(args: PushArgs) -> Result<ExitCode> {
     let view = StoreView::open(&args.root)
         .with_context(|| format!("opening the store at {}", args.root.display()))?;
-    let plan = plan::push(&view, &args.images, &args.to).map_err(|e| Usage(e.into()))?;
+    let plan = plan::push(&view, &args.images, &args.to, args.copy.overwrite)
+        .map_err(|e| Usage(e.into()))?;
     let client = dest_client(&args.dest)?;
     let dests = destinations(&client, &args.to);
     let source = StoreSource::new(view, plan.indexes);
@@ -384,8 +501,14 @@ fn copy_command(args: CopyArgs) -> Result<ExitCode> {
         .reference
         .parse()
         .map_err(|e| Usage(anyhow::Error::from(e)))?;
-    let job = plan::copy(&reference, &args.to, args.referrers, &args.platform)
-        .map_err(|e| Usage(e.into()))?;
+    let job = plan::copy(
+        &reference,
+        &args.to,
+        args.referrers,
+        &args.platform,
+        args.copy.overwrite,
+    )
+    .map_err(|e| Usage(e.into()))?;
     let source_client =
         Client::new(client_options(&args.registry)?).context("setting up the HTTP client")?;
     let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.copy.quiet));
@@ -421,13 +544,12 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
 ) -> Result<ExitCode> {
     let opts = copy::Options {
         jobs: args.jobs.into(),
-        overwrite: args.overwrite,
         include_foreign: args.include_foreign,
         ..copy::Options::default()
     };
     let engine = Engine::new(vec![source], dests, opts, reporter.clone());
     let finished = |job: &copy::JobReport| {
-        for r in job.targets.iter().chain(&job.referrers) {
+        for (_, r) in job.all() {
             reporter.copied(r);
         }
     };

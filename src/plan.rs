@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::copy::{ImageJob, JobTarget, SourceRef};
+use crate::copy::{ImageJob, JobTarget, Overwrite, SourceRef};
 use crate::reference::{
     Digest, Reference, ReferenceError, validate_host, validate_repository, validate_tag,
 };
@@ -210,6 +210,7 @@ pub fn push(
     view: &StoreView,
     selection: &[String],
     targets: &[Target],
+    overwrite: Overwrite,
 ) -> Result<PushPlan, PlanError> {
     if let Some(t) = targets.iter().find(|t| t.tag.is_some()) {
         return Err(PlanError::Target {
@@ -291,6 +292,7 @@ pub fn push(
                             dest,
                             repo: joined(&name, t)?,
                             tag: tag.clone(),
+                            overwrite,
                         })
                     })
                     .collect::<Result<_, PlanError>>()?,
@@ -315,7 +317,7 @@ pub fn push(
 }
 
 /// `<prefix>/<name>` at target `t`.
-fn joined(name: &str, t: &Target) -> Result<String, PlanError> {
+pub fn joined(name: &str, t: &Target) -> Result<String, PlanError> {
     if t.path.is_empty() {
         return Ok(name.to_owned());
     }
@@ -355,6 +357,7 @@ pub fn copy(
     targets: &[Target],
     referrers: bool,
     platforms: &[PlatformSpec],
+    overwrite: Overwrite,
 ) -> Result<ImageJob, PlanError> {
     let reference = match (&source.digest, &source.tag) {
         (Some(d), _) => SourceRef::Digest(d.clone()),
@@ -375,6 +378,7 @@ pub fn copy(
                 dest,
                 repo: t.path.clone(),
                 tag: t.tag.clone().or_else(|| source.tag.clone()),
+                overwrite,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -464,7 +468,13 @@ mod tests {
             )
             .unwrap();
         let view = StoreView::open(dir.path()).unwrap();
-        let plan = push(&view, &[], &["r.example".parse().unwrap()]).unwrap();
+        let plan = push(
+            &view,
+            &[],
+            &["r.example".parse().unwrap()],
+            Overwrite::Replace,
+        )
+        .unwrap();
         let digests = |wave: &[ImageJob]| -> Vec<SourceRef> {
             wave.iter().map(|j| j.reference.clone()).collect()
         };

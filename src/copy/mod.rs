@@ -22,6 +22,7 @@
 //! merged with the destination's own in the same way (sent as it is where the
 //! destination has none, or nothing of its own in it).
 
+pub mod any;
 mod fallback;
 pub mod registry;
 pub mod store;
@@ -435,7 +436,6 @@ pub struct Options {
     /// Images resolved and walked at once (those waiting for their tag to be set do not
     /// count: a store writes many tags at once).
     pub images: usize,
-    pub overwrite: Overwrite,
     /// Also copy foreign (non-distributable) layers; by default they are left out, as
     /// registries do not hold them.
     pub include_foreign: bool,
@@ -448,7 +448,6 @@ impl Default for Options {
         Options {
             jobs: 8,
             images: 32,
-            overwrite: Overwrite::default(),
             include_foreign: false,
             fail_fast: false,
         }
@@ -512,16 +511,25 @@ pub struct JobTarget {
     pub repo: String,
     /// The tag to set; `None` stores the manifest by digest only.
     pub tag: Option<String>,
+    /// What a tag there pointing at another digest gets.
+    pub overwrite: Overwrite,
 }
 
 /// How one job went: a report per target, and one per target for each referrer it
-/// led to.
+/// led to, each with the index of its destination.
 #[derive(Debug)]
 pub struct JobReport {
     /// Its place in its wave.
     pub index: usize,
-    pub targets: Vec<TargetReport>,
-    pub referrers: Vec<TargetReport>,
+    pub targets: Vec<(usize, TargetReport)>,
+    pub referrers: Vec<(usize, TargetReport)>,
+}
+
+impl JobReport {
+    /// Every report, the job's own first.
+    pub fn all(&self) -> impl Iterator<Item = &(usize, TargetReport)> {
+        self.targets.iter().chain(&self.referrers)
+    }
 }
 
 /// What one destination got in a run.
@@ -730,12 +738,12 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 done += 1;
                 let report = JobReport {
                     index,
-                    targets: main.iter().map(|(_, r)| r.clone()).collect(),
-                    referrers: referrers.iter().map(|(_, r)| r.clone()).collect(),
+                    targets: main,
+                    referrers,
                 };
                 finished(&report);
                 let mut failed = false;
-                for (dest, r) in main.into_iter().chain(referrers) {
+                for (dest, r) in report.targets.into_iter().chain(report.referrers) {
                     let s = &mut targets[dest];
                     *match r.status {
                         CopyStatus::Copied => &mut s.copied,
@@ -1225,10 +1233,10 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     Some(report(t, CopyStatus::Unchanged, None, None))
                 }
                 // A fallback tag is merged, and an image by digest is not a tag to keep.
-                Ok(Some(d)) if overwrites && self.opts.overwrite == Overwrite::Skip => {
+                Ok(Some(d)) if overwrites && t.overwrite == Overwrite::Skip => {
                     Some(report(t, CopyStatus::Skipped, Some(d), None))
                 }
-                Ok(Some(d)) if overwrites && self.opts.overwrite == Overwrite::Fail => {
+                Ok(Some(d)) if overwrites && t.overwrite == Overwrite::Fail => {
                     let e = CopyError::TagExists {
                         target: format!(
                             "{}/{}:{}",

@@ -18,3 +18,4 @@ mod push_faults;
 mod readme;
 mod stock;
 mod subset;
+mod sync;
