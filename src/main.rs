@@ -319,31 +319,12 @@ fn sync_command(args: SyncArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&round)?);
     }
     if !args.quiet {
-        for t in &round.targets {
-            eprintln!(
-                "{}: {} copied, {} unchanged, {} skipped, {} failed; blobs: {} sent ({}), {} present",
-                t.target,
-                t.copied,
-                t.unchanged,
-                t.skipped,
-                t.failed,
-                t.blobs_uploaded,
-                human_bytes(t.bytes_sent),
-                t.blobs_present + t.blobs_mounted
-            );
-        }
+        print_targets(&round.targets);
     }
     for r in &round.unresolved {
         eprintln!("error: {}: {}", r.source, r.error.join(": "));
     }
-    for r in round.images.iter().filter(|r| !r.error.is_empty()) {
-        eprintln!(
-            "error: {} -> {}: {}",
-            r.source,
-            r.target,
-            r.error.join(": ")
-        );
-    }
+    print_failures(&round.images);
     let mut failed = round.failed() > 0;
     if round.store_changed && !config.on_change.is_empty() {
         match sync::run_hook(&config.on_change) {
@@ -532,6 +513,36 @@ fn destinations(client: &Client, targets: &[plan::Target]) -> Vec<RegistryDestin
         .collect()
 }
 
+/// One line per target of a push, copy or sync round.
+fn print_targets(targets: &[copy::DestinationSummary]) {
+    for t in targets {
+        eprintln!(
+            "{}: {} copied, {} unchanged, {} skipped, {} failed; blobs: {} sent ({}), {} mounted, {} present",
+            t.target,
+            t.copied,
+            t.unchanged,
+            t.skipped,
+            t.failed,
+            t.blobs_uploaded,
+            human_bytes(t.bytes_sent),
+            t.blobs_mounted,
+            t.blobs_present
+        );
+    }
+}
+
+/// Each image that failed at a target, with its error chain.
+fn print_failures(images: &[report::TargetReport]) {
+    for r in images.iter().filter(|r| !r.error.is_empty()) {
+        eprintln!(
+            "error: {} -> {}: {}",
+            r.source,
+            r.target,
+            r.error.join(": ")
+        );
+    }
+}
+
 /// Run the engine; print the summary and each failure; exit 1 when any image failed at
 /// any target.
 fn run_copy<S: copy::Source, D: copy::Destination>(
@@ -569,29 +580,9 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
     if !args.quiet {
-        for t in &summary.targets {
-            eprintln!(
-                "{}: {} copied, {} unchanged, {} skipped, {} failed; blobs: {} sent ({}), {} mounted, {} present",
-                t.target,
-                t.copied,
-                t.unchanged,
-                t.skipped,
-                t.failed,
-                t.blobs_uploaded,
-                human_bytes(t.bytes_sent),
-                t.blobs_mounted,
-                t.blobs_present
-            );
-        }
+        print_targets(&summary.targets);
     }
-    for r in summary.images.iter().filter(|r| !r.error.is_empty()) {
-        eprintln!(
-            "error: {} -> {}: {}",
-            r.source,
-            r.target,
-            r.error.join(": ")
-        );
-    }
+    print_failures(&summary.images);
     sides.print(summary.images.iter().filter_map(|r| r.remedy.as_ref()));
     Ok(if summary.failed() == 0 {
         ExitCode::SUCCESS
