@@ -903,7 +903,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             annotations,
         } = outcome;
         if let Some(copied) = &copied {
-            let named = join_all(pending.iter().map(|slot| async {
+            join_all(pending.iter().map(|slot| async {
                 let failed = referrers
                     .iter()
                     .find(|(d, r)| *d == slot.dest && r.status == CopyStatus::Failed);
@@ -923,7 +923,6 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 }
             }))
             .await;
-            drop(named);
             for slot in &pending {
                 let t = &job.targets[slot.target];
                 let report = self.slot_report(job, t, slot, &copied.top.digest, &copied.upstream);
@@ -1273,26 +1272,26 @@ impl<S: Source, D: Destination> Engine<S, D> {
             self.copy_tree(origin, &top, &need, 0).await;
             drop(walking);
             let (top, annotations) = (&*top, &annotations);
-            join_all(claims.into_iter().map(|(slot, mut put)| async move {
+            join_all(claims.into_iter().map(|(slot, put)| async move {
                 if slot.failed() {
                     return;
                 }
-                if self.dests[slot.dest].parallel_puts() {
-                    // Its tree is there: other tags of it need not wait for this one.
+                // Its tree is there: where the destination allows, other tags of it
+                // need not wait for this one's put.
+                let mut claim = Some(put);
+                if self.dests[slot.dest].parallel_puts()
+                    && let Some(mut put) = claim.take()
+                {
                     *put = true;
-                    drop(put);
-                    if !defer {
-                        self.name(job, slot, top, annotations).await;
-                    } else {
-                        self.put_manifest(slot, Put::Child, top).await;
-                    }
-                    return;
                 }
-                *put = match defer {
+                let went = match defer {
                     false => self.name(job, slot, top, annotations).await,
                     // By digest now, its name once its referrers are there.
                     true => self.put_manifest(slot, Put::Child, top).await.is_some(),
                 };
+                if let Some(mut put) = claim {
+                    *put = went;
+                }
             }))
             .await;
             for slot in slots {
