@@ -293,9 +293,7 @@ fn sync_command(args: SyncArgs) -> Result<ExitCode> {
     }
     let to_store = config.to.is_empty() || config.to.contains(&config::SyncTarget::Store);
     let store = match to_store {
-        true => Some(Arc::new(Store::open(&args.root).with_context(|| {
-            format!("opening the store at {}", args.root.display())
-        })?)),
+        true => Some(Arc::new(open_store(&args.root)?)),
         false => None,
     };
     let opts = FetchOptions {
@@ -340,6 +338,11 @@ fn sync_command(args: SyncArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The store under `root`, for writing.
+fn open_store(root: &std::path::Path) -> Result<Store> {
+    Store::open(root).with_context(|| format!("opening the store at {}", root.display()))
 }
 
 fn load_config(path: &std::path::Path) -> Result<MirrorConfig> {
@@ -411,10 +414,7 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
             (fetch::Clients::new(client), planned, Vec::new())
         }
     };
-    let store = Arc::new(
-        Store::open(&args.root)
-            .with_context(|| format!("opening the store at {}", args.root.display()))?,
-    );
+    let store = Arc::new(open_store(&args.root)?);
     let deadline = async {
         match args.timeout {
             0 => std::future::pending().await,
@@ -832,8 +832,7 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
     }
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     if args.repair {
-        let store = Store::open(&args.root)
-            .with_context(|| format!("opening the store at {}", args.root.display()))?;
+        let store = open_store(&args.root)?;
         let repaired = verify::repair(&store, threads)
             .with_context(|| format!("repairing the store at {}", args.root.display()))?;
         for path in &repaired.removed {
@@ -917,8 +916,7 @@ fn rm_command(args: RmArgs) -> Result<ExitCode> {
         anyhow::bail!("{} is not a static-registry store", args.root.display());
     }
     let targets = rm_targets(&args.targets)?;
-    let store = Store::open(&args.root)
-        .with_context(|| format!("opening the store at {}", args.root.display()))?;
+    let store = open_store(&args.root)?;
     let mut all = Vec::new();
     for (name, what) in targets {
         let removed = store
