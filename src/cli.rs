@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use static_registry::copy::Overwrite;
 use static_registry::plan::Target;
+use static_registry::schedule::Schedule;
 use static_registry::select::PlatformSpec;
 
 #[derive(Debug, Parser)]
@@ -296,10 +297,27 @@ pub struct SyncArgs {
     /// sync's).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// One round, then exit (for cron or a systemd timer). Required: the scheduled
-    /// service is not built yet.
-    #[arg(long)]
+    /// One round of every source, then exit (for cron or a systemd timer). Without it,
+    /// the service runs each source on its schedule until SIGTERM; SIGHUP reloads FILE.
+    #[arg(long, conflicts_with_all = ["listen", "token_file", "interval", "log_format"])]
     pub once: bool,
+    /// Serve the control API (JSON; /healthz, /metrics, /v1/sources...) on this address.
+    /// Beyond loopback only with --token-file.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding the API's bearer token (every route but /healthz then needs
+    /// `Authorization: Bearer <token>`).
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub token_file: Option<PathBuf>,
+    /// Schedule of the sources the file gives none (`interval:`/`cron:`), e.g. 15m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub interval: Option<Schedule>,
+    /// Rounds running at once, over all sources (a source's rounds never overlap).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub rounds: u16,
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Store directory (created if missing), when the configuration sends to `store`.
     #[arg(long, default_value = "images", value_name = "DIR")]
     pub root: PathBuf,
@@ -326,6 +344,16 @@ pub struct SyncArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_interval(text: &str) -> Result<Schedule, String> {
+    Schedule::interval(text)
 }
 
 #[derive(Debug, Args)]

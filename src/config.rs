@@ -24,6 +24,8 @@ use serde_yaml_ng::{Mapping, Value};
 use crate::copy::Overwrite;
 use crate::plan::Target;
 use crate::reference::{Digest, Reference, ReferenceError, validate_repository, validate_tag};
+use crate::registry::ClientOptions;
+use crate::schedule::Schedule;
 use crate::select::{self, PlatformSpec, SelectError, TagSelector};
 
 /// How to talk to one registry.
@@ -44,6 +46,18 @@ impl Default for RegistrySettings {
             tls_verify: true,
             cert_dir: None,
             credentials: None,
+        }
+    }
+}
+
+impl RegistrySettings {
+    /// `base` (the command line's client options) with these TLS settings and credentials.
+    pub fn apply(&self, base: &ClientOptions) -> ClientOptions {
+        ClientOptions {
+            tls_verify: self.tls_verify && base.tls_verify,
+            cert_dir: self.cert_dir.clone().or_else(|| base.cert_dir.clone()),
+            creds: self.credentials.clone().or_else(|| base.creds.clone()),
+            ..base.clone()
         }
     }
 }
@@ -102,6 +116,100 @@ pub struct MirrorConfig {
     pub to: Vec<SyncTarget>,
     /// A command `sync` runs after a round that changed the store (`on-change:`).
     pub on_change: Vec<String>,
+    /// Stored names are `<prefix>/<name>` (`prefix:`); `images-from` lists need it.
+    pub prefix: Option<String>,
+    /// When a source runs unless it says otherwise (top-level `interval:` or `cron:`).
+    pub schedule: Option<Schedule>,
+    /// What `registries.<host>` says about that registry as a `sync` source.
+    pub sources: BTreeMap<String, SourceSettings>,
+}
+
+/// A registry's settings as a `sync` source: every image from it is one source, run on
+/// its own schedule.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SourceSettings {
+    /// Its name in the control API, logs and metrics (default: the registry host).
+    pub name: Option<String>,
+    pub schedule: Option<Schedule>,
+    /// A command printing references, one per line, run at each round (`images-from:`).
+    pub images_from: Vec<String>,
+    /// Where its images go instead of the top-level `to:`.
+    pub to: Option<Vec<SyncTarget>>,
+}
+
+/// One `sync` source: the images of one registry, their targets and schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub name: String,
+    /// The registry host, a key of `MirrorConfig::registries`.
+    pub registry: String,
+    pub images: Vec<ImageSpec>,
+    pub images_from: Vec<String>,
+    /// `None`: the service's default (`--interval`).
+    pub schedule: Option<Schedule>,
+    /// Never empty: `[Store]` when nothing was said.
+    pub to: Vec<SyncTarget>,
+}
+
+impl MirrorConfig {
+    /// The fields only `sync` acts on that this file uses (fetch refuses them rather than
+    /// leave them silently undone); schedules are harmless and not among them.
+    pub fn sync_only(&self) -> Vec<&'static str> {
+        let registry = |to: &[SyncTarget]| to.iter().any(|t| *t != SyncTarget::Store);
+        let mut used = Vec::new();
+        if registry(&self.to)
+            || self
+                .sources
+                .values()
+                .any(|s| s.to.as_deref().is_some_and(registry))
+        {
+            used.push("`to:` registries");
+        }
+        if !self.on_change.is_empty() {
+            used.push("`on-change:`");
+        }
+        if self.sources.values().any(|s| !s.images_from.is_empty()) {
+            used.push("`images-from:`");
+        }
+        used
+    }
+
+    /// The sources: each registry that images come from, in host order.
+    pub fn sources(&self) -> Vec<Source> {
+        let mut hosts: Vec<&String> = self.images.iter().map(|i| &i.source.registry).collect();
+        hosts.extend(
+            self.sources
+                .iter()
+                .filter(|(_, s)| !s.images_from.is_empty())
+                .map(|(h, _)| h),
+        );
+        hosts.sort();
+        hosts.dedup();
+        hosts
+            .into_iter()
+            .map(|host| {
+                let settings = self.sources.get(host).cloned().unwrap_or_default();
+                let to = settings.to.unwrap_or_else(|| self.to.clone());
+                Source {
+                    name: settings.name.unwrap_or_else(|| host.clone()),
+                    registry: host.clone(),
+                    images: self
+                        .images
+                        .iter()
+                        .filter(|i| i.source.registry == *host)
+                        .cloned()
+                        .collect(),
+                    images_from: settings.images_from,
+                    schedule: settings.schedule.or_else(|| self.schedule.clone()),
+                    to: if to.is_empty() {
+                        vec![SyncTarget::Store]
+                    } else {
+                        to
+                    },
+                }
+            })
+            .collect()
+    }
 }
 
 /// One place `sync` sends every image to.
@@ -195,7 +303,15 @@ fn parse_with_env(text: &str, origin: &str, env: Env) -> Result<MirrorConfig, Co
     }
 }
 
-const OWN_KEYS: &[&str] = &["prefix", "registries", "images", "to", "on-change"];
+const OWN_KEYS: &[&str] = &[
+    "prefix",
+    "registries",
+    "images",
+    "to",
+    "on-change",
+    "interval",
+    "cron",
+];
 const SKOPEO_KEYS: &[&str] = &[
     "images",
     "images-by-tag-regex",
@@ -390,6 +506,46 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
 struct RawCredentials {
     username: String,
     password: String,
+}
+
+/// A registry target sent over the control API, read as a `to:` entry of the file is,
+/// except that `credentials-env` is refused: it would let a caller send the service's
+/// environment to a registry of its choosing.
+pub fn api_target(path: &str, node: &serde_json::Value) -> Result<SyncTarget, Vec<String>> {
+    if node.get("credentials-env").is_some() {
+        return Err(vec![format!(
+            "{path}.credentials-env: not accepted over the API (it reads the service's \
+             environment); send `credentials`"
+        )]);
+    }
+    let node = serde_yaml_ng::to_value(node).map_err(|e| vec![format!("{path}: {e}")])?;
+    let mut problems = Vec::new();
+    let target = own::sync_target(path, node, &|_| None, &mut problems);
+    match target {
+        Some(SyncTarget::Registry { .. }) if problems.is_empty() => Ok(target.expect("some")),
+        Some(SyncTarget::Store) => Err(vec![format!(
+            "{path}: a copy job goes to registries: give `{{\"registry\": \"HOST[:PORT][/PREFIX]\"}}`"
+        )]),
+        _ => Err(problems),
+    }
+}
+
+/// A source's name: it appears in API paths, logs and metric labels.
+pub fn valid_source_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a source name: use up to 128 letters, digits, '.', '_', '-' and \
+             ':', starting with a letter or digit"
+        ))
+    }
 }
 
 /// Registry host of a config key, normalised as `Reference::registry` is.
@@ -597,6 +753,8 @@ mod own {
         to: Option<Vec<Value>>,
         #[serde(rename = "on-change")]
         on_change: Option<Vec<String>>,
+        interval: Option<String>,
+        cron: Option<String>,
     }
 
     /// The top level with its children unread, for salvage.
@@ -609,6 +767,8 @@ mod own {
         to: Option<Vec<Value>>,
         #[serde(rename = "on-change")]
         on_change: Option<Value>,
+        interval: Option<Value>,
+        cron: Option<Value>,
     }
 
     #[derive(Deserialize)]
@@ -649,6 +809,11 @@ mod own {
         cert_dir: Option<String>,
         credentials: Option<RawCredentials>,
         credentials_env: Option<String>,
+        name: Option<String>,
+        interval: Option<String>,
+        cron: Option<String>,
+        images_from: Option<Vec<String>>,
+        to: Option<Vec<Value>>,
     }
 
     #[derive(Deserialize)]
@@ -672,6 +837,8 @@ mod own {
         prefix: Option<String>,
         to: Vec<Value>,
         on_change: Option<Vec<String>>,
+        interval: Option<String>,
+        cron: Option<String>,
         registries: Vec<(String, Registry)>,
         /// (index in the file, image): salvage may skip broken entries.
         images: Vec<(usize, Image)>,
@@ -686,6 +853,8 @@ mod own {
                 prefix: f.prefix,
                 to: f.to.unwrap_or_default(),
                 on_change: f.on_change,
+                interval: f.interval,
+                cron: f.cron,
                 registries: registries_of(f.registries.unwrap_or_default()),
                 image_nodes: images.len(),
                 images: images.into_iter().enumerate().collect(),
@@ -703,8 +872,20 @@ mod own {
     fn salvage(doc: &Value, found: &mut Vec<String>) -> Option<Parts> {
         // A broken top level (unknown key, `images` not a list) leaves nothing to salvage.
         let shell: Shell = serde_yaml_ng::from_value(doc.clone()).ok()?;
+        let text = |field: &str, v: Option<Value>, found: &mut Vec<String>| match v {
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                found.push(format!(
+                    "{field}: expected text, e.g. 15m or \"*/30 * * * *\""
+                ));
+                None
+            }
+            None => None,
+        };
         let mut parts = Parts {
             to: shell.to.unwrap_or_default(),
+            interval: text("interval", shell.interval, found),
+            cron: text("cron", shell.cron, found),
             ..Parts::default()
         };
         if let Some(on_change) = shell.on_change {
@@ -754,6 +935,7 @@ mod own {
             });
 
         let mut registries = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         let mut seen = BTreeMap::new();
         for (key, raw) in parts.registries {
             let path = format!("registries.{key}");
@@ -766,17 +948,34 @@ mod own {
                 env,
                 problems,
             );
+            let source = source_settings(
+                &path,
+                SourceParts {
+                    name: raw.name,
+                    interval: raw.interval,
+                    cron: raw.cron,
+                    images_from: raw.images_from,
+                    to: raw.to,
+                },
+                env,
+                problems,
+            );
             match registry_host(&key) {
                 Ok(host) => {
                     if unique_host(&mut seen, &host, &path, problems) {
+                        if source != SourceSettings::default() {
+                            sources.insert(host.clone(), source);
+                        }
                         registries.insert(host, settings);
                     }
                 }
                 Err(e) => problems.push(format!("{path}: {e}")),
             }
         }
+        let schedule = schedule("", parts.interval, parts.cron, problems);
+        let listing = sources.values().any(|s| !s.images_from.is_empty());
 
-        if parts.image_nodes == 0 {
+        if parts.image_nodes == 0 && !listing {
             problems.push(
                 "images: no images listed; add entries such as `- {source: \
                  docker.io/library/alpine, tags: [\"3.20\"]}`"
@@ -811,17 +1010,100 @@ mod own {
                     .to_owned(),
             );
         }
-        MirrorConfig {
+        let config = MirrorConfig {
             registries,
             images: specs.into_iter().map(|(_, spec)| spec).collect(),
             format: Format::Own,
             to,
             on_change,
+            prefix,
+            schedule,
+            sources,
+        };
+        check_names(&config, problems);
+        config
+    }
+
+    struct SourceParts {
+        name: Option<String>,
+        interval: Option<String>,
+        cron: Option<String>,
+        images_from: Option<Vec<String>>,
+        to: Option<Vec<Value>>,
+    }
+
+    fn source_settings(
+        path: &str,
+        raw: SourceParts,
+        env: Env,
+        problems: &mut Vec<String>,
+    ) -> SourceSettings {
+        let name = raw.name.filter(|name| match valid_source_name(name) {
+            Ok(()) => true,
+            Err(e) => {
+                problems.push(format!("{path}.name: {e}"));
+                false
+            }
+        });
+        let given = raw.images_from.is_some();
+        let images_from = raw.images_from.unwrap_or_default();
+        if given && images_from.first().is_none_or(String::is_empty) {
+            problems.push(format!(
+                "{path}.images-from: the command is empty; give the program and its arguments, \
+                 e.g. [./list-images.sh, --stable]"
+            ));
+        }
+        let to = raw.to.map(|nodes| {
+            nodes
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, node)| {
+                    sync_target(&format!("{path}.to[{i}]"), node, env, problems)
+                })
+                .collect()
+        });
+        SourceSettings {
+            name,
+            schedule: schedule(&format!("{path}."), raw.interval, raw.cron, problems),
+            images_from,
+            to,
+        }
+    }
+
+    /// `interval:` or `cron:` (not both) at `path`.
+    fn schedule(
+        path: &str,
+        interval: Option<String>,
+        cron: Option<String>,
+        problems: &mut Vec<String>,
+    ) -> Option<Schedule> {
+        let parsed = match (interval, cron) {
+            (Some(_), Some(_)) => Err(format!(
+                "{path}interval and {path}cron are both given; keep one"
+            )),
+            (Some(i), None) => Schedule::interval(&i).map_err(|e| format!("{path}interval: {e}")),
+            (None, Some(c)) => Schedule::cron(&c).map_err(|e| format!("{path}cron: {e}")),
+            (None, None) => return None,
+        };
+        parsed.map_err(|e| problems.push(e)).ok()
+    }
+
+    /// Two sources may not share a name: the API and the metrics tell them apart by it.
+    fn check_names(config: &MirrorConfig, problems: &mut Vec<String>) {
+        let mut seen = BTreeMap::new();
+        for source in config.sources() {
+            if let Some(first) = seen.insert(source.name.clone(), source.registry.clone()) {
+                problems.push(format!(
+                    "registries.{}.name: {:?} is also the name of the source {first}; give \
+                     each source its own name",
+                    source.registry, source.name
+                ));
+            }
         }
     }
 
     /// One `to:` entry: `store`, or a registry with its settings.
-    fn sync_target(
+    pub(super) fn sync_target(
         path: &str,
         node: Value,
         env: Env,
@@ -1119,6 +1401,9 @@ mod skopeo {
             format: Format::SkopeoSync,
             to: Vec::new(),
             on_change: Vec::new(),
+            prefix: None,
+            schedule: None,
+            sources: BTreeMap::new(),
         }
     }
 
@@ -1589,7 +1874,7 @@ quay.io:
         assert_eq!(
             problem("image:\n  - source: alpine\n"),
             "unknown field `image`, expected one of `prefix`, `registries`, `images`, `to`, \
-             `on-change` at line 1 column 1"
+             `on-change`, `interval`, `cron` at line 1 column 1"
         );
         assert_eq!(
             problem("images:\n  - target: x\n    all-tags: true\n"),
@@ -1850,6 +2135,51 @@ quay.io:
         // Neither given: the store, nothing to run; a skopeo sync file likewise.
         let plain = ok("images: [{source: a, tags: [\"1\"]}]\n");
         assert!(plain.to.is_empty() && plain.on_change.is_empty());
+    }
+
+    #[test]
+    fn sources_take_their_name_schedule_listing_and_targets_from_their_registry() {
+        let c = ok(
+            "interval: 15m\nprefix: m\nregistries:\n  docker.io: {name: hub, cron: \"0 */6 * * *\"}\n  reg.example:\n    images-from: [./list, --stable]\n    to: [{registry: t.example/x}]\nimages: [{source: a, tags: [\"1\"]}, {source: ghcr.io/o/r, tags: [\"2\"]}]\n",
+        );
+        let sources = c.sources();
+        let by = |name: &str| sources.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(sources.len(), 3, "{sources:?}");
+        assert_eq!(by("hub").registry, "docker.io");
+        assert_eq!(by("hub").images.len(), 1);
+        assert_eq!(
+            by("hub").schedule,
+            Some(Schedule::cron("0 */6 * * *").unwrap())
+        );
+        assert_eq!(by("hub").to, [SyncTarget::Store]);
+        assert_eq!(
+            by("ghcr.io").schedule,
+            Some(Schedule::interval("15m").unwrap())
+        );
+        let listed = by("reg.example");
+        assert!(listed.images.is_empty());
+        assert_eq!(listed.images_from, ["./list", "--stable"]);
+        assert!(matches!(&listed.to[..], [SyncTarget::Registry { .. }]));
+        assert_eq!(c.prefix.as_deref(), Some("m"));
+        assert_eq!(c.sync_only(), ["`to:` registries", "`images-from:`"]);
+        // A source with only images-from is enough.
+        ok("registries:\n  reg.example: {images-from: [./list]}\n");
+
+        let p = problems(
+            "interval: soon\nregistries:\n  docker.io: {name: \"a b\", interval: 1m, cron: \"* * * * *\"}\n  ghcr.io: {name: quay.io, images-from: []}\n  quay.io: {cron: \"61 * * * *\"}\nimages: [{source: a, tags: [\"1\"]}, {source: ghcr.io/o/r, tags: [\"1\"]}, {source: quay.io/o/r, tags: [\"1\"]}]\n",
+        );
+        let expected = [
+            "registries.docker.io.name: \"a b\" is not a source name",
+            "registries.docker.io.interval and registries.docker.io.cron are both given",
+            "registries.ghcr.io.images-from: the command is empty",
+            "registries.quay.io.cron: \"61 * * * *\" is not a cron pattern",
+            "interval: \"soon\" is not a duration",
+            "registries.quay.io.name: \"quay.io\" is also the name of the source ghcr.io",
+        ];
+        assert_eq!(p.len(), expected.len(), "{p:#?}");
+        for (got, want) in p.iter().zip(expected) {
+            assert!(got.starts_with(want), "{got}\n  wanted {want}");
+        }
     }
 
     #[test]

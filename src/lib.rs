@@ -11,6 +11,8 @@ pub mod plan;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod schedule;
 pub mod select;
+pub mod service;
 pub mod store;
 pub mod sync;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use futures::StreamExt;
 use static_registry::config::{self, MirrorConfig};
 use static_registry::copy::registry::{RegistryDestination, RegistrySource};
 use static_registry::copy::store::StoreSource;
@@ -22,6 +23,7 @@ use static_registry::reference::{self, Reference};
 use static_registry::registry::{Client, ClientOptions, RegistryError, Remedy};
 use static_registry::report;
 use static_registry::select;
+use static_registry::service;
 use static_registry::store::{Removal, Store, StoreView, inventory, verify};
 use static_registry::sync;
 
@@ -37,7 +39,12 @@ struct Usage(anyhow::Error);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // The service logs each round (info); one-shot commands only warnings unless -v.
+    let (service, json) = match &cli.command {
+        Command::Sync(a) if !a.once => (true, a.log_format == cli::LogFormat::Json),
+        _ => (false, false),
+    };
+    init_logging(cli.verbose + u8::from(service), service, json);
     let sides = Sides::of(&cli.command);
     match run(cli) {
         Ok(code) => code,
@@ -157,7 +164,7 @@ impl Sides {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, service: bool, json: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -165,13 +172,17 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match (service, json) {
+        (_, true) => fmt.json().flatten_event(true).init(),
+        // A service's log lines carry their time; a command's do not.
+        (true, false) => fmt.init(),
+        (false, false) => fmt.without_time().init(),
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -241,90 +252,120 @@ fn dest_client(args: &DestArgs) -> Result<Client> {
     Client::new(dest_options(args)?).context("setting up the HTTP client for the targets")
 }
 
-/// `base` with a config file's TLS settings and credentials for one registry.
-fn with_settings(base: &ClientOptions, settings: &config::RegistrySettings) -> ClientOptions {
-    ClientOptions {
-        tls_verify: settings.tls_verify && base.tls_verify,
-        cert_dir: settings.cert_dir.clone().or_else(|| base.cert_dir.clone()),
-        creds: settings.credentials.clone().or_else(|| base.creds.clone()),
-        ..base.clone()
-    }
-}
-
-/// Clients for a configuration: the command line's options, overridden per registry
-/// by the file's TLS settings and credentials.
-fn clients_for(config: &MirrorConfig, base: &ClientOptions) -> Result<fetch::Clients> {
-    let mut clients =
-        fetch::Clients::new(Client::new(base.clone()).context("setting up the HTTP client")?);
-    for (registry, settings) in &config.registries {
-        let client = Client::new(with_settings(base, settings))
-            .with_context(|| format!("setting up the HTTP client for {registry}"))?;
-        clients.insert(registry, client);
-    }
-    Ok(clients)
-}
-
 fn sync_command(args: SyncArgs) -> Result<ExitCode> {
-    if !args.once {
+    let opts = service::Options {
+        config: args.config.clone(),
+        root: args.root.clone(),
+        default_schedule: args.interval.clone(),
+        source_base: client_options(&args.registry)?,
+        dest_base: dest_options(&args.dest)?,
+        fetch: FetchOptions {
+            jobs: args.jobs.into(),
+            include_foreign: args.include_foreign,
+            jobs_per_host: args.jobs_per_host.into(),
+            fail_fast: false,
+        },
+        rounds: args.rounds.into(),
+    };
+    if args.once {
+        return sync_once(&args, opts);
+    }
+    let token = match &args.token_file {
+        Some(file) => Some(read_token(file)?),
+        None => None,
+    };
+    if let Some(addr) = args
+        .listen
+        .filter(|a| !a.ip().is_loopback() && token.is_none())
+    {
         return Err(Usage(anyhow::anyhow!(
-            "sync runs one round with --once (from cron or a systemd timer); the scheduled service is not built yet"
+            "--listen {addr}: the API would take unauthenticated requests from the network; give --token-file, or listen on 127.0.0.1"
         ))
         .into());
     }
-    let config = load_config(&args.config)?;
-    let clients = clients_for(&config, &client_options(&args.registry)?)?;
-    let dest_base = dest_options(&args.dest)?;
-    let mut registries = Vec::new();
-    for t in &config.to {
-        if let config::SyncTarget::Registry {
-            target,
-            settings,
-            overwrite,
-        } = t
-        {
-            let client = Client::new(with_settings(&dest_base, settings))
-                .with_context(|| format!("setting up the HTTP client for {}", target.host))?;
-            registries.push(sync::RegistryTarget {
-                dest: RegistryDestination::new(client, &target.host),
-                at: target.clone(),
-                overwrite: *overwrite,
-            });
-        }
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let service = service::Service::new(opts).map_err(|e| match e {
+            service::ServiceError::Config(_) | service::ServiceError::NoSchedule { .. } => {
+                anyhow::Error::from(Usage(e.into()))
+            }
+            e => e.into(),
+        })?;
+        let api = match args.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr}"))?;
+                tracing::info!(address = %listener.local_addr()?, "control API listening");
+                Some((listener, token))
+            }
+            None => None,
+        };
+        service::run(service, api).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The API token in `file`: its first line, which must not be empty.
+fn read_token(file: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the token file {}", file.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(Usage(anyhow::anyhow!(
+            "--token-file {}: empty; put a long random token on its first line (e.g. openssl rand -hex 32)",
+            file.display()
+        ))
+        .into());
     }
-    let to_store = config.to.is_empty() || config.to.contains(&config::SyncTarget::Store);
-    let store = match to_store {
-        true => Some(Arc::new(open_store(&args.root)?)),
-        false => None,
-    };
-    let opts = FetchOptions {
-        jobs: args.jobs.into(),
-        include_foreign: args.include_foreign,
-        jobs_per_host: args.jobs_per_host.into(),
-        fail_fast: false,
+    Ok(token.to_owned())
+}
+
+/// `sync --once`: a round of every source, at most `--rounds` at once, then the
+/// on-change command if the store changed.
+fn sync_once(args: &SyncArgs, opts: service::Options) -> Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let ctx = sync::Context {
+        clients: sync::clients(&config, &opts.source_base)?,
+        root: opts.root,
+        dest_base: opts.dest_base,
+        opts: opts.fetch,
+        prefix: config.prefix.clone(),
     };
     let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
-    let round = runtime()?.block_on(async {
+    let sources = config.sources();
+    let rounds = runtime()?.block_on(async {
+        let all = futures::stream::iter(&sources)
+            .map(|s| sync::run_source(&ctx, s, reporter.clone()))
+            .buffer_unordered(opts.rounds)
+            .collect::<Vec<_>>();
         tokio::select! {
-            r = sync::round(&clients, &config, store, registries, &opts, reporter) => Some(r),
+            r = all => Some(r),
             _ = tokio::signal::ctrl_c() => None,
         }
     });
-    let Some(round) = round else {
+    let Some(mut rounds) = rounds else {
         eprintln!("interrupted: nothing half-published; the next round goes on from here");
         return Ok(ExitCode::from(130));
     };
+    rounds.sort_by(|a, b| a.source.cmp(&b.source));
+    let store_changed = rounds.iter().any(|r| r.store_changed);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&round)?);
+        let out = serde_json::json!({"rounds": rounds, "store_changed": store_changed});
+        println!("{}", serde_json::to_string_pretty(&out)?);
     }
-    if !args.quiet {
-        print_targets(&round.targets);
+    let mut failed = false;
+    for round in &rounds {
+        if !args.quiet {
+            print_targets(&round.targets);
+        }
+        for r in &round.unresolved {
+            eprintln!("error: {}: {}", r.source, r.error.join(": "));
+        }
+        print_failures(&round.images);
+        failed |= round.failed() > 0;
     }
-    for r in &round.unresolved {
-        eprintln!("error: {}: {}", r.source, r.error.join(": "));
-    }
-    print_failures(&round.images);
-    let mut failed = round.failed() > 0;
-    if round.store_changed && !config.on_change.is_empty() {
+    if store_changed && !config.on_change.is_empty() {
         match sync::run_hook(&config.on_change) {
             Ok(()) => eprintln!("on-change: {} done", config.on_change.join(" ")),
             Err(e) => {
@@ -370,16 +411,17 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     let (clients, planned, unresolved) = match &args.config {
         Some(path) => {
             let config = load_config(path)?;
-            if config.to.iter().any(|t| *t != config::SyncTarget::Store)
-                || !config.on_change.is_empty()
-            {
+            let sync_only = config.sync_only();
+            if !sync_only.is_empty() {
                 return Err(Usage(anyhow::anyhow!(
-                    "{}: `to:` registries and `on-change:` are for `static-registry sync --config {0} --once`; fetch writes the store only",
-                    path.display()
+                    "{}: {} {} for `static-registry sync --config {0} --once`; fetch writes the store only, from the listed images",
+                    path.display(),
+                    sync_only.join(" and "),
+                    if sync_only.len() == 1 { "is" } else { "are" }
                 ))
                 .into());
             }
-            let clients = clients_for(&config, &base)?;
+            let clients = sync::clients(&config, &base)?;
             let (planned, unresolved) =
                 runtime.block_on(fetch::resolve(&clients, &config.images, reporter.as_ref()));
             if args.delete {
@@ -593,7 +635,7 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
 
 fn plan_command(args: PlanArgs) -> Result<ExitCode> {
     let config = load_config(&args.config)?;
-    let clients = clients_for(&config, &client_options(&args.registry)?)?;
+    let clients = sync::clients(&config, &client_options(&args.registry)?)?;
     let reporter = progress::reporter(false);
     let rows = runtime()?.block_on(async {
         let (planned, unresolved) =

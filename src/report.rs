@@ -59,6 +59,23 @@ pub struct ImageReport {
     pub remedy: Option<Remedy>,
 }
 
+impl ImageReport {
+    /// `source` could not be copied to `name` at all, for `error`.
+    pub fn failure(source: String, name: String, error: &dyn std::error::Error) -> ImageReport {
+        ImageReport {
+            source,
+            name,
+            tag: None,
+            digest: None,
+            status: Status::Failed,
+            upstream_digest: None,
+            referrers: 0,
+            error: error_chain(error),
+            remedy: None,
+        }
+    }
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }

@@ -727,13 +727,22 @@ impl<S: Source, D: Destination> Engine<S, D> {
             .collect();
         let mut images = Vec::new();
         'waves: for (w, wave) in waves.iter().enumerate() {
-            let mut reports = futures::stream::iter(wave.iter().enumerate())
-                .map(|(index, job)| async move {
-                    let seen = Mutex::new(HashSet::new());
-                    let (main, referrers) = self.copy_job(job, 0, &seen).await;
-                    (index, main, referrers)
+            // Made before the stream (lazily: nothing runs until polled) so that no closure
+            // over a borrowed job is held across an await: rustc could not prove such a
+            // stream Send for a caller that spawns the run (the service).
+            let jobs: Vec<_> = wave
+                .iter()
+                .enumerate()
+                .map(|(index, job)| {
+                    async move {
+                        let seen = Mutex::new(HashSet::new());
+                        let (main, referrers) = self.copy_job(job, 0, &seen).await;
+                        (index, main, referrers)
+                    }
+                    .boxed()
                 })
-                .buffer_unordered(width);
+                .collect();
+            let mut reports = futures::stream::iter(jobs).buffer_unordered(width);
             while let Some((index, main, referrers)) = reports.next().await {
                 done += 1;
                 let report = JobReport {

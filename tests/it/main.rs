@@ -19,3 +19,4 @@ mod readme;
 mod stock;
 mod subset;
 mod sync;
+mod sync_service;

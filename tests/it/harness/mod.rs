@@ -13,6 +13,7 @@ pub mod nginx;
 pub mod proxy;
 pub mod push;
 pub mod registry;
+pub mod service;
 pub mod skopeo;
 pub mod store;
 pub mod tls;

@@ -1,0 +1,608 @@
+//! The `sync` service: each source of the configuration on its own schedule, rounds of a
+//! source never overlapping, at most `rounds` of them at once; the control API beside it.
+//! A source that fails backs off; SIGHUP reloads the configuration (a broken one is
+//! refused and the old one kept); SIGTERM and SIGINT stop it, abandoning rounds in flight
+//! (the store is crash-safe: nothing half-published is ever served).
+
+pub mod api;
+pub mod jobs;
+mod metrics;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Local};
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError, MirrorConfig, Source, SyncTarget};
+use crate::fetch::FetchOptions;
+use crate::registry::ClientOptions;
+use crate::report::{CopyStatus, Reporter, TargetReport, error_chain};
+use crate::schedule::Schedule;
+use crate::sync::{self, Round};
+
+/// The first wait after a failed round, doubled per failure in a row up to `MAX_BACKOFF`;
+/// the schedule's own next time is kept when it is later.
+const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Errors kept from a round for the API (the log has them all).
+const ERRORS_KEPT: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{file}: {} without a schedule: add `interval:` or `cron:` to the file (at the top for every source, or under `registries.<host>`), or pass --interval", sources.join(", "))]
+    NoSchedule { file: String, sources: Vec<String> },
+    #[error(transparent)]
+    Sync(#[from] sync::SyncError),
+    #[error("no source is named {0:?}")]
+    UnknownSource(String),
+}
+
+/// How the service runs; the command line's options.
+pub struct Options {
+    pub config: PathBuf,
+    pub root: PathBuf,
+    /// For sources the file gives no schedule.
+    pub default_schedule: Option<Schedule>,
+    pub source_base: ClientOptions,
+    pub dest_base: ClientOptions,
+    pub fetch: FetchOptions,
+    /// Rounds running at once, over all sources.
+    pub rounds: usize,
+}
+
+/// A running service; cheap to clone (the API holds one).
+#[derive(Clone)]
+pub struct Service {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    opts: Options,
+    state: Mutex<State>,
+    slots: Semaphore,
+    /// One `on-change` command at a time.
+    hook: tokio::sync::Mutex<()>,
+    stop: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+    jobs: Arc<jobs::Jobs>,
+}
+
+struct State {
+    on_change: Vec<String>,
+    sources: BTreeMap<String, Entry>,
+    /// Each source task's number, so that a task whose source was removed (and perhaps
+    /// added again, with a new task) ends instead of running beside its successor.
+    next_task: u64,
+}
+
+struct Entry {
+    source: Source,
+    schedule: Schedule,
+    ctx: Arc<sync::Context>,
+    task: u64,
+    wake: Arc<Notify>,
+    paused: bool,
+    /// A sync was asked for through the API.
+    requested: bool,
+    running: Option<DateTime<Local>>,
+    next: DateTime<Local>,
+    last: Option<LastRound>,
+    last_success: Option<DateTime<Local>>,
+    failures_in_a_row: u32,
+    totals: Totals,
+}
+
+/// Counts since the service started, for /metrics.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Totals {
+    pub rounds: u64,
+    pub failed_rounds: u64,
+    pub images_copied: u64,
+    pub blobs_copied: u64,
+    pub bytes_copied: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRound {
+    pub started: DateTime<Local>,
+    pub seconds: f64,
+    /// Images copied, unchanged and failed, over all targets.
+    pub copied: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub store_changed: bool,
+    /// The first errors, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// A source as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct SourceView {
+    pub name: String,
+    pub registry: String,
+    /// `paused`, `running` or `active`.
+    pub state: &'static str,
+    pub schedule: String,
+    pub next_run: Option<DateTime<Local>>,
+    pub running_since: Option<DateTime<Local>>,
+    pub last_run: Option<LastRound>,
+    pub last_success: Option<DateTime<Local>>,
+    pub failures_in_a_row: u32,
+    /// Repositories configured (those an `images-from` command lists come at each round).
+    pub repositories: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images_from: Vec<String>,
+    pub to: Vec<String>,
+    pub totals: Totals,
+}
+
+/// What the API asks of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A round now (after the running one, if any), paused or not.
+    Sync,
+    Pause,
+    Resume,
+}
+
+impl Service {
+    /// Reads the configuration (every problem reported at once) and prepares each source;
+    /// nothing runs before `start`.
+    pub fn new(opts: Options) -> Result<Service, ServiceError> {
+        let rounds = opts.rounds.max(1);
+        let stop = CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let jobs = jobs::Jobs::start(
+            opts.source_base.clone(),
+            opts.dest_base.clone(),
+            stop.clone(),
+            &tasks,
+        );
+        let service = Service {
+            shared: Arc::new(Shared {
+                opts,
+                state: Mutex::new(State {
+                    on_change: Vec::new(),
+                    sources: BTreeMap::new(),
+                    next_task: 0,
+                }),
+                slots: Semaphore::new(rounds),
+                hook: tokio::sync::Mutex::new(()),
+                stop,
+                tasks,
+                jobs,
+            }),
+        };
+        service.load()?;
+        Ok(service)
+    }
+
+    /// A token cancelled when the service stops.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shared.stop.clone()
+    }
+
+    /// Stop taking work; rounds in flight are abandoned.
+    pub fn stop(&self) {
+        self.shared.stop.cancel();
+    }
+
+    /// Waits for every source task to end after `stop`.
+    pub async fn stopped(&self) {
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().expect("service state lock")
+    }
+
+    /// Reads the configuration file again and applies it: new sources start, removed ones
+    /// end (a round in flight finishes first), changed ones take effect at their next
+    /// round, unchanged ones keep their state and timing. On any problem nothing changes.
+    pub fn reload(&self) -> Result<Vec<String>, ServiceError> {
+        self.load()
+    }
+
+    fn load(&self) -> Result<Vec<String>, ServiceError> {
+        let opts = &self.shared.opts;
+        let file = opts.config.display().to_string();
+        let config = config::load(&opts.config)?;
+        let sources = config.sources();
+        let unscheduled: Vec<String> = sources
+            .iter()
+            .filter(|s| s.schedule.is_none() && opts.default_schedule.is_none())
+            .map(|s| s.name.clone())
+            .collect();
+        if !unscheduled.is_empty() {
+            return Err(ServiceError::NoSchedule {
+                file,
+                sources: unscheduled,
+            });
+        }
+        let ctx = Arc::new(context(&config, opts)?);
+        let now = Local::now();
+        let mut changes = Vec::new();
+        let mut spawn = Vec::new();
+        let mut state = self.state();
+        state.on_change = config.on_change.clone();
+        let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+        state.sources.retain(|name, e| {
+            let keep = names.contains(name);
+            if !keep {
+                changes.push(format!("removed {name}"));
+                e.wake.notify_one();
+            }
+            keep
+        });
+        for source in sources {
+            let schedule = source
+                .schedule
+                .clone()
+                .or_else(|| opts.default_schedule.clone())
+                .expect("checked above");
+            if let Some(e) = state.sources.get_mut(&source.name) {
+                if e.source != source || e.schedule != schedule {
+                    changes.push(format!("changed {}", source.name));
+                    if e.schedule != schedule {
+                        e.next = schedule.first(now);
+                    }
+                    e.source = source;
+                    e.schedule = schedule;
+                    e.wake.notify_one();
+                }
+                e.ctx = ctx.clone();
+                continue;
+            }
+            changes.push(format!("added {}", source.name));
+            state.next_task += 1;
+            let task = state.next_task;
+            spawn.push((source.name.clone(), task));
+            state.sources.insert(
+                source.name.clone(),
+                Entry {
+                    next: schedule.first(now),
+                    source,
+                    schedule,
+                    ctx: ctx.clone(),
+                    task,
+                    wake: Arc::new(Notify::new()),
+                    paused: false,
+                    requested: false,
+                    running: None,
+                    last: None,
+                    last_success: None,
+                    failures_in_a_row: 0,
+                    totals: Totals::default(),
+                },
+            );
+        }
+        drop(state);
+        for (name, task) in spawn {
+            let service = self.clone();
+            self.shared
+                .tasks
+                .spawn(async move { service.source_task(name, task).await });
+        }
+        Ok(changes)
+    }
+
+    /// Every source, with `state` (`configured`, `active`, `paused`, `running`) as a filter.
+    pub fn sources(&self, state: Option<&str>) -> Vec<SourceView> {
+        let st = self.state();
+        st.sources
+            .values()
+            .map(view)
+            .filter(|v| match state {
+                None | Some("configured") => true,
+                Some(s) => v.state == s,
+            })
+            .collect()
+    }
+
+    pub fn source(&self, name: &str) -> Result<SourceView, ServiceError> {
+        let st = self.state();
+        st.sources
+            .get(name)
+            .map(view)
+            .ok_or_else(|| ServiceError::UnknownSource(name.to_owned()))
+    }
+
+    pub fn act(&self, name: &str, action: Action) -> Result<SourceView, ServiceError> {
+        let mut st = self.state();
+        let e = st
+            .sources
+            .get_mut(name)
+            .ok_or_else(|| ServiceError::UnknownSource(name.to_owned()))?;
+        match action {
+            Action::Sync => e.requested = true,
+            Action::Pause => e.paused = true,
+            // A schedule time passed while paused runs at once.
+            Action::Resume => e.paused = false,
+        }
+        tracing::info!(source = %name, action = ?action, "source");
+        e.wake.notify_one();
+        Ok(view(e))
+    }
+
+    /// The copy jobs.
+    pub fn jobs(&self) -> &jobs::Jobs {
+        &self.shared.jobs
+    }
+
+    /// Prometheus text.
+    pub fn metrics(&self) -> String {
+        let jobs = self.shared.jobs.counts();
+        let st = self.state();
+        metrics::render(
+            jobs,
+            st.sources.values().map(|e| metrics::SourceFigures {
+                name: &e.source.name,
+                running: e.running.is_some(),
+                paused: e.paused,
+                last_success: e.last_success,
+                last_seconds: e.last.as_ref().map(|l| l.seconds),
+                totals: &e.totals,
+            }),
+        )
+    }
+
+    /// One source's life: wait for its time (or a request), run a round, record it.
+    async fn source_task(self, name: String, task: u64) {
+        loop {
+            let (wake, due) = {
+                let st = self.state();
+                let Some(e) = st.sources.get(&name).filter(|e| e.task == task) else {
+                    return;
+                };
+                let due = match (e.requested, e.paused) {
+                    (true, _) => Some(Local::now()),
+                    (false, true) => None,
+                    (false, false) => Some(e.next),
+                };
+                (e.wake.clone(), due)
+            };
+            let sleep = async {
+                match due {
+                    Some(t) => {
+                        let wait = (t - Local::now()).to_std().unwrap_or_default();
+                        tokio::time::sleep(wait).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.shared.stop.cancelled() => return,
+                _ = wake.notified() => continue,
+                _ = sleep => {}
+            }
+            let Some((source, ctx, started)) = self.claim(&name, task) else {
+                continue;
+            };
+            let round = tokio::select! {
+                r = self.run_round(&source, &ctx) => r,
+                _ = self.shared.stop.cancelled() => {
+                    tracing::warn!(source = %name, "round abandoned at shutdown; the next run goes on from what it stored");
+                    return;
+                }
+            };
+            self.record(&name, task, started, round).await;
+        }
+    }
+
+    /// Marks the source running when it is due; its config as of now.
+    fn claim(
+        &self,
+        name: &str,
+        task: u64,
+    ) -> Option<(Source, Arc<sync::Context>, DateTime<Local>)> {
+        let mut st = self.state();
+        let e = st.sources.get_mut(name).filter(|e| e.task == task)?;
+        let now = Local::now();
+        if !(e.requested || (!e.paused && e.next <= now)) {
+            return None;
+        }
+        e.requested = false;
+        e.running = Some(now);
+        Some((e.source.clone(), e.ctx.clone(), now))
+    }
+
+    async fn run_round(&self, source: &Source, ctx: &sync::Context) -> Round {
+        let _slot = self.shared.slots.acquire().await.expect("never closed");
+        tracing::info!(source = %source.name, "round started");
+        let reporter: Arc<dyn Reporter> = Arc::new(Logged {
+            source: source.name.clone(),
+        });
+        sync::run_source(ctx, source, reporter).await
+    }
+
+    async fn record(&self, name: &str, task: u64, started: DateTime<Local>, round: Round) {
+        let mut errors: Vec<String> = round
+            .unresolved
+            .iter()
+            .map(|r| format!("{}: {}", r.source, r.error.join(": ")))
+            .chain(
+                round
+                    .images
+                    .iter()
+                    .filter(|r| r.status == CopyStatus::Failed)
+                    .map(|r| format!("{} -> {}: {}", r.source, r.target, r.error.join(": "))),
+            )
+            .collect();
+        let count = |s: CopyStatus| round.images.iter().filter(|r| r.status == s).count();
+        let failed = round.failed();
+        tracing::info!(
+            source = %name,
+            seconds = round.seconds,
+            copied = count(CopyStatus::Copied),
+            unchanged = count(CopyStatus::Unchanged),
+            skipped = count(CopyStatus::Skipped),
+            failed,
+            "round finished"
+        );
+        for e in &errors {
+            tracing::warn!(source = %name, error = %e, "round error");
+        }
+        let on_change = self.state().on_change.clone();
+        if round.store_changed && !on_change.is_empty() {
+            let _one = self.shared.hook.lock().await;
+            let hook = tokio::task::spawn_blocking(move || sync::run_hook(&on_change))
+                .await
+                .expect("hook does not panic");
+            match hook {
+                Ok(()) => tracing::info!(source = %name, "on-change done"),
+                Err(e) => {
+                    let e = error_chain(&e).join(": ");
+                    tracing::warn!(source = %name, error = %e, "on-change failed");
+                    errors.push(e);
+                }
+            }
+        }
+        let ok = failed == 0 && errors.is_empty();
+        let mut st = self.state();
+        let Some(e) = st.sources.get_mut(name).filter(|e| e.task == task) else {
+            return;
+        };
+        let now = Local::now();
+        e.running = None;
+        e.totals.rounds += 1;
+        e.totals.images_copied += count(CopyStatus::Copied) as u64;
+        for t in &round.targets {
+            e.totals.blobs_copied += t.blobs_uploaded;
+            e.totals.bytes_copied += t.bytes_sent;
+        }
+        e.next = e.schedule.after(started, now);
+        if ok {
+            e.failures_in_a_row = 0;
+            e.last_success = Some(now);
+        } else {
+            e.totals.failed_rounds += 1;
+            e.failures_in_a_row += 1;
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << (e.failures_in_a_row - 1).min(16))
+                .min(MAX_BACKOFF);
+            let retry = now + chrono::Duration::from_std(backoff).unwrap_or_default();
+            e.next = e.next.max(retry);
+        }
+        errors.truncate(ERRORS_KEPT);
+        e.last = Some(LastRound {
+            started,
+            seconds: round.seconds,
+            copied: count(CopyStatus::Copied),
+            unchanged: count(CopyStatus::Unchanged),
+            failed,
+            store_changed: round.store_changed,
+            errors,
+        });
+    }
+}
+
+/// Runs `service` (and its API on `api`, with its token) until SIGTERM or SIGINT; SIGHUP
+/// reloads the configuration.
+pub async fn run(
+    service: Service,
+    api: Option<(tokio::net::TcpListener, Option<String>)>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let server =
+        api.map(|(listener, token)| tokio::spawn(api::serve(service.clone(), listener, token)));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match service.reload() {
+                Ok(changes) if changes.is_empty() => tracing::info!("configuration reloaded: no change"),
+                Ok(changes) => tracing::info!(changes = %changes.join(", "), "configuration reloaded"),
+                Err(e) => tracing::error!(error = %error_chain(&e).join(": "), "configuration refused; the previous one stays in force"),
+            },
+        }
+    }
+    tracing::info!("stopping: no new rounds; rounds in flight are abandoned");
+    service.stop();
+    service.stopped().await;
+    if let Some(server) = server {
+        server.await.expect("the API task does not panic")?;
+    }
+    Ok(())
+}
+
+/// The shared part of every round of a configuration: its clients and targets' defaults.
+fn context(config: &MirrorConfig, opts: &Options) -> Result<sync::Context, ServiceError> {
+    Ok(sync::Context {
+        clients: sync::clients(config, &opts.source_base)?,
+        root: opts.root.clone(),
+        dest_base: opts.dest_base.clone(),
+        opts: opts.fetch.clone(),
+        prefix: config.prefix.clone(),
+    })
+}
+
+fn view(e: &Entry) -> SourceView {
+    let state = if e.running.is_some() {
+        "running"
+    } else if e.paused {
+        "paused"
+    } else {
+        "active"
+    };
+    SourceView {
+        name: e.source.name.clone(),
+        registry: e.source.registry.clone(),
+        state,
+        schedule: e.schedule.to_string(),
+        next_run: (!e.paused).then_some(e.next),
+        running_since: e.running,
+        last_run: e.last.clone(),
+        last_success: e.last_success,
+        failures_in_a_row: e.failures_in_a_row,
+        repositories: e.source.images.iter().map(|i| i.source.origin()).collect(),
+        images_from: e.source.images_from.clone(),
+        to: e
+            .source
+            .to
+            .iter()
+            .map(|t| match t {
+                SyncTarget::Store => "store".to_owned(),
+                SyncTarget::Registry { target, .. } => target.to_string(),
+            })
+            .collect(),
+        totals: e.totals.clone(),
+    }
+}
+
+/// Round progress as log lines: one per image copied or failed (unchanged ones only at
+/// debug level).
+struct Logged {
+    source: String,
+}
+
+impl Reporter for Logged {
+    fn copied(&self, r: &TargetReport) {
+        let digest = r.digest.as_deref().unwrap_or("");
+        match r.status {
+            CopyStatus::Unchanged => {
+                tracing::debug!(source = %self.source, image = %r.source, target = %r.target, "unchanged")
+            }
+            CopyStatus::Failed => {
+                tracing::warn!(source = %self.source, image = %r.source, target = %r.target, error = %r.error.join(": "), "failed")
+            }
+            s => {
+                tracing::info!(source = %self.source, image = %r.source, target = %r.target, digest, status = ?s, "image")
+            }
+        }
+    }
+    fn warn(&self, message: &str) {
+        tracing::warn!(source = %self.source, "{message}");
+    }
+}
