@@ -28,6 +28,9 @@ produces the same digests):
             and a 24 MiB base (see SCALED).
   tags3000  ~4 MB: one repository, many/tags3000, with 3000 tags on 40 manifests (the
             warm re-fetch of issue #7; bench/run adds it as an extra row).
+  tags10000 ~0.6 MB: one repository, many/tags10000, with 10000 tags on 40 manifests
+            (a 256 KiB base plus an 8 KiB layer each; bench/sync's idle service with
+            10k tags configured).
 
 Layers are real tar archives (gzip, compresslevel=1, of mostly random bytes so that
 compression is quick and the sizes are predictable). The `tar+zstd` layer is a valid
@@ -344,11 +347,26 @@ def build_tags3000():
     return c
 
 
+def build_tags10000():
+    """One repository with 10000 tags on 40 manifests, kept small in bytes (a 256 KiB base
+    plus an 8 KiB layer each): what matters is the tag count, as in bench/sync's service
+    with 10k tags configured."""
+    c = Corpus()
+    base_l = c.layer("base", 256 * KiB, 110)
+    layers = [c.layer(f"tags10000-{i}", 8 * KiB, 6000 + i) for i in range(40)]
+    c.build_layers()
+    for k, layer in enumerate(layers):
+        tags = [f"t{i:04d}" for i in range(10000) if i % len(layers) == k]
+        c.tag_image("many/tags10000", tags, [base_l, layer], f"many/tags10000 #{k}")
+    return c
+
+
 PRESETS = {
     "fixtures": build_fixtures,
     "default": lambda: build_scaled(**SCALED["default"]),
     "large": lambda: build_scaled(**SCALED["large"]),
     "tags3000": build_tags3000,
+    "tags10000": build_tags10000,
 }
 
 

@@ -299,7 +299,7 @@ pub struct SyncArgs {
     pub config: PathBuf,
     /// One round of every source, then exit (for cron or a systemd timer). Without it,
     /// the service runs each source on its schedule until SIGTERM; SIGHUP reloads FILE.
-    #[arg(long, conflicts_with_all = ["listen", "token_file", "interval", "log_format"])]
+    #[arg(long, conflicts_with_all = ["listen", "token_file", "interval", "log_format", "state"])]
     pub once: bool,
     /// Serve the control API (JSON; /healthz, /metrics, /v1/sources...) on this address.
     /// Beyond loopback only with --token-file.
@@ -315,6 +315,10 @@ pub struct SyncArgs {
     /// Rounds running at once, over all sources (a source's rounds never overlap).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub rounds: u16,
+    /// Where the sources created over the API are kept, to survive a restart [default:
+    /// beside --config, its name with .sources.json].
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
     /// Log lines as text or as JSON objects (one per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

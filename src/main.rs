@@ -266,6 +266,10 @@ fn sync_command(args: SyncArgs) -> Result<ExitCode> {
             fail_fast: false,
         },
         rounds: args.rounds.into(),
+        state: args
+            .state
+            .clone()
+            .unwrap_or_else(|| args.config.with_extension("sources.json")),
     };
     if args.once {
         return sync_once(&args, opts);

@@ -40,6 +40,8 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
         let (status, code) = match &e {
             ServiceError::UnknownSource(_) => (StatusCode::NOT_FOUND, "SOURCE_UNKNOWN"),
+            ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            ServiceError::FromFile(_) => (StatusCode::CONFLICT, "SOURCE_FROM_FILE"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
         ApiError {
@@ -98,7 +100,10 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/sources", get(list_sources))
-        .route("/v1/sources/{name}", get(get_source))
+        .route(
+            "/v1/sources/{name}",
+            get(get_source).put(put_source).delete(delete_source),
+        )
         .route("/v1/sources/{name}/{action}", post(act))
         .route("/v1/jobs", get(list_jobs).post(create_job))
         .route("/v1/jobs/{id}", get(get_job))
@@ -201,6 +206,31 @@ async fn get_source(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(api.service.source(&name)?))
+}
+
+/// Creates (201) or replaces (200) an API source: the body is a configuration in JSON
+/// with one source, read as the file is.
+async fn put_source(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(body) = body?;
+    let (created, view) = api.service.put_source(&name, body)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
+}
+
+async fn delete_source(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    api.service.delete_source(&name)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn act(

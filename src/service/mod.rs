@@ -7,6 +7,7 @@
 pub mod api;
 pub mod jobs;
 mod metrics;
+mod stored;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,6 +43,18 @@ pub enum ServiceError {
     Sync(#[from] sync::SyncError),
     #[error("no source is named {0:?}")]
     UnknownSource(String),
+    #[error("{} problem{}: {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error(
+        "the source {0:?} is defined in the configuration file; change it there (and send SIGHUP)"
+    )]
+    FromFile(String),
+    #[error("the state file {}", path.display())]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How the service runs; the command line's options.
@@ -55,6 +68,8 @@ pub struct Options {
     pub fetch: FetchOptions,
     /// Rounds running at once, over all sources.
     pub rounds: usize,
+    /// Where the sources created over the API are kept.
+    pub state: PathBuf,
 }
 
 /// A running service; cheap to clone (the API holds one).
@@ -82,7 +97,20 @@ struct State {
     next_task: u64,
 }
 
+/// Where a source was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The configuration file (`configured`).
+    Config,
+    /// `PUT /v1/sources/{name}`, kept in the state file.
+    Api,
+}
+
 struct Entry {
+    origin: Origin,
+    /// For an API source, the body it was created with (what the state file keeps).
+    body: Option<serde_json::Value>,
     source: Source,
     schedule: Schedule,
     ctx: Arc<sync::Context>,
@@ -127,6 +155,7 @@ pub struct LastRound {
 #[derive(Debug, Serialize)]
 pub struct SourceView {
     pub name: String,
+    pub origin: Origin,
     pub registry: String,
     /// `paused`, `running` or `active`.
     pub state: &'static str,
@@ -154,8 +183,8 @@ pub enum Action {
 }
 
 impl Service {
-    /// Reads the configuration (every problem reported at once) and prepares each source;
-    /// nothing runs before `start`.
+    /// Reads the configuration (every problem reported at once) and the state file's
+    /// sources, and starts each source's task (call it within the runtime).
     pub fn new(opts: Options) -> Result<Service, ServiceError> {
         let rounds = opts.rounds.max(1);
         let stop = CancellationToken::new();
@@ -182,6 +211,7 @@ impl Service {
             }),
         };
         service.load()?;
+        service.load_stored()?;
         Ok(service)
     }
 
@@ -214,7 +244,6 @@ impl Service {
 
     fn load(&self) -> Result<Vec<String>, ServiceError> {
         let opts = &self.shared.opts;
-        let file = opts.config.display().to_string();
         let config = config::load(&opts.config)?;
         let sources = config.sources();
         let unscheduled: Vec<String> = sources
@@ -224,19 +253,17 @@ impl Service {
             .collect();
         if !unscheduled.is_empty() {
             return Err(ServiceError::NoSchedule {
-                file,
+                file: opts.config.display().to_string(),
                 sources: unscheduled,
             });
         }
         let ctx = Arc::new(context(&config, opts)?);
-        let now = Local::now();
         let mut changes = Vec::new();
-        let mut spawn = Vec::new();
         let mut state = self.state();
         state.on_change = config.on_change.clone();
         let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
         state.sources.retain(|name, e| {
-            let keep = names.contains(name);
+            let keep = e.origin == Origin::Api || names.contains(name);
             if !keep {
                 changes.push(format!("removed {name}"));
                 e.wake.notify_one();
@@ -244,55 +271,182 @@ impl Service {
             keep
         });
         for source in sources {
-            let schedule = source
-                .schedule
-                .clone()
-                .or_else(|| opts.default_schedule.clone())
-                .expect("checked above");
-            if let Some(e) = state.sources.get_mut(&source.name) {
-                if e.source != source || e.schedule != schedule {
-                    changes.push(format!("changed {}", source.name));
-                    if e.schedule != schedule {
-                        e.next = schedule.first(now);
-                    }
-                    e.source = source;
-                    e.schedule = schedule;
-                    e.wake.notify_one();
-                }
-                e.ctx = ctx.clone();
-                continue;
+            let schedule = self.schedule_of(&source);
+            if let Some(e) = state
+                .sources
+                .get(&source.name)
+                .filter(|e| e.origin == Origin::Api)
+            {
+                tracing::warn!(source = %source.name, "the configuration file's source replaces the one created over the API");
+                e.wake.notify_one();
+                state.sources.remove(&source.name);
             }
-            changes.push(format!("added {}", source.name));
-            state.next_task += 1;
-            let task = state.next_task;
-            spawn.push((source.name.clone(), task));
-            state.sources.insert(
-                source.name.clone(),
-                Entry {
-                    next: schedule.first(now),
-                    source,
-                    schedule,
-                    ctx: ctx.clone(),
-                    task,
-                    wake: Arc::new(Notify::new()),
-                    paused: false,
-                    requested: false,
-                    running: None,
-                    last: None,
-                    last_success: None,
-                    failures_in_a_row: 0,
-                    totals: Totals::default(),
-                },
-            );
-        }
-        drop(state);
-        for (name, task) in spawn {
-            let service = self.clone();
-            self.shared
-                .tasks
-                .spawn(async move { service.source_task(name, task).await });
+            changes.extend(self.install(&mut state, source, schedule, ctx.clone(), None));
         }
         Ok(changes)
+    }
+
+    fn schedule_of(&self, source: &Source) -> Schedule {
+        source
+            .schedule
+            .clone()
+            .or_else(|| self.shared.opts.default_schedule.clone())
+            .expect("checked when read")
+    }
+
+    /// Puts `source` in force: a new one starts its task; a changed one takes effect at
+    /// its next round (a new schedule counts from now); an unchanged one keeps its timing.
+    /// `body`: the API body it came from (`None`: the file). What changed, if anything.
+    fn install(
+        &self,
+        state: &mut State,
+        source: Source,
+        schedule: Schedule,
+        ctx: Arc<sync::Context>,
+        body: Option<serde_json::Value>,
+    ) -> Option<String> {
+        let now = Local::now();
+        let origin = match body {
+            Some(_) => Origin::Api,
+            None => Origin::Config,
+        };
+        if let Some(e) = state.sources.get_mut(&source.name) {
+            let changed = e.source != source || e.schedule != schedule;
+            if e.schedule != schedule {
+                e.next = schedule.first(now);
+            }
+            let name = source.name.clone();
+            e.source = source;
+            e.schedule = schedule;
+            e.ctx = ctx;
+            e.body = body;
+            e.wake.notify_one();
+            return changed.then(|| format!("changed {name}"));
+        }
+        state.next_task += 1;
+        let task = state.next_task;
+        let name = source.name.clone();
+        state.sources.insert(
+            name.clone(),
+            Entry {
+                origin,
+                body,
+                next: schedule.first(now),
+                source,
+                schedule,
+                ctx,
+                task,
+                wake: Arc::new(Notify::new()),
+                paused: false,
+                requested: false,
+                running: None,
+                last: None,
+                last_success: None,
+                failures_in_a_row: 0,
+                totals: Totals::default(),
+            },
+        );
+        let service = self.clone();
+        let spawned = name.clone();
+        self.shared
+            .tasks
+            .spawn(async move { service.source_task(spawned, task).await });
+        Some(format!("added {name}"))
+    }
+
+    /// Starts the sources the state file keeps. One that no longer reads (or whose name
+    /// the file now uses) is logged and left out, and stays in the state file.
+    fn load_stored(&self) -> Result<(), ServiceError> {
+        let path = &self.shared.opts.state;
+        let bodies = stored::read(path).map_err(|source| ServiceError::State {
+            path: path.clone(),
+            source,
+        })?;
+        for (name, body) in bodies {
+            let mut state = self.state();
+            if state.sources.contains_key(&name) {
+                tracing::warn!(source = %name, "a source created over the API has the name of one in the configuration file, which wins");
+                continue;
+            }
+            match self.prepare(&name, &body) {
+                Ok((source, schedule, ctx)) => {
+                    self.install(&mut state, source, schedule, ctx, Some(body));
+                }
+                Err(e) => {
+                    tracing::error!(source = %name, error = %error_chain(&e).join(": "), "a source in the state file no longer reads; left out")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An API body as a source ready to install.
+    fn prepare(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<(Source, Schedule, Arc<sync::Context>), ServiceError> {
+        let (source, config) = stored::parse(name, body).map_err(ServiceError::Invalid)?;
+        if source.schedule.is_none() && self.shared.opts.default_schedule.is_none() {
+            return Err(ServiceError::Invalid(vec![
+                "interval: no schedule: give `interval` or `cron` (the service has no --interval)"
+                    .to_owned(),
+            ]));
+        }
+        let ctx = Arc::new(context(&config, &self.shared.opts)?);
+        Ok((source.clone(), self.schedule_of(&source), ctx))
+    }
+
+    /// Creates or replaces the API source `name` from `body` (a configuration in JSON with
+    /// one source) and keeps it in the state file. Whether it is new, and its view.
+    pub fn put_source(
+        &self,
+        name: &str,
+        body: serde_json::Value,
+    ) -> Result<(bool, SourceView), ServiceError> {
+        let (source, schedule, ctx) = self.prepare(name, &body)?;
+        let mut state = self.state();
+        let created = match state.sources.get(name) {
+            Some(e) if e.origin == Origin::Config => {
+                return Err(ServiceError::FromFile(name.to_owned()));
+            }
+            Some(_) => false,
+            None => true,
+        };
+        let mut kept = api_bodies(&state);
+        kept.insert(name.to_owned(), body.clone());
+        self.persist(&kept)?;
+        self.install(&mut state, source, schedule, ctx, Some(body));
+        tracing::info!(source = %name, created, "source put over the API");
+        Ok((created, view(&state.sources[name])))
+    }
+
+    /// Removes the API source `name` (a round in flight finishes first, unrecorded).
+    pub fn delete_source(&self, name: &str) -> Result<(), ServiceError> {
+        let mut state = self.state();
+        match state.sources.get(name) {
+            None => return Err(ServiceError::UnknownSource(name.to_owned())),
+            Some(e) if e.origin == Origin::Config => {
+                return Err(ServiceError::FromFile(name.to_owned()));
+            }
+            Some(_) => {}
+        }
+        let mut kept = api_bodies(&state);
+        kept.remove(name);
+        self.persist(&kept)?;
+        if let Some(e) = state.sources.remove(name) {
+            e.wake.notify_one();
+        }
+        tracing::info!(source = %name, "source deleted over the API");
+        Ok(())
+    }
+
+    fn persist(&self, bodies: &BTreeMap<String, serde_json::Value>) -> Result<(), ServiceError> {
+        let path = &self.shared.opts.state;
+        stored::write(path, bodies).map_err(|source| ServiceError::State {
+            path: path.clone(),
+            source,
+        })
     }
 
     /// Every source, with `state` (`configured`, `active`, `paused`, `running`) as a filter.
@@ -302,7 +456,8 @@ impl Service {
             .values()
             .map(view)
             .filter(|v| match state {
-                None | Some("configured") => true,
+                None => true,
+                Some("configured") => v.origin == Origin::Config,
                 Some(s) => v.state == s,
             })
             .collect()
@@ -537,6 +692,15 @@ pub async fn run(
     Ok(())
 }
 
+/// What the state file keeps: each API source's body.
+fn api_bodies(state: &State) -> BTreeMap<String, serde_json::Value> {
+    state
+        .sources
+        .iter()
+        .filter_map(|(n, e)| e.body.clone().map(|b| (n.clone(), b)))
+        .collect()
+}
+
 /// The shared part of every round of a configuration: its clients and targets' defaults.
 fn context(config: &MirrorConfig, opts: &Options) -> Result<sync::Context, ServiceError> {
     Ok(sync::Context {
@@ -558,6 +722,7 @@ fn view(e: &Entry) -> SourceView {
     };
     SourceView {
         name: e.source.name.clone(),
+        origin: e.origin,
         registry: e.source.registry.clone(),
         state,
         schedule: e.schedule.to_string(),

@@ -492,3 +492,115 @@ async fn copy_jobs_in_the_old_format_and_ours_reach_their_targets_and_a_dead_tar
     let (status, _) = svc.get_as("/api/distribute/image/x", None).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sources_put_over_the_api_are_read_like_the_file_run_and_survive_a_restart() {
+    let (src, fx, root) = registry_with_fixtures().await;
+    let work = tempfile::tempdir().unwrap();
+    let config = idle_config(work.path(), &src.addr());
+    let root_arg = root.path().to_str().unwrap();
+    let args = ["--root", root_arg];
+    let mut svc = Service::start(&config, &args, Some("t")).await;
+    let s = src.addr();
+    let body = |tag: &str| {
+        serde_json::json!({
+            "prefix": "api",
+            "registries": {s.clone(): {"tls-verify": false}},
+            "images": [{"source": format!("{s}/apps/web"), "tags": [tag]}],
+            "interval": "1h",
+        })
+    };
+    let put = |b: serde_json::Value| {
+        let svc = &svc;
+        async move {
+            let req = svc
+                .http()
+                .put(format!("http://{}/v1/sources/proj", svc.addr))
+                .bearer_auth("t")
+                .json(&b);
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, created) = put(body("v1")).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["origin"], "api", "{created}");
+    let ran = svc
+        .wait_for("/v1/sources/proj", "its first round", |s| rounds(s) >= 1)
+        .await;
+    assert_eq!(ran["last_run"]["copied"], 1, "{ran}");
+    let web = fx.manifest("apps/web", "v1").digest.clone();
+    assert!(tags(root.path(), "api/apps/web").contains(&("v1".to_owned(), web)));
+    let (status, replaced) = put(body("v1")).await;
+    assert_eq!(status, 200, "{replaced}");
+    assert_eq!(
+        rounds(&replaced),
+        rounds(&ran),
+        "a replaced source keeps its state"
+    );
+
+    // Read as the file is: every problem named; what only the file may say refused.
+    let (status, bad) = put(serde_json::json!({
+        "registries": {s.clone(): {"credentials-env": "HOME"}},
+        "images": [{"source": format!("{s}/apps/web"), "tags": ["bad tag"]}],
+    }))
+    .await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("credentials-env: not accepted"),
+        "{bad}"
+    );
+    let (status, bad) = put(serde_json::json!({"images": [{"source": format!("{s}/apps/web"), "tags": ["bad tag"]}], "interval": "soon"})).await;
+    assert_eq!(status, 400, "{bad}");
+    let message = bad["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("images[0].tags[0]") && message.contains("interval"),
+        "{bad}"
+    );
+    // The file's source is the file's.
+    let file_source = format!("/v1/sources/{s}");
+    let r = svc
+        .http()
+        .delete(format!("http://{}{file_source}", svc.addr))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let (_, configured) = svc.get("/v1/sources?state=configured").await;
+    assert_eq!(
+        configured["sources"].as_array().unwrap().len(),
+        1,
+        "{configured}"
+    );
+    assert_eq!(configured["sources"][0]["origin"], "config", "{configured}");
+
+    // A restart keeps it; a delete ends it, also across a restart.
+    svc.signal("TERM");
+    assert!(svc.exit().await.success());
+    let mut svc = Service::start(&config, &args, Some("t")).await;
+    let (status, kept) = svc.get("/v1/sources/proj").await;
+    assert_eq!(
+        (status, kept["origin"].as_str()),
+        (200, Some("api")),
+        "{kept}"
+    );
+    let r = svc
+        .http()
+        .delete(format!("http://{}/v1/sources/proj", svc.addr))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(svc.get("/v1/sources/proj").await.0, 404);
+    svc.signal("TERM");
+    assert!(svc.exit().await.success());
+    let svc = Service::start(&config, &args, Some("t")).await;
+    assert_eq!(svc.get("/v1/sources/proj").await.0, 404);
+    let state = fs::read_to_string(work.path().join("mirror.sources.json")).unwrap();
+    assert!(!state.contains("proj"), "{state}");
+}

@@ -75,6 +75,11 @@ impl Service {
         panic!("the service did not come up");
     }
 
+    /// The HTTP client, for requests the helpers here do not make.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
