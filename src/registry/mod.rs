@@ -226,7 +226,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Access {
     Pull,
-    Push { mount_from: Option<String> },
+    Push {
+        mount_from: Option<String>,
+    },
+    /// The repository list (`/v2/_catalog`); `repo` is ignored.
+    Catalog,
 }
 
 impl Access {
@@ -241,6 +245,7 @@ impl Access {
                         .map(|from| format!("repository:{from}:pull")),
                 )
                 .collect(),
+            Access::Catalog => vec!["registry:catalog:*".to_owned()],
         }
     }
 }
@@ -486,16 +491,41 @@ impl Client {
     pub async fn list_tags(&self, host: &str, repo: &str) -> Result<Vec<String>, RegistryError> {
         validate_host(host)?;
         validate_repo(repo)?;
-        #[derive(serde::Deserialize)]
-        struct TagList {
-            #[serde(default)]
-            tags: Option<Vec<String>>,
-        }
-        let mut path = format!("/v2/{repo}/tags/list");
-        let mut tags = Vec::new();
+        let path = format!("/v2/{repo}/tags/list");
+        self.list_pages(host, repo, Access::Pull, path, "tags")
+            .await
+    }
+
+    /// The repositories the registry lists at `/v2/_catalog` (registries may refuse it,
+    /// or list only what the credentials may pull), across pages. Names as sent.
+    pub async fn catalog(&self, host: &str) -> Result<Vec<String>, RegistryError> {
+        validate_host(host)?;
+        let path = "/v2/_catalog?n=1000".to_owned();
+        self.list_pages(host, "", Access::Catalog, path, "repositories")
+            .await
+    }
+
+    /// The `field` list of each page from `path` on, following `Link` headers.
+    async fn list_pages(
+        &self,
+        host: &str,
+        repo: &str,
+        access: Access,
+        mut path: String,
+        field: &str,
+    ) -> Result<Vec<String>, RegistryError> {
+        let mut items = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
             let resp = self
-                .registry_request(Method::GET, host, repo, &path, HeaderMap::new())
+                .api_request(&ApiRequest {
+                    method: Method::GET,
+                    host,
+                    repo,
+                    path: &path,
+                    headers: HeaderMap::new(),
+                    body: None,
+                    access: access.clone(),
+                })
                 .await?;
             if !resp.status().is_success() {
                 return Err(status_error(resp, host, repo).await);
@@ -509,19 +539,30 @@ impl Client {
                     status: 200,
                     oci: None,
                 })?;
-            let page: TagList = serde_json::from_slice(&body).map_err(|e| RegistryError::Body {
-                url: url.clone(),
-                cause: format!("not a tag list: {e}"),
-            })?;
-            tags.extend(page.tags.unwrap_or_default());
+            let page: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::Body {
+                    url: url.clone(),
+                    cause: format!("not a JSON object: {e}"),
+                })?;
+            match page.get(field) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(list) => {
+                    items.extend(serde_json::from_value::<Vec<String>>(list.clone()).map_err(
+                        |e| RegistryError::Body {
+                            url: url.clone(),
+                            cause: format!("`{field}` is not a list of names: {e}"),
+                        },
+                    )?)
+                }
+            }
             match next {
                 Some(p) if p != path => path = p,
-                _ => return Ok(tags),
+                _ => return Ok(items),
             }
         }
         Err(RegistryError::Body {
             url: registry_url(Scheme::Https, host, &path)?.to_string(),
-            cause: format!("more than {MAX_TAG_PAGES} pages of tags; refusing to follow further"),
+            cause: format!("more than {MAX_TAG_PAGES} pages; refusing to follow further"),
         })
     }
 

@@ -16,6 +16,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::browse::{self, BrowseError, TagFilters};
 use super::jobs::{DistributeRequest, JobError, JobRequest, JobState, JobView};
 use super::{Action, Service, ServiceError};
 
@@ -67,6 +68,20 @@ impl From<JobError> for ApiError {
     }
 }
 
+impl From<BrowseError> for ApiError {
+    fn from(e: BrowseError) -> ApiError {
+        let (status, code) = match &e {
+            BrowseError::Invalid(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            BrowseError::Registry(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM"),
+        };
+        ApiError {
+            status,
+            code,
+            message: crate::report::error_chain(&e).join(": "),
+        }
+    }
+}
+
 /// A body that is not the JSON asked for: 400 (415 without a JSON content type), with
 /// serde's words for what is wrong and where.
 impl From<JsonRejection> for ApiError {
@@ -105,6 +120,11 @@ pub fn router(service: Service, token: Option<&str>) -> Router {
             get(get_source).put(put_source).delete(delete_source),
         )
         .route("/v1/sources/{name}/{action}", post(act))
+        .route("/v1/registries/{host}/repositories", get(repositories))
+        .route(
+            "/v1/registries/{host}/repositories/{*rest}",
+            get(repository),
+        )
         .route("/v1/jobs", get(list_jobs).post(create_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/api/distribute/image", post(distribute))
@@ -329,4 +349,36 @@ fn distribute_view(v: &JobView) -> serde_json::Value {
         "failed_endpoints": failed,
         "error": v.error,
     })
+}
+
+async fn repositories(
+    State(api): State<Api>,
+    Path(host): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let r = browse::repository(&host, None)?;
+    let names = browse::repositories(&api.service.client_for(&r.registry), &r).await?;
+    Ok(Json(json!({"registry": r.registry, "repositories": names})))
+}
+
+/// `{name}/tags` (with the `ls` filters as query parameters) or `{name}/tags/{tag}`.
+async fn repository(
+    State(api): State<Api>,
+    Path((host, rest)): Path<(String, String)>,
+    Query(filters): Query<TagFilters>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "NOT_FOUND",
+        message: format!("{rest:?}: ask for <repository>/tags or <repository>/tags/<tag>"),
+    };
+    if let Some(name) = rest.strip_suffix("/tags") {
+        let r = browse::repository(&host, Some(name))?;
+        let tags = browse::tags(&api.service.client_for(&r.registry), &r, &filters).await?;
+        return Ok(Json(json!({"name": r.origin(), "tags": tags})).into_response());
+    }
+    let (name, tag) = rest.rsplit_once("/tags/").ok_or_else(not_found)?;
+    crate::reference::validate_tag(tag).map_err(|e| BrowseError::Invalid(e.to_string()))?;
+    let r = browse::repository(&host, Some(name))?;
+    let view = browse::tag(&api.service.client_for(&r.registry), &r, tag).await?;
+    Ok(Json(view).into_response())
 }

@@ -5,6 +5,7 @@
 //! (the store is crash-safe: nothing half-published is ever served).
 
 pub mod api;
+mod browse;
 pub mod jobs;
 mod metrics;
 mod stored;
@@ -91,6 +92,8 @@ struct Shared {
 
 struct State {
     on_change: Vec<String>,
+    /// The configuration file's clients, for registries no source names.
+    file_ctx: Option<Arc<sync::Context>>,
     sources: BTreeMap<String, Entry>,
     /// Each source task's number, so that a task whose source was removed (and perhaps
     /// added again, with a new task) ends instead of running beside its successor.
@@ -200,6 +203,7 @@ impl Service {
                 opts,
                 state: Mutex::new(State {
                     on_change: Vec::new(),
+                    file_ctx: None,
                     sources: BTreeMap::new(),
                     next_task: 0,
                 }),
@@ -261,6 +265,7 @@ impl Service {
         let mut changes = Vec::new();
         let mut state = self.state();
         state.on_change = config.on_change.clone();
+        state.file_ctx = Some(ctx.clone());
         let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
         state.sources.retain(|name, e| {
             let keep = e.origin == Origin::Api || names.contains(name);
@@ -486,6 +491,20 @@ impl Service {
         tracing::info!(source = %name, action = ?action, "source");
         e.wake.notify_one();
         Ok(view(e))
+    }
+
+    /// A client for `registry` (a host as in image names): a source's of that registry
+    /// (its TLS settings and credentials), else the configuration file's.
+    pub fn client_for(&self, registry: &str) -> crate::registry::Client {
+        let st = self.state();
+        let ctx = st
+            .sources
+            .values()
+            .find(|e| e.source.registry == registry)
+            .map(|e| &e.ctx)
+            .or(st.file_ctx.as_ref())
+            .expect("loaded at start");
+        ctx.clients.get(registry).clone()
     }
 
     /// The copy jobs.

@@ -604,3 +604,97 @@ async fn sources_put_over_the_api_are_read_like_the_file_run_and_survive_a_resta
     let state = fs::read_to_string(work.path().join("mirror.sources.json")).unwrap();
     assert!(!state.contains("proj"), "{state}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_browses_an_upstream_s_repositories_tags_and_platforms() {
+    let (src, fx, root) = registry_with_fixtures().await;
+    let work = tempfile::tempdir().unwrap();
+    let config = idle_config(work.path(), &src.addr());
+    let svc = Service::start(
+        &config,
+        &["--root", root.path().to_str().unwrap(), "--retries", "0"],
+        None,
+    )
+    .await;
+    let base = format!("/v1/registries/{}/repositories", src.addr());
+
+    let (status, body) = svc.get(&base).await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for repo in ["apps/api", "oci/multi", "many/tags"] {
+        assert!(names.contains(&repo), "{repo}: {body}");
+    }
+    // The `ls` filters as query parameters.
+    let (status, body) = svc
+        .get(&format!(
+            "{base}/many/tags/tags?allow=t0[0-4].&deny=t00[0-2]"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let expected: Vec<String> = (3..50).map(|i| format!("t{i:03}")).collect();
+    assert_eq!(body["tags"], serde_json::json!(expected), "{body}");
+    let (_, body) = svc.get(&format!("{base}/apps/api/tags")).await;
+    assert_eq!(
+        body["tags"],
+        serde_json::json!(fx.tags("apps/api")),
+        "{body}"
+    );
+
+    // A tag: digest, media type, platforms with their sizes.
+    let (status, multi) = svc.get(&format!("{base}/oci/multi/tags/1.0")).await;
+    assert_eq!(status, 200, "{multi}");
+    assert_eq!(
+        multi["digest"],
+        fx.manifest("oci/multi", "1.0").digest,
+        "{multi}"
+    );
+    assert_eq!(
+        multi["media_type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let platforms: Vec<&str> = multi["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["platform"].as_str().unwrap())
+        .collect();
+    assert!(
+        platforms.contains(&"linux/amd64") && platforms.len() >= 2,
+        "{multi}"
+    );
+    assert!(multi["size"].as_u64().unwrap() > 0);
+    let (_, single) = svc.get(&format!("{base}/apps/api/tags/v1")).await;
+    assert_eq!(single["platforms"].as_array().unwrap().len(), 1, "{single}");
+    assert!(single["platforms"][0]["platform"].is_null(), "{single}");
+
+    // Bad parameters name themselves; an upstream that fails is a 502 saying why.
+    for (query, word) in [
+        ("latest=0", "latest"),
+        ("allow=(", "allow"),
+        ("semver=banana", "semver"),
+    ] {
+        let (status, body) = svc.get(&format!("{base}/many/tags/tags?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().starts_with(word),
+            "{body}"
+        );
+    }
+    let (status, body) = svc.get("/v1/registries/nohost/repositories").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = svc
+        .get("/v1/registries/127.0.0.1:9/repositories/a/tags")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("UPSTREAM")),
+        "{body}"
+    );
+    let (status, body) = svc.get(&format!("{base}/apps/api/tagz")).await;
+    assert_eq!(status, 404, "{body}");
+}
