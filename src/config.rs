@@ -114,14 +114,24 @@ pub struct MirrorConfig {
     pub format: Format,
     /// Where `sync` sends the images (`to:`); empty means the store.
     pub to: Vec<SyncTarget>,
-    /// A command `sync` runs after a round that changed the store (`on-change:`).
-    pub on_change: Vec<String>,
+    /// What `sync` does after a round that changed the store (`on-change:`).
+    pub on_change: Option<OnChange>,
     /// Stored names are `<prefix>/<name>` (`prefix:`); `images-from` lists need it.
     pub prefix: Option<String>,
     /// When a source runs unless it says otherwise (top-level `interval:` or `cron:`).
     pub schedule: Option<Schedule>,
     /// What `registries.<host>` says about that registry as a `sync` source.
     pub sources: BTreeMap<String, SourceSettings>,
+}
+
+/// What `sync` does after a round that stored something new.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OnChange {
+    /// A program and its arguments (no shell).
+    Command(Vec<String>),
+    /// `gen-conf --root <the store> --install <conf> <args>`: render, `nginx -t`, reload,
+    /// the old file kept when nginx refuses the new one.
+    ReloadNginx { conf: PathBuf, args: Vec<String> },
 }
 
 /// A registry's settings as a `sync` source: every image from it is one source, run on
@@ -165,7 +175,7 @@ impl MirrorConfig {
         {
             used.push("`to:` registries");
         }
-        if !self.on_change.is_empty() {
+        if self.on_change.is_some() {
             used.push("`on-change:`");
         }
         if self.sources.values().any(|s| !s.images_from.is_empty()) {
@@ -752,7 +762,7 @@ mod own {
         images: Option<Vec<Image>>,
         to: Option<Vec<Value>>,
         #[serde(rename = "on-change")]
-        on_change: Option<Vec<String>>,
+        on_change: Option<Value>,
         interval: Option<String>,
         cron: Option<String>,
     }
@@ -771,10 +781,13 @@ mod own {
         cron: Option<Value>,
     }
 
+    /// `on-change:` as a mapping.
     #[derive(Deserialize)]
-    struct OnChangeOnly {
-        #[serde(rename = "on-change")]
-        on_change: Vec<String>,
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    struct ReloadNginx {
+        reload_nginx: String,
+        #[serde(default)]
+        gen_conf_args: Vec<String>,
     }
 
     /// A registry `sync` sends to.
@@ -836,7 +849,7 @@ mod own {
     pub(super) struct Parts {
         prefix: Option<String>,
         to: Vec<Value>,
-        on_change: Option<Vec<String>>,
+        on_change: Option<Value>,
         interval: Option<String>,
         cron: Option<String>,
         registries: Vec<(String, Registry)>,
@@ -888,12 +901,7 @@ mod own {
             cron: text("cron", shell.cron, found),
             ..Parts::default()
         };
-        if let Some(on_change) = shell.on_change {
-            match read_node::<OnChangeOnly>(single("on-change", on_change)) {
-                Ok(c) => parts.on_change = Some(c.on_change),
-                Err(e) => found.push(e),
-            }
-        }
+        parts.on_change = shell.on_change;
         if let Some(prefix) = shell.prefix {
             match read_node::<PrefixOnly>(single("prefix", prefix)) {
                 Ok(p) => parts.prefix = Some(p.prefix),
@@ -1001,15 +1009,7 @@ mod own {
         if to.iter().filter(|t| **t == SyncTarget::Store).count() > 1 {
             problems.push("to: `store` is listed more than once; keep one".to_owned());
         }
-        let given = parts.on_change.is_some();
-        let on_change = parts.on_change.unwrap_or_default();
-        if given && on_change.first().is_none_or(String::is_empty) {
-            problems.push(
-                "on-change: the command is empty; give the program and its arguments, e.g. \
-                 [static-registry, gen-conf, --root, ./images, --install, /etc/nginx/conf.d/registry.conf]"
-                    .to_owned(),
-            );
-        }
+        let on_change = parts.on_change.and_then(|v| on_change(v, problems));
         let config = MirrorConfig {
             registries,
             images: specs.into_iter().map(|(_, spec)| spec).collect(),
@@ -1022,6 +1022,48 @@ mod own {
         };
         check_names(&config, problems);
         config
+    }
+
+    /// `on-change:`: a command, or `{reload-nginx: CONF, gen-conf-args: [...]}`.
+    fn on_change(node: Value, problems: &mut Vec<String>) -> Option<OnChange> {
+        let empty = "on-change: the command is empty; give the program and its arguments, \
+                     e.g. [systemctl, reload, my-cache], or {reload-nginx: \
+                     /etc/nginx/conf.d/registry.conf}";
+        match node {
+            Value::Sequence(_) => match serde_yaml_ng::from_value::<Vec<String>>(node) {
+                Ok(c) if c.first().is_none_or(String::is_empty) => {
+                    problems.push(empty.to_owned());
+                    None
+                }
+                Ok(c) => Some(OnChange::Command(c)),
+                Err(e) => {
+                    problems.push(format!("on-change: {e}"));
+                    None
+                }
+            },
+            Value::Mapping(_) => match serde_yaml_ng::from_value::<ReloadNginx>(node) {
+                Ok(r) if r.reload_nginx.is_empty() => {
+                    problems.push(
+                        "on-change.reload-nginx: empty; give the file nginx includes, e.g. \
+                         /etc/nginx/conf.d/registry.conf"
+                            .to_owned(),
+                    );
+                    None
+                }
+                Ok(r) => Some(OnChange::ReloadNginx {
+                    conf: PathBuf::from(r.reload_nginx),
+                    args: r.gen_conf_args,
+                }),
+                Err(e) => {
+                    problems.push(format!("on-change: {e}"));
+                    None
+                }
+            },
+            _ => {
+                problems.push(empty.to_owned());
+                None
+            }
+        }
     }
 
     struct SourceParts {
@@ -1400,7 +1442,7 @@ mod skopeo {
             images: specs.into_iter().map(|(_, spec)| spec).collect(),
             format: Format::SkopeoSync,
             to: Vec::new(),
-            on_change: Vec::new(),
+            on_change: None,
             prefix: None,
             schedule: None,
             sources: BTreeMap::new(),
@@ -2131,10 +2173,23 @@ quay.io:
         assert!(!settings.tls_verify);
         assert_eq!(settings.credentials, Some(("u".into(), "p".into())));
         assert_eq!(*overwrite, Overwrite::Fail);
-        assert_eq!(c.on_change, ["touch", "/tmp/x"]);
+        assert_eq!(
+            c.on_change,
+            Some(OnChange::Command(vec!["touch".into(), "/tmp/x".into()]))
+        );
+        let nginx = ok(
+            "images: [{source: a, tags: [\"1\"]}]\non-change: {reload-nginx: /etc/nginx/conf.d/r.conf, gen-conf-args: [--listen, \"8080\"]}\n",
+        );
+        assert_eq!(
+            nginx.on_change,
+            Some(OnChange::ReloadNginx {
+                conf: "/etc/nginx/conf.d/r.conf".into(),
+                args: vec!["--listen".into(), "8080".into()]
+            })
+        );
         // Neither given: the store, nothing to run; a skopeo sync file likewise.
         let plain = ok("images: [{source: a, tags: [\"1\"]}]\n");
-        assert!(plain.to.is_empty() && plain.on_change.is_empty());
+        assert!(plain.to.is_empty() && plain.on_change.is_none());
     }
 
     #[test]

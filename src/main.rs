@@ -369,9 +369,9 @@ fn sync_once(args: &SyncArgs, opts: service::Options) -> Result<ExitCode> {
         print_failures(&round.images);
         failed |= round.failed() > 0;
     }
-    if store_changed && !config.on_change.is_empty() {
-        match sync::run_hook(&config.on_change) {
-            Ok(()) => eprintln!("on-change: {} done", config.on_change.join(" ")),
+    if let Some(on_change) = config.on_change.as_ref().filter(|_| store_changed) {
+        match sync::run_hook(on_change, &args.root) {
+            Ok(()) => eprintln!("on-change: done"),
             Err(e) => {
                 eprintln!("error: {}", report::error_chain(&e).join(": "));
                 failed = true;

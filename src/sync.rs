@@ -4,14 +4,15 @@
 //! command a caller runs after a round that changed the store.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{ImageSpec, MirrorConfig, Source, SyncTarget};
+use crate::config::{ImageSpec, MirrorConfig, OnChange, Source, SyncTarget};
 use crate::copy::any::AnyDestination;
 use crate::copy::registry::RegistryDestination;
 use crate::copy::{DestinationSummary, Engine, JobReport, JobTarget, Overwrite};
@@ -409,12 +410,36 @@ fn parse_listing(
     (by_repo.into_values().collect(), problems)
 }
 
-/// Run `command` (program and arguments); its failure names it, with what it printed.
-pub fn run_hook(command: &[String]) -> Result<(), SyncError> {
-    let shown = command.join(" ");
-    let (program, args) = command.split_first().expect("validated non-empty");
-    let out = std::process::Command::new(program)
-        .args(args)
+/// Does `on_change` for the store at `root`: runs its command, or renders and installs
+/// the nginx configuration through this binary's own `gen-conf --install` (so nginx is
+/// reloaded only with a file `nginx -t` accepts). A failure names what ran, with what it
+/// printed.
+pub fn run_hook(on_change: &OnChange, root: &Path) -> Result<(), SyncError> {
+    let (program, args): (PathBuf, Vec<OsString>) = match on_change {
+        OnChange::Command(command) => {
+            let (program, args) = command.split_first().expect("validated non-empty");
+            (program.into(), args.iter().map(OsString::from).collect())
+        }
+        OnChange::ReloadNginx { conf, args } => {
+            let exe = std::env::current_exe().map_err(|source| SyncError::HookStart {
+                command: "static-registry gen-conf".to_owned(),
+                source,
+            })?;
+            let mut all: Vec<OsString> = vec!["gen-conf".into(), "--root".into()];
+            all.push(root.into());
+            all.push("--install".into());
+            all.push(conf.into());
+            all.extend(args.iter().map(OsString::from));
+            (exe, all)
+        }
+    };
+    let shown = std::iter::once(program.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new(&program)
+        .args(&args)
         .output()
         .map_err(|source| SyncError::HookStart {
             command: shown.clone(),

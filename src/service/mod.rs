@@ -91,7 +91,7 @@ struct Shared {
 }
 
 struct State {
-    on_change: Vec<String>,
+    on_change: Option<config::OnChange>,
     /// The configuration file's clients, for registries no source names.
     file_ctx: Option<Arc<sync::Context>>,
     sources: BTreeMap<String, Entry>,
@@ -202,7 +202,7 @@ impl Service {
             shared: Arc::new(Shared {
                 opts,
                 state: Mutex::new(State {
-                    on_change: Vec::new(),
+                    on_change: None,
                     file_ctx: None,
                     sources: BTreeMap::new(),
                     next_task: 0,
@@ -626,9 +626,10 @@ impl Service {
             tracing::warn!(source = %name, error = %e, "round error");
         }
         let on_change = self.state().on_change.clone();
-        if round.store_changed && !on_change.is_empty() {
+        if let Some(on_change) = on_change.filter(|_| round.store_changed) {
             let _one = self.shared.hook.lock().await;
-            let hook = tokio::task::spawn_blocking(move || sync::run_hook(&on_change))
+            let root = self.shared.opts.root.clone();
+            let hook = tokio::task::spawn_blocking(move || sync::run_hook(&on_change, &root))
                 .await
                 .expect("hook does not panic");
             match hook {

@@ -698,3 +698,99 @@ async fn the_api_browses_an_upstream_s_repositories_tags_and_platforms() {
     let (status, body) = svc.get(&format!("{base}/apps/api/tagz")).await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_round_that_changed_the_store_reloads_nginx_and_one_that_did_not_leaves_it() {
+    use crate::genconf::request;
+    use crate::harness::nginx::Nginx;
+    use reqwest::{Method, StatusCode};
+
+    let (src, fx, root) = registry_with_fixtures().await;
+    let etc = crate::harness::served_tempdir("it-etc-nginx-");
+    let e = etc.path();
+    fs::create_dir_all(e.join("conf.d")).unwrap();
+    let nginx = Nginx::start_in(
+        e,
+        "    include {{TMP}}/conf.d/*.conf;\n    server { listen 127.0.0.1:{{PORT}} default_server; return 404; }\n",
+    );
+    let addr = nginx.addr();
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let s = src.addr();
+    let config = write_file(
+        work.path(),
+        "mirror.yaml",
+        &format!(
+            "interval: 1h
+registries:
+  \"{s}\": {{tls-verify: false}}
+images:
+  - source: {s}/apps/api
+    tags: [v1]
+on-change:
+  reload-nginx: {conf}
+  gen-conf-args: [--listen, \"{addr}\", --nginx-conf, {main}, --server-name, localhost]
+",
+            conf = e.join("conf.d/static-registry.conf").display(),
+            main = e.join("nginx.conf").display(),
+        ),
+    );
+    let started = nginx.workers();
+    let svc = Service::start(&config, &["--root", root.path().to_str().unwrap()], None).await;
+    let path = format!("/v1/sources/{s}");
+    let first = svc
+        .wait_for(&path, "the first round", |s| rounds(s) == 1)
+        .await;
+    assert_eq!(first["last_run"]["errors"], Value::Null, "{first}");
+    assert!(svc.log().contains("on-change done"), "{}", svc.log());
+    nginx.wait_for_new_workers(&started);
+    let manifest =
+        |repo: &str, tag: &str| format!("http://localhost:{port}/v2/{repo}/manifests/{tag}");
+    let (status, headers, _) = request(Method::GET, &manifest("apps/api", "v1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["docker-content-digest"],
+        fx.manifest("apps/api", "v1").digest.as_str()
+    );
+
+    // Nothing new: nginx is left alone.
+    let workers = nginx.workers();
+    assert_eq!(svc.post(&format!("{path}/sync")).await.0, 202);
+    let second = svc
+        .wait_for(&path, "the second round", |s| rounds(s) == 2)
+        .await;
+    assert_eq!(second["last_run"]["store_changed"], false, "{second}");
+    assert_eq!(
+        svc.log().matches("on-change done").count(),
+        1,
+        "{}",
+        svc.log()
+    );
+    assert_eq!(nginx.workers(), workers);
+
+    // A new image: nginx serves it after the round.
+    let body = serde_json::json!({
+        "registries": {s.clone(): {"tls-verify": false}},
+        "images": [{"source": format!("{s}/apps/web"), "tags": ["v1"]}],
+        "interval": "1h",
+    });
+    let r = svc
+        .http()
+        .put(format!("http://{}/v1/sources/web", svc.addr))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    svc.wait_for("/v1/sources/web", "its round", |s| rounds(s) == 1)
+        .await;
+    assert_eq!(
+        svc.log().matches("on-change done").count(),
+        2,
+        "{}",
+        svc.log()
+    );
+    nginx.wait_for_new_workers(&workers);
+    let (status, _, _) = request(Method::GET, &manifest("apps/web", "v1")).await;
+    assert_eq!(status, StatusCode::OK);
+}
