@@ -79,3 +79,35 @@ fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact_and_stops_its_
     let left = processes_under(tmp.path());
     assert!(left.is_empty(), "left running: {left:?}");
 }
+
+#[test]
+fn the_sync_example_mirrors_runs_a_copy_job_and_stops_on_sigterm_leaving_nothing_running() {
+    for (bin, package) in [
+        ("docker-registry", "docker-registry"),
+        ("skopeo", "skopeo"),
+        ("curl", "curl"),
+        ("jq", "jq"),
+    ] {
+        require_bin(bin, package);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run_with_timeout(
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/sync-service.sh"
+            ))
+            .env("SR_BIN", env!("CARGO_BIN_EXE_static-registry"))
+            .env("TMPDIR", tmp.path()),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok: the service mirrored, ran a copy job"),
+        "sync example failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = processes_under(tmp.path());
+    assert!(left.is_empty(), "left running: {left:?}");
+}
