@@ -95,7 +95,13 @@ fn hint(e: &anyhow::Error, sides: &Sides) -> Option<String> {
 enum Sides {
     Pull,
     Push,
-    Copy { source: Option<String> },
+    Copy {
+        source: Option<String>,
+    },
+    /// A configuration's sources: (API host, its key under `registries:`).
+    Sync {
+        sources: Vec<(String, String)>,
+    },
 }
 
 impl Sides {
@@ -118,6 +124,7 @@ impl Sides {
             Sides::Pull => false,
             Sides::Push => true,
             Sides::Copy { source } => source.as_deref() != Some(remedy.registry()),
+            Sides::Sync { sources } => return Self::advise_config(sources, remedy),
         };
         let (creds, authfile, ca, tls, may) = if pushing {
             (
@@ -149,6 +156,29 @@ impl Sides {
             Remedy::Tls { .. } => {
                 format!("for a private CA pass {ca}; for plain http, {tls}")
             }
+        }
+    }
+
+    /// The same advice in the configuration file's words: the source's `registries:`
+    /// entry, or the target's `to:` entry.
+    fn advise_config(sources: &[(String, String)], remedy: &Remedy) -> String {
+        let (place, may) = match sources.iter().find(|(host, _)| host == remedy.registry()) {
+            Some((_, key)) => (format!("under `registries.\"{key}\"`"), "pull"),
+            None => ("in its `to:` entry".to_owned(), "push to"),
+        };
+        match remedy {
+            Remedy::Credentials { login, .. } => format!(
+                "give `credentials: {{username, password}}` or `credentials-env: PREFIX` {place}, or log in with `docker login {login}`"
+            ),
+            Remedy::CredentialsRefused { login, .. } => format!(
+                "check `credentials`/`credentials-env` {place} (or the auth file's entry); log in again with `docker login {login}`"
+            ),
+            Remedy::Permission { .. } => {
+                format!("check that the credentials {place} may {may} this repository")
+            }
+            Remedy::Tls { .. } => format!(
+                "for a private CA give `cert-dir:` {place}; for plain http, `tls-verify: false`"
+            ),
         }
     }
 
@@ -369,6 +399,22 @@ fn sync_once(args: &SyncArgs, opts: service::Options) -> Result<ExitCode> {
         print_failures(&round.images);
         failed |= round.failed() > 0;
     }
+    let sides = Sides::Sync {
+        sources: config
+            .registries
+            .keys()
+            .filter_map(|k| {
+                let r: Reference = format!("{k}/x").parse().ok()?;
+                Some((r.api_host().to_owned(), k.clone()))
+            })
+            .collect(),
+    };
+    sides.print(rounds.iter().flat_map(|r| {
+        r.images
+            .iter()
+            .filter_map(|i| i.remedy.as_ref())
+            .chain(r.unresolved.iter().filter_map(|i| i.remedy.as_ref()))
+    }));
     if let Some(on_change) = config.on_change.as_ref().filter(|_| store_changed) {
         match sync::run_hook(on_change, &args.root) {
             Ok(()) => eprintln!("on-change: done"),

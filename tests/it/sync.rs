@@ -118,3 +118,64 @@ async fn a_config_s_bad_to_entries_are_each_named_and_nothing_runs() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("static-registry sync"), "{stderr}");
 }
+
+/// The hints of a round name the configuration's keys, not command-line flags: the
+/// source's `registries:` entry, or the target's `to:` entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_failure_hints_at_the_registries_entry_of_the_source_and_the_to_entry_of_a_target() {
+    let (src, _fx, root) = registry_with_fixtures().await;
+    let target = tokio::task::spawn_blocking(Registry::start).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = src.addr();
+    let t = target.addr();
+    let plain_source = write_file(
+        work.path(),
+        "source.yaml",
+        &format!("images:\n  - source: {s}/apps/api\n    tags: [v1]\n"),
+    );
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "sync",
+            "--config",
+            &plain_source,
+            "--root",
+            root.path().to_str().unwrap(),
+            "--once",
+            "--retries",
+            "0",
+        ])
+    });
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("hint: ")
+            && l.contains(&format!("under `registries.\"{s}\"`"))
+            && l.contains("tls-verify: false")),
+        "{stderr}"
+    );
+    let plain_target = write_file(
+        work.path(),
+        "target.yaml",
+        &format!(
+            "registries:\n  \"{s}\": {{tls-verify: false}}\nimages:\n  - source: {s}/apps/api\n    tags: [v1]\nto:\n  - registry: {t}/m\n"
+        ),
+    );
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "sync",
+            "--config",
+            &plain_target,
+            "--root",
+            root.path().to_str().unwrap(),
+            "--once",
+            "--dest-retries",
+            "0",
+        ])
+    });
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("hint: ")
+            && l.contains("in its `to:` entry")
+            && l.contains("tls-verify: false")),
+        "{stderr}"
+    );
+}
