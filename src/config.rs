@@ -2221,7 +2221,7 @@ quay.io:
         ok("registries:\n  reg.example: {images-from: [./list]}\n");
 
         let p = problems(
-            "interval: soon\nregistries:\n  docker.io: {name: \"a b\", interval: 1m, cron: \"* * * * *\"}\n  ghcr.io: {name: quay.io, images-from: []}\n  quay.io: {cron: \"61 * * * *\"}\nimages: [{source: a, tags: [\"1\"]}, {source: ghcr.io/o/r, tags: [\"1\"]}, {source: quay.io/o/r, tags: [\"1\"]}]\n",
+            "interval: soon\nregistries:\n  docker.io: {name: \"a b\", interval: 1m, cron: \"* * * * *\"}\n  ghcr.io: {name: quay.io, images-from: []}\n  quay.io: {cron: \"61 * * * *\"}\nimages: [{source: a, tags: [\"1\"]}, {source: ghcr.io/o/r, tags: [\"1\"]}, {source: quay.io/o/q, tags: [\"1\"]}]\n",
         );
         let expected = [
             "registries.docker.io.name: \"a b\" is not a source name",

@@ -244,9 +244,23 @@ async fn sigterm_in_the_middle_of_a_round_exits_0_and_a_restart_completes_the_st
             r = reg.addr()
         ),
     );
-    let mut svc = Service::start(&config, &["--root", root_arg], None).await;
+    let mut svc =
+        Service::start(&config, &["--root", root_arg, "--log-format", "json"], None).await;
     let done = svc.wait_for(&path, "a round", |s| rounds(s) == 1).await;
     assert_eq!(done["last_run"]["failed"], 0, "{done}");
+    // One JSON object per line, the round's figures as fields.
+    let log = svc.log();
+    let finished: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|l| l["message"] == "round finished")
+        .collect();
+    assert_eq!(finished.len(), 1, "{log}");
+    // fault/good may have been stored before the SIGTERM.
+    let counted = |k: &str| finished[0][k].as_u64().unwrap();
+    assert_eq!(counted("copied") + counted("unchanged"), 1, "{log}");
+    assert_eq!(counted("failed"), 0, "{log}");
+    assert_eq!(finished[0]["source"], reg.addr(), "{log}");
     svc.signal("INT");
     assert!(svc.exit().await.success(), "{}", svc.log());
     assert_verify_clean(root.path(), "after the restart");
