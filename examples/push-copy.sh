@@ -10,48 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-for bin in docker-registry skopeo curl; do command -v "$bin" >/dev/null || need+=("$bin"); done
-if [ ${#need[@]} -gt 0 ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        docker-registry skopeo curl ca-certificates >/dev/null
-fi
+# shellcheck source=examples/lib.sh
+. examples/lib.sh
+need docker-registry=docker-registry skopeo=skopeo curl=curl
 
-bin=${SR_BIN:-}
-if [ -z "$bin" ]; then
-    cargo build --release --locked
-    bin=target/release/static-registry
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    kill "${pids[@]}" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# start_registry NAME: a docker-registry on a free loopback port, in $port. (Not run in
-# a $(...) subshell: its pid must reach `pids`, or cleanup leaves the registry running.)
-start_registry() {
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    cat >"$work/$1.yml" <<YAML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/$1
-http:
-  addr: 127.0.0.1:$port
-YAML
-    docker-registry serve "$work/$1.yml" >"$work/$1.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 50); do
-        curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-}
 start_registry source
 source_port=$port
 start_registry target

@@ -526,15 +526,7 @@ async fn sources_put_over_the_api_are_read_like_the_file_run_and_survive_a_resta
     };
     let put = |b: serde_json::Value| {
         let svc = &svc;
-        async move {
-            let req = svc
-                .http()
-                .put(format!("http://{}/v1/sources/proj", svc.addr))
-                .bearer_auth("t")
-                .json(&b);
-            let r = req.send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
+        async move { svc.put_json("/v1/sources/proj", &b).await }
     };
     let (status, created) = put(body("v1")).await;
     assert_eq!(status, 201, "{created}");
@@ -576,14 +568,7 @@ async fn sources_put_over_the_api_are_read_like_the_file_run_and_survive_a_resta
     );
     // The file's source is the file's.
     let file_source = format!("/v1/sources/{s}");
-    let r = svc
-        .http()
-        .delete(format!("http://{}{file_source}", svc.addr))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 409);
+    assert_eq!(svc.delete(&file_source).await.0, 409);
     let (_, configured) = svc.get("/v1/sources?state=configured").await;
     assert_eq!(
         configured["sources"].as_array().unwrap().len(),
@@ -602,14 +587,7 @@ async fn sources_put_over_the_api_are_read_like_the_file_run_and_survive_a_resta
         (200, Some("api")),
         "{kept}"
     );
-    let r = svc
-        .http()
-        .delete(format!("http://{}/v1/sources/proj", svc.addr))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(svc.delete("/v1/sources/proj").await.0, 204);
     assert_eq!(svc.get("/v1/sources/proj").await.0, 404);
     svc.signal("TERM");
     assert!(svc.exit().await.success());
@@ -788,14 +766,7 @@ on-change:
         "images": [{"source": format!("{s}/apps/web"), "tags": ["v1"]}],
         "interval": "1h",
     });
-    let r = svc
-        .http()
-        .put(format!("http://{}/v1/sources/web", svc.addr))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(svc.put_json("/v1/sources/web", &body).await.0, 201);
     svc.wait_for("/v1/sources/web", "its round", |s| rounds(s) == 1)
         .await;
     assert_eq!(

@@ -75,11 +75,6 @@ impl Service {
         panic!("the service did not come up");
     }
 
-    /// The HTTP client, for requests the helpers here do not make.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -90,44 +85,52 @@ impl Service {
     }
 
     pub async fn get_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut req = self.http.get(format!("http://{}{path}", self.addr));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        answer(req).await
+        let req = self.http.get(self.url(path));
+        answer(match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        })
+        .await
     }
 
     pub async fn post(&self, path: &str) -> (u16, Value) {
-        let mut req = self.http.post(format!("http://{}{path}", self.addr));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        answer(req).await
+        answer(self.authed(self.http.post(self.url(path)))).await
     }
 
     /// POST `body` as JSON with the service's token.
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("http://{}{path}", self.addr))
-            .json(body);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        answer(req).await
+        answer(self.authed(self.http.post(self.url(path)).json(body))).await
+    }
+
+    /// PUT `body` as JSON with the service's token.
+    pub async fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        answer(self.authed(self.http.put(self.url(path)).json(body))).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        answer(self.authed(self.http.delete(self.url(path)))).await
     }
 
     /// POST raw bytes as JSON.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let mut req = self
+        let req = self
             .http
-            .post(format!("http://{}{path}", self.addr))
+            .post(self.url(path))
             .header("content-type", "application/json")
             .body(body);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
+        answer(self.authed(req)).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `req` with the service's token, when it has one.
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
-        answer(req).await
     }
 
     /// Polls GET `path` until `done` holds for its body, or panics with the log.
