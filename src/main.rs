@@ -359,13 +359,7 @@ fn read_token(file: &std::path::Path) -> Result<String> {
 /// on-change command if the store changed.
 fn sync_once(args: &SyncArgs, opts: service::Options) -> Result<ExitCode> {
     let config = load_config(&args.config)?;
-    let ctx = sync::Context {
-        clients: sync::clients(&config, &opts.source_base)?,
-        root: opts.root,
-        dest_base: opts.dest_base,
-        opts: opts.fetch,
-        prefix: config.prefix.clone(),
-    };
+    let ctx = opts.context(&config)?;
     let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
     let sources = config.sources();
     let rounds = runtime()?.block_on(async {

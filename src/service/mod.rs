@@ -73,6 +73,19 @@ pub struct Options {
     pub state: PathBuf,
 }
 
+impl Options {
+    /// What every round of `config` shares: its clients and the targets' defaults.
+    pub fn context(&self, config: &MirrorConfig) -> Result<sync::Context, sync::SyncError> {
+        Ok(sync::Context {
+            clients: sync::clients(config, &self.source_base)?,
+            root: self.root.clone(),
+            dest_base: self.dest_base.clone(),
+            opts: self.fetch.clone(),
+            prefix: config.prefix.clone(),
+        })
+    }
+}
+
 /// A running service; cheap to clone (the API holds one).
 #[derive(Clone)]
 pub struct Service {
@@ -214,7 +227,7 @@ impl Service {
                 jobs,
             }),
         };
-        service.load()?;
+        service.reload()?;
         service.load_stored()?;
         Ok(service)
     }
@@ -239,14 +252,12 @@ impl Service {
         self.shared.state.lock().expect("service state lock")
     }
 
-    /// Reads the configuration file again and applies it: new sources start, removed ones
-    /// end (a round in flight finishes first), changed ones take effect at their next
-    /// round, unchanged ones keep their state and timing. On any problem nothing changes.
-    pub fn reload(&self) -> Result<Vec<String>, ServiceError> {
-        self.load()
-    }
 
-    fn load(&self) -> Result<Vec<String>, ServiceError> {
+    /// Reads the configuration file (again) and applies it: new sources start, removed
+    /// ones end (a round in flight finishes first), changed ones take effect at their next
+    /// round, unchanged ones keep their state and timing. On any problem nothing changes.
+    /// What changed.
+    pub fn reload(&self) -> Result<Vec<String>, ServiceError> {
         let opts = &self.shared.opts;
         let config = config::load(&opts.config)?;
         let sources = config.sources();
@@ -261,7 +272,7 @@ impl Service {
                 sources: unscheduled,
             });
         }
-        let ctx = Arc::new(context(&config, opts)?);
+        let ctx = Arc::new(opts.context(&config)?);
         let mut changes = Vec::new();
         let mut state = self.state();
         state.on_change = config.on_change.clone();
@@ -398,7 +409,7 @@ impl Service {
                     .to_owned(),
             ]));
         }
-        let ctx = Arc::new(context(&config, &self.shared.opts)?);
+        let ctx = Arc::new(self.shared.opts.context(&config)?);
         Ok((source.clone(), self.schedule_of(&source), ctx))
     }
 
@@ -719,17 +730,6 @@ fn api_bodies(state: &State) -> BTreeMap<String, serde_json::Value> {
         .iter()
         .filter_map(|(n, e)| e.body.clone().map(|b| (n.clone(), b)))
         .collect()
-}
-
-/// The shared part of every round of a configuration: its clients and targets' defaults.
-fn context(config: &MirrorConfig, opts: &Options) -> Result<sync::Context, ServiceError> {
-    Ok(sync::Context {
-        clients: sync::clients(config, &opts.source_base)?,
-        root: opts.root.clone(),
-        dest_base: opts.dest_base.clone(),
-        opts: opts.fetch.clone(),
-        prefix: config.prefix.clone(),
-    })
 }
 
 fn view(e: &Entry) -> SourceView {
