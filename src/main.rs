@@ -335,7 +335,7 @@ fn sync_command(args: SyncArgs) -> Result<ExitCode> {
             }
             None => None,
         };
-        service::run(service, api).await?;
+        service::daemon::run(service, api).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

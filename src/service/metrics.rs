@@ -10,7 +10,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::Totals;
+use serde::Serialize;
+
+/// Counts since the service started, for /metrics.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Totals {
+    pub rounds: u64,
+    pub failed_rounds: u64,
+    pub images_copied: u64,
+    pub blobs_copied: u64,
+    pub bytes_copied: u64,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {

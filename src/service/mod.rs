@@ -6,9 +6,12 @@
 
 pub mod api;
 mod browse;
+pub mod daemon;
 pub mod jobs;
 mod metrics;
 mod stored;
+
+pub use metrics::Totals;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -143,16 +146,6 @@ struct Entry {
     totals: Totals,
 }
 
-/// Counts since the service started, for /metrics.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Totals {
-    pub rounds: u64,
-    pub failed_rounds: u64,
-    pub images_copied: u64,
-    pub blobs_copied: u64,
-    pub bytes_copied: u64,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct LastRound {
     pub started: DateTime<Local>,
@@ -251,7 +244,6 @@ impl Service {
     fn state(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock().expect("service state lock")
     }
-
 
     /// Reads the configuration file (again) and applies it: new sources start, removed
     /// ones end (a round in flight finishes first), changed ones take effect at their next
@@ -689,38 +681,6 @@ impl Service {
             errors,
         });
     }
-}
-
-/// Runs `service` (and its API on `api`, with its token) until SIGTERM or SIGINT; SIGHUP
-/// reloads the configuration.
-pub async fn run(
-    service: Service,
-    api: Option<(tokio::net::TcpListener, Option<String>)>,
-) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let server =
-        api.map(|(listener, token)| tokio::spawn(api::serve(service.clone(), listener, token)));
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => match service.reload() {
-                Ok(changes) if changes.is_empty() => tracing::info!("configuration reloaded: no change"),
-                Ok(changes) => tracing::info!(changes = %changes.join(", "), "configuration reloaded"),
-                Err(e) => tracing::error!(error = %error_chain(&e).join(": "), "configuration refused; the previous one stays in force"),
-            },
-        }
-    }
-    tracing::info!("stopping: no new rounds; rounds in flight are abandoned");
-    service.stop();
-    service.stopped().await;
-    if let Some(server) = server {
-        server.await.expect("the API task does not panic")?;
-    }
-    Ok(())
 }
 
 /// What the state file keeps: each API source's body.
