@@ -111,12 +111,15 @@ impl Service {
         answer(self.authed(self.http.delete(self.url(path)))).await
     }
 
-    /// POST raw bytes as JSON.
+    /// POST raw bytes as JSON, on a connection of its own: a server refusing a body
+    /// (413) closes the connection while it is still being sent, and a pooled one
+    /// would fail the next request.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
         let req = self
             .http
             .post(self.url(path))
             .header("content-type", "application/json")
+            .header("connection", "close")
             .body(body);
         answer(self.authed(req)).await
     }
