@@ -572,6 +572,7 @@ impl Service {
                 }
             };
             self.record(&name, task, started, round).await;
+            release_freed_memory();
         }
     }
 
@@ -680,6 +681,17 @@ impl Service {
             store_changed: round.store_changed,
             errors,
         });
+    }
+}
+
+/// Hands the heap a round freed back to the system: glibc keeps it in its per-thread
+/// arenas otherwise, and an idle service would hold a big round's peak for good.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's own heap; it takes no
+    // pointers and may be called at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
