@@ -174,12 +174,55 @@ pub struct SourceView {
     pub last_run: Option<LastRound>,
     pub last_success: Option<DateTime<Local>>,
     pub failures_in_a_row: u32,
-    /// Repositories configured (those an `images-from` command lists come at each round).
-    pub repositories: Vec<String>,
+    /// The images configured, with their selections (those an `images-from` command
+    /// lists come at each round).
+    pub images: Vec<ImageView>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub images_from: Vec<String>,
     pub to: Vec<String>,
     pub totals: Totals,
+}
+
+/// One configured image: where from, where to, what is selected.
+#[derive(Debug, Serialize)]
+pub struct ImageView {
+    pub source: String,
+    pub target: String,
+    /// The tags asked for; absent: every tag the registry lists, through the filters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Anchored patterns as they are matched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+    pub referrers: bool,
+}
+
+impl ImageView {
+    fn of(spec: &crate::config::ImageSpec) -> ImageView {
+        let texts = |list: &[regex::Regex]| list.iter().map(|r| r.as_str().to_owned()).collect();
+        ImageView {
+            source: spec.source.origin(),
+            target: spec.target.clone(),
+            tags: spec.tags.tags.clone(),
+            allow: texts(&spec.tags.allow),
+            deny: texts(&spec.tags.deny),
+            semver: spec.tags.semver.as_ref().map(ToString::to_string),
+            latest: spec.tags.latest,
+            digests: spec.digests.iter().map(ToString::to_string).collect(),
+            platforms: spec.platforms.iter().map(ToString::to_string).collect(),
+            referrers: spec.referrers,
+        }
+    }
 }
 
 /// What the API asks of a source.
@@ -723,7 +766,7 @@ fn view(e: &Entry) -> SourceView {
         last_run: e.last.clone(),
         last_success: e.last_success,
         failures_in_a_row: e.failures_in_a_row,
-        repositories: e.source.images.iter().map(|i| i.source.origin()).collect(),
+        images: e.source.images.iter().map(ImageView::of).collect(),
         images_from: e.source.images_from.clone(),
         to: e
             .source

@@ -47,6 +47,12 @@ async fn the_service_runs_a_source_on_its_interval_and_the_api_pauses_resumes_an
     let first = svc.wait_for(path, "first round", |s| rounds(s) >= 1).await;
     assert_eq!(first["last_run"]["copied"], 1, "{first}");
     assert_eq!(first["last_run"]["failed"], 0, "{first}");
+    // Its configuration as read: source, target, selection.
+    assert_eq!(
+        first["images"],
+        serde_json::json!([{"source": format!("{}/apps/api", src.addr()), "target": "apps/api", "tags": ["v1"], "referrers": false}]),
+        "{first}"
+    );
     let digest = fx.manifest("apps/api", "v1").digest.clone();
     assert!(tags(root.path(), "apps/api").contains(&("v1".to_owned(), digest)));
     src.mark();
