@@ -29,26 +29,17 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("on-change command {command:?} could not be started")]
-    HookStart {
+    /// `what`: on-change or images-from.
+    #[error("{what} command {command:?} could not be started")]
+    Start {
+        what: &'static str,
         command: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("on-change command {command:?} failed ({status}): {stderr}")]
-    HookFailed {
-        command: String,
-        status: std::process::ExitStatus,
-        stderr: String,
-    },
-    #[error("images-from command {command:?} could not be started")]
-    ListStart {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("images-from command {command:?} failed ({status}): {stderr}")]
-    ListFailed {
+    #[error("{what} command {command:?} failed ({status}): {stderr}")]
+    Failed {
+        what: &'static str,
         command: String,
         status: std::process::ExitStatus,
         stderr: String,
@@ -313,7 +304,8 @@ pub async fn listed_images(
     let out = match tokio::time::timeout(LIST_TIMEOUT, child).await {
         Err(_) => return Err(SyncError::ListTimeout { command: shown }),
         Ok(Err(source)) => {
-            return Err(SyncError::ListStart {
+            return Err(SyncError::Start {
+                what: "images-from",
                 command: shown,
                 source,
             });
@@ -321,7 +313,8 @@ pub async fn listed_images(
         Ok(Ok(out)) => out,
     };
     if !out.status.success() {
-        return Err(SyncError::ListFailed {
+        return Err(SyncError::Failed {
+            what: "images-from",
             command: shown,
             status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
@@ -421,7 +414,8 @@ pub fn run_hook(on_change: &OnChange, root: &Path) -> Result<(), SyncError> {
             (program.into(), args.iter().map(OsString::from).collect())
         }
         OnChange::ReloadNginx { conf, args } => {
-            let exe = std::env::current_exe().map_err(|source| SyncError::HookStart {
+            let exe = std::env::current_exe().map_err(|source| SyncError::Start {
+                what: "on-change",
                 command: "static-registry gen-conf".to_owned(),
                 source,
             })?;
@@ -441,14 +435,16 @@ pub fn run_hook(on_change: &OnChange, root: &Path) -> Result<(), SyncError> {
     let out = std::process::Command::new(&program)
         .args(&args)
         .output()
-        .map_err(|source| SyncError::HookStart {
+        .map_err(|source| SyncError::Start {
+            what: "on-change",
             command: shown.clone(),
             source,
         })?;
     if out.status.success() {
         return Ok(());
     }
-    Err(SyncError::HookFailed {
+    Err(SyncError::Failed {
+        what: "on-change",
         command: shown,
         status: out.status,
         stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),

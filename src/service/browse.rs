@@ -125,20 +125,24 @@ pub async fn tag(client: &Client, r: &Reference, tag: &str) -> Result<TagView, B
         .get_verified(host, &r.repository, tag, None, None)
         .await?;
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
+    // An image's config and layer bytes, each blob also noted once in `blobs`.
+    let mut image_size = |kind: &Kind| match kind {
+        Kind::Image { config, layers } => std::iter::once(config.as_ref())
+            .chain(layers)
+            .map(|d| {
+                blobs.insert(d.digest.clone(), d.size);
+                d.size
+            })
+            .sum(),
+        Kind::Index(_) => 0,
+    };
     let mut platforms = Vec::new();
     match &top.manifest.kind {
-        Kind::Image { config, layers } => {
-            let mut size = 0;
-            for d in std::iter::once(config.as_ref()).chain(layers) {
-                blobs.insert(d.digest.clone(), d.size);
-                size += d.size;
-            }
-            platforms.push(PlatformView {
-                platform: None,
-                digest: top.digest.to_string(),
-                size,
-            });
-        }
+        Kind::Image { .. } => platforms.push(PlatformView {
+            platform: None,
+            digest: top.digest.to_string(),
+            size: image_size(&top.manifest.kind),
+        }),
         Kind::Index(children) => {
             let children = &children[..children.len().min(MAX_CHILDREN)];
             let read = join_all(children.iter().map(|c| async move {
@@ -155,13 +159,7 @@ pub async fn tag(client: &Client, r: &Reference, tag: &str) -> Result<TagView, B
             }))
             .await;
             for (child, got) in children.iter().zip(read) {
-                let mut size = 0;
-                if let Kind::Image { config, layers } = &got?.manifest.kind {
-                    for d in std::iter::once(config.as_ref()).chain(layers) {
-                        blobs.insert(d.digest.clone(), d.size);
-                        size += d.size;
-                    }
-                }
+                let size = image_size(&got?.manifest.kind);
                 platforms.push(PlatformView {
                     platform: child.platform.as_ref().map(|p| {
                         let mut s = format!("{}/{}", p.os, p.architecture);

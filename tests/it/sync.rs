@@ -179,3 +179,77 @@ async fn a_tls_failure_hints_at_the_registries_entry_of_the_source_and_the_to_en
         "{stderr}"
     );
 }
+
+/// `images-from`: the command's references are copied, a line it cannot use is named
+/// (and fails the round) without keeping the others from being copied; a command that
+/// fails is named with what it printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_from_copies_what_the_command_lists_and_names_what_it_cannot_use() {
+    let (src, fx, root) = registry_with_fixtures().await;
+    let work = tempfile::tempdir().unwrap();
+    let s = src.addr();
+    let list = write_file(
+        work.path(),
+        "list.sh",
+        &format!(
+            "echo '# today'\necho {s}/apps/api:v1\necho {s}/oci/multi\necho other.example/x:1\n"
+        ),
+    );
+    let config = write_file(
+        work.path(),
+        "mirror.yaml",
+        &format!(
+            "prefix: listed\nregistries:\n  \"{s}\": {{tls-verify: false, images-from: [sh, {list}]}}\n"
+        ),
+    );
+    let (code, json, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "sync",
+            "--config",
+            &config,
+            "--root",
+            root.path().to_str().unwrap(),
+            "--once",
+            "--json",
+        ])
+    });
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("printed 1 unusable line: line 4: \"other.example/x:1\": not in"),
+        "{stderr}"
+    );
+    assert!(tags(root.path(), "listed/apps/api").contains(&(
+        "v1".to_owned(),
+        fx.manifest("apps/api", "v1").digest.clone()
+    )));
+    // A bare repository: every tag.
+    assert_eq!(
+        crate::harness::store::tag_names(root.path(), "listed/oci/multi"),
+        fx.tags("oci/multi")
+    );
+    assert_eq!(
+        json["rounds"][0]["unresolved"].as_array().unwrap().len(),
+        1,
+        "{json}"
+    );
+
+    let failing = write_file(
+        work.path(),
+        "failing.yaml",
+        &format!(
+            "registries:\n  \"{s}\": {{tls-verify: false, images-from: [sh, -c, \"echo no list >&2; exit 3\"]}}\n"
+        ),
+    );
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        run(&[
+            "sync",
+            "--config",
+            &failing,
+            "--root",
+            root.path().to_str().unwrap(),
+            "--once",
+        ])
+    });
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("images-from command \"sh -c echo no list >&2; exit 3\" failed (exit status: 3): no list"), "{stderr}");
+}
