@@ -124,7 +124,10 @@ impl Sides {
             Sides::Pull => false,
             Sides::Push => true,
             Sides::Copy { source } => source.as_deref() != Some(remedy.registry()),
-            Sides::Sync { sources } => return Self::advise_config(sources, remedy),
+            Sides::Sync { sources } => {
+                let key = sources.iter().find(|(host, _)| host == remedy.registry());
+                return config_hint(remedy, key.map(|(_, key)| key.as_str()));
+            }
         };
         let (creds, authfile, ca, tls, may) = if pushing {
             (
@@ -159,29 +162,6 @@ impl Sides {
         }
     }
 
-    /// The same advice in the configuration file's words: the source's `registries:`
-    /// entry, or the target's `to:` entry.
-    fn advise_config(sources: &[(String, String)], remedy: &Remedy) -> String {
-        let (place, may) = match sources.iter().find(|(host, _)| host == remedy.registry()) {
-            Some((_, key)) => (format!("under `registries.\"{key}\"`"), "pull"),
-            None => ("in its `to:` entry".to_owned(), "push to"),
-        };
-        match remedy {
-            Remedy::Credentials { login, .. } => format!(
-                "give `credentials: {{username, password}}` or `credentials-env: PREFIX` {place}, or log in with `docker login {login}`"
-            ),
-            Remedy::CredentialsRefused { login, .. } => format!(
-                "check `credentials`/`credentials-env` {place} (or the auth file's entry); log in again with `docker login {login}`"
-            ),
-            Remedy::Permission { .. } => {
-                format!("check that the credentials {place} may {may} this repository")
-            }
-            Remedy::Tls { .. } => format!(
-                "for a private CA give `cert-dir:` {place}; for plain http, `tls-verify: false`"
-            ),
-        }
-    }
-
     /// One line per distinct remedy among `remedies`.
     fn print<'a>(&self, remedies: impl Iterator<Item = &'a Remedy>) {
         let mut seen = std::collections::BTreeSet::new();
@@ -191,6 +171,30 @@ impl Sides {
                 eprintln!("hint: {}: {advice}", r.registry());
             }
         }
+    }
+}
+
+/// What to do about `remedy` in the configuration file's words: under the source's
+/// `registries:` entry (`source_key`, when the remedy concerns the source's registry), or
+/// in the target's `to:` entry. `sync --once` prints it; the service logs it.
+fn config_hint(remedy: &Remedy, source_key: Option<&str>) -> String {
+    let (place, may) = match source_key {
+        Some(key) => (format!("under `registries.\"{key}\"`"), "pull"),
+        None => ("in its `to:` entry".to_owned(), "push to"),
+    };
+    match remedy {
+        Remedy::Credentials { login, .. } => format!(
+            "give `credentials: {{username, password}}` or `credentials-env: PREFIX` {place}, or log in with `docker login {login}`"
+        ),
+        Remedy::CredentialsRefused { login, .. } => format!(
+            "check `credentials`/`credentials-env` {place} (or the auth file's entry); log in again with `docker login {login}`"
+        ),
+        Remedy::Permission { .. } => {
+            format!("check that the credentials {place} may {may} this repository")
+        }
+        Remedy::Tls { .. } => format!(
+            "for a private CA give `cert-dir:` {place}; for plain http, `tls-verify: false`"
+        ),
     }
 }
 
@@ -300,6 +304,7 @@ fn sync_command(args: SyncArgs) -> Result<ExitCode> {
             .state
             .clone()
             .unwrap_or_else(|| args.config.with_extension("sources.json")),
+        hint: config_hint,
     };
     if args.once {
         return sync_once(&args, opts);

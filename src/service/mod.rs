@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError, MirrorConfig, Source, SyncTarget};
 use crate::fetch::FetchOptions;
-use crate::registry::ClientOptions;
+use crate::reference::Reference;
+use crate::registry::{ClientOptions, Remedy};
 use crate::report::{CopyStatus, Reporter, TargetReport, error_chain};
 use crate::schedule::Schedule;
 use crate::sync::{self, Round};
@@ -74,6 +75,9 @@ pub struct Options {
     pub rounds: usize,
     /// Where the sources created over the API are kept.
     pub state: PathBuf,
+    /// What to do about a remedy, in the configuration's words (the binary's); the
+    /// second argument is the source's `registries:` key when the remedy concerns it.
+    pub hint: fn(&Remedy, Option<&str>) -> String,
 }
 
 impl Options {
@@ -158,6 +162,9 @@ pub struct LastRound {
     /// The first errors, one line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// What to do about them, where more than retrying.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<String>,
 }
 
 /// A source as the API shows it.
@@ -614,7 +621,7 @@ impl Service {
                     return;
                 }
             };
-            self.record(&name, task, started, round).await;
+            self.record(&source, task, started, round).await;
             release_freed_memory();
         }
     }
@@ -645,7 +652,8 @@ impl Service {
         sync::run_source(ctx, source, reporter).await
     }
 
-    async fn record(&self, name: &str, task: u64, started: DateTime<Local>, round: Round) {
+    async fn record(&self, source: &Source, task: u64, started: DateTime<Local>, round: Round) {
+        let name = source.name.as_str();
         let mut errors: Vec<String> = round
             .unresolved
             .iter()
@@ -671,6 +679,10 @@ impl Service {
         );
         for e in &errors {
             tracing::warn!(source = %name, error = %e, "round error");
+        }
+        let hints = self.hints(source, &round);
+        for h in &hints {
+            tracing::warn!(source = %name, hint = %h, "hint");
         }
         let on_change = self.state().on_change.clone();
         if let Some(on_change) = on_change.filter(|_| round.store_changed) {
@@ -723,7 +735,29 @@ impl Service {
             failed,
             store_changed: round.store_changed,
             errors,
+            hints,
         });
+    }
+
+    /// The distinct hints for the remedies among a round's failures.
+    fn hints(&self, source: &Source, round: &Round) -> Vec<String> {
+        let source_host = format!("{}/x", source.registry)
+            .parse::<Reference>()
+            .map(|r| r.api_host().to_owned())
+            .unwrap_or_default();
+        let mut hints: Vec<String> = round
+            .images
+            .iter()
+            .filter_map(|r| r.remedy.as_ref())
+            .chain(round.unresolved.iter().filter_map(|r| r.remedy.as_ref()))
+            .map(|r| {
+                let key = (r.registry() == source_host).then_some(source.registry.as_str());
+                (self.shared.opts.hint)(r, key)
+            })
+            .collect();
+        hints.sort();
+        hints.dedup();
+        hints
     }
 }
 

@@ -785,3 +785,35 @@ on-change:
     let (status, _, _) = request(Method::GET, &manifest("apps/web", "v1")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// The service logs what to do about a failure, in the configuration's words, and the API
+/// shows it with the round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_round_s_tls_failure_comes_with_a_hint_naming_the_source_s_registries_entry() {
+    let (src, _fx, root) = registry_with_fixtures().await;
+    let work = tempfile::tempdir().unwrap();
+    let s = src.addr();
+    // No `tls-verify: false`: the plain-http registry fails the TLS handshake.
+    let config = write_file(
+        work.path(),
+        "mirror.yaml",
+        &format!("interval: 1h\nimages:\n  - source: {s}/apps/api\n    tags: [v1]\n"),
+    );
+    let svc = Service::start(
+        &config,
+        &["--root", root.path().to_str().unwrap(), "--retries", "0"],
+        None,
+    )
+    .await;
+    let failed = svc
+        .wait_for(&format!("/v1/sources/{s}"), "a failed round", |s| {
+            rounds(s) == 1
+        })
+        .await;
+    let hint = failed["last_run"]["hints"][0].as_str().unwrap_or_default();
+    assert!(
+        hint.contains(&format!("under `registries.\"{s}\"`")) && hint.contains("tls-verify: false"),
+        "{failed}"
+    );
+    assert!(svc.log().contains("hint"), "{}", svc.log());
+}
