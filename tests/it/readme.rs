@@ -1,4 +1,4 @@
-//! The README's runnable examples (its first set-up command, the push example), run as a
+//! The README's runnable examples (its first set-up command, the push and sync examples),
 //! user would (with the binary under test instead of a fresh release build).
 
 use std::process::Command;
@@ -47,32 +47,29 @@ fn processes_under(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Issue: the example started its registries in `$(...)` subshells, so their pids never
-/// reached its cleanup and every run left two docker-registry processes behind.
-#[test]
-fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact_and_stops_its_registries() {
-    for (bin, package) in [
-        ("docker-registry", "docker-registry"),
-        ("skopeo", "skopeo"),
-        ("curl", "curl"),
-    ] {
+/// Runs `examples/<script>` with the binary under test and `TMPDIR` of its own, after
+/// checking the tools it needs (`(binary, package)`); its stdout must say `ok`, and no
+/// process it started may be left running.
+fn run_example(script: &str, tools: &[(&str, &str)], ok: &str) {
+    for (bin, package) in tools {
         require_bin(bin, package);
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = run_with_timeout(
         Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/examples/push-copy.sh"
-            ))
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("examples")
+                    .join(script),
+            )
             .env("SR_BIN", env!("CARGO_BIN_EXE_static-registry"))
             .env("TMPDIR", tmp.path()),
         Duration::from_secs(120),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("ok: pushed and copied byte for byte"),
-        "push example failed ({}):\n{stdout}\n{}",
+        out.status.success() && stdout.contains(ok),
+        "{script} failed ({}):\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -80,34 +77,31 @@ fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact_and_stops_its_
     assert!(left.is_empty(), "left running: {left:?}");
 }
 
+/// Issue: the example started its registries in `$(...)` subshells, so their pids never
+/// reached its cleanup and every run left two docker-registry processes behind.
+#[test]
+fn the_push_example_pushes_a_store_and_copies_an_image_byte_exact_and_stops_its_registries() {
+    run_example(
+        "push-copy.sh",
+        &[
+            ("docker-registry", "docker-registry"),
+            ("skopeo", "skopeo"),
+            ("curl", "curl"),
+        ],
+        "ok: pushed and copied byte for byte",
+    );
+}
+
 #[test]
 fn the_sync_example_mirrors_runs_a_copy_job_and_stops_on_sigterm_leaving_nothing_running() {
-    for (bin, package) in [
-        ("docker-registry", "docker-registry"),
-        ("skopeo", "skopeo"),
-        ("curl", "curl"),
-        ("jq", "jq"),
-    ] {
-        require_bin(bin, package);
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let out = run_with_timeout(
-        Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/examples/sync-service.sh"
-            ))
-            .env("SR_BIN", env!("CARGO_BIN_EXE_static-registry"))
-            .env("TMPDIR", tmp.path()),
-        Duration::from_secs(120),
+    run_example(
+        "sync-service.sh",
+        &[
+            ("docker-registry", "docker-registry"),
+            ("skopeo", "skopeo"),
+            ("curl", "curl"),
+            ("jq", "jq"),
+        ],
+        "ok: the service mirrored, ran a copy job",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("ok: the service mirrored, ran a copy job"),
-        "sync example failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let left = processes_under(tmp.path());
-    assert!(left.is_empty(), "left running: {left:?}");
 }
