@@ -1,5 +1,6 @@
-//! The README's runnable examples (its first set-up command, the push and sync examples),
-//! user would (with the binary under test instead of a fresh release build).
+//! The README's runnable examples (its first set-up command, the push and sync
+//! examples), run as a user would (with the binary under test instead of a fresh
+//! release build).
 
 use std::process::Command;
 use std::time::Duration;
