@@ -289,6 +289,35 @@ pub struct GenConfArgs {
     /// The nginx binary --install runs [default: nginx on PATH, else /usr/sbin/nginx].
     #[arg(long, value_name = "PATH")]
     pub nginx_bin: Option<PathBuf>,
+    /// Serve names from other stored names and from live upstream registries, per
+    /// virtual host: collage's config.json, or our YAML config's `serve:` section.
+    #[arg(long, value_name = "FILE")]
+    pub mappings: Option<PathBuf>,
+    /// How mappings to upstream registries answer, where a mapping does not say:
+    /// `redirect` (307 to the upstream) or `proxy` (nginx fetches and caches).
+    #[arg(long, value_name = "MODE", value_parser = ["redirect", "proxy"])]
+    pub upstream_mode: Option<String>,
+    /// Cache directory for proxied upstreams (nginx creates it; its workers write it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/cache/nginx/static-registry"
+    )]
+    pub proxy_cache: PathBuf,
+    /// Size limit of the proxy cache (nginx notation: 500m, 10g).
+    #[arg(long, value_name = "SIZE", default_value = "10g")]
+    pub proxy_cache_size: String,
+    /// How long a proxied tag, tags list or referrers answer is fresh before nginx asks
+    /// the upstream again (content by digest is kept until evicted).
+    #[arg(long, value_name = "TIME", default_value = "1m")]
+    pub proxy_tag_validity: String,
+    /// CA bundle that proxied upstreams' certificates are verified against.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    pub upstream_ca: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -321,6 +321,7 @@ const OWN_KEYS: &[&str] = &[
     "on-change",
     "interval",
     "cron",
+    "serve",
 ];
 const SKOPEO_KEYS: &[&str] = &[
     "images",
@@ -765,6 +766,9 @@ mod own {
         on_change: Option<Value>,
         interval: Option<String>,
         cron: Option<String>,
+        /// gen-conf's mappings (`static-registry gen-conf --mappings FILE`), read there.
+        #[serde(rename = "serve")]
+        _serve: Option<Value>,
     }
 
     /// The top level with its children unread, for salvage.
@@ -779,6 +783,8 @@ mod own {
         on_change: Option<Value>,
         interval: Option<Value>,
         cron: Option<Value>,
+        #[serde(rename = "serve")]
+        _serve: Option<Value>,
     }
 
     /// `on-change:` as a mapping.
@@ -1916,7 +1922,7 @@ quay.io:
         assert_eq!(
             problem("image:\n  - source: alpine\n"),
             "unknown field `image`, expected one of `prefix`, `registries`, `images`, `to`, \
-             `on-change`, `interval`, `cron` at line 1 column 1"
+             `on-change`, `interval`, `cron`, `serve` at line 1 column 1"
         );
         assert_eq!(
             problem("images:\n  - target: x\n    all-tags: true\n"),

@@ -6,6 +6,7 @@ pub mod copy;
 mod crashpoint;
 pub mod fetch;
 pub mod manifest;
+pub mod mapping;
 pub mod nginx;
 pub mod plan;
 pub mod reference;

@@ -17,6 +17,7 @@ use static_registry::copy::registry::{RegistryDestination, RegistrySource};
 use static_registry::copy::store::StoreSource;
 use static_registry::copy::{self, Engine};
 use static_registry::fetch::{self, FetchError, FetchOptions, Summary};
+use static_registry::mapping;
 use static_registry::nginx;
 use static_registry::plan;
 use static_registry::reference::{self, Reference};
@@ -779,6 +780,18 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
     } else {
         nginx::Part::Server
     };
+    let mode = args
+        .upstream_mode
+        .as_deref()
+        .map(|m| {
+            m.parse::<mapping::Mode>()
+                .map_err(|e| Usage(anyhow::anyhow!(e)))
+        })
+        .transpose()?;
+    let mappings = match &args.mappings {
+        Some(path) => mapping::load(path, mode)?,
+        None => mapping::Mappings::default(),
+    };
     let opts = nginx::GenConfOptions {
         root: args.root,
         server_root: args.server_root,
@@ -792,6 +805,13 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
             conf: Some(args.nginx_conf),
         },
         install: args.install,
+        mappings,
+        proxy_cache: nginx::ProxyCache {
+            dir: args.proxy_cache,
+            max_size: args.proxy_cache_size,
+            tag_validity: args.proxy_tag_validity,
+            upstream_ca: args.upstream_ca,
+        },
     };
     let rendered = nginx::gen_conf(&opts).map_err(|e| match e {
         nginx::NginxError::InvalidOption { .. } => anyhow::Error::new(Usage(e.into())),

@@ -7,6 +7,7 @@
 //! into the host's own nginx.
 
 pub mod host;
+mod sites;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -17,6 +18,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::manifest::{self, REF_NAME};
+use crate::mapping::Mappings;
 use crate::reference::{self, Digest};
 use crate::store::{self, StoreError};
 
@@ -53,6 +55,10 @@ static LISTEN_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\A(?:[0-9]{1,5}|[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5})\z")
         .expect("valid regex")
 });
+static SIZE_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\A[0-9]+[kKmMgG]?\z").expect("valid regex"));
+static TIME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\A[0-9]+(?:ms|[smhdwMy])?\z").expect("valid regex"));
 static SERVER_NAME_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\A[A-Za-z0-9*._-]+(?: [A-Za-z0-9*._-]+)*\z").expect("valid regex")
 });
@@ -128,6 +134,34 @@ pub struct GenConfOptions {
     pub host: host::HostNginx,
     /// Where the output will be installed (not a competitor of itself).
     pub install: Option<PathBuf>,
+    /// Served names mapped onto stored names and upstream registries, per virtual host.
+    pub mappings: Mappings,
+    /// Upstream mounts in proxy mode: where nginx caches what it fetched.
+    pub proxy_cache: ProxyCache,
+}
+
+/// nginx's cache for proxied upstream mounts.
+#[derive(Debug, Clone)]
+pub struct ProxyCache {
+    /// The cache directory (nginx creates it; its workers must be able to write it).
+    pub dir: PathBuf,
+    /// Its size limit in nginx's notation (`10g`).
+    pub max_size: String,
+    /// How long a tag, tags list or referrers answer is fresh (nginx time, `1m`).
+    pub tag_validity: String,
+    /// CA bundle that upstream certificates are verified against.
+    pub upstream_ca: PathBuf,
+}
+
+impl Default for ProxyCache {
+    fn default() -> Self {
+        ProxyCache {
+            dir: PathBuf::from("/var/cache/nginx/static-registry"),
+            max_size: "10g".to_owned(),
+            tag_validity: "1m".to_owned(),
+            upstream_ca: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        }
+    }
 }
 
 /// What gen-conf produced.
@@ -302,16 +336,64 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     let model = scan(&opts.root)?;
     let tera = templates(opts.templates.as_deref())?;
 
-    let prefix = opts.name_prefix.clone().unwrap_or_default();
+    let prefix = opts
+        .name_prefix
+        .as_ref()
+        .map(|p| format!("{p}/"))
+        .unwrap_or_default();
+    if opts.part != Part::Server && opts.mappings.sites.len() > 1 {
+        return Err(NginxError::InvalidOption {
+            option: "--mappings",
+            value: "vhosts".to_owned(),
+            rule: "virtual hosts need server blocks of their own: leave out --locations-only and --maps-only",
+        });
+    }
+    let routes = sites::routes(&model.repos, &prefix, &opts.mappings);
+    let path_text = |option: &'static str, p: &Path| -> Result<String, NginxError> {
+        let text = p.to_string_lossy().into_owned();
+        check(
+            option,
+            &text,
+            &SERVER_ROOT_RE,
+            "an absolute path of [A-Za-z0-9._/-]",
+        )?;
+        Ok(text)
+    };
+    let cache = &opts.proxy_cache;
+    if routes.any_proxy {
+        check(
+            "--proxy-cache-size",
+            &cache.max_size,
+            &SIZE_RE,
+            "a size such as 500m or 10g",
+        )?;
+        check(
+            "--proxy-tag-validity",
+            &cache.tag_validity,
+            &TIME_RE,
+            "an nginx time such as 30s, 1m or 1h",
+        )?;
+    }
+    let upstream_ca = routes
+        .upstreams
+        .iter()
+        .any(|u| u.proxy && u.scheme == "https")
+        .then(|| path_text("--upstream-ca", &cache.upstream_ca))
+        .transpose()?;
     let longest_key = model
         .tags
         .iter()
         .map(|(k, _)| k.len())
         .chain(model.manifests.iter().map(|(k, _)| k.len()))
-        .chain(model.repos.iter().map(String::len))
+        .chain(routes.names.iter().map(|e| e.key.len()))
         .max()
         .unwrap_or(0);
-    let entries = model.tags.len().max(model.manifests.len()).max(1);
+    let entries = model
+        .tags
+        .len()
+        .max(model.manifests.len())
+        .max(routes.names.len())
+        .max(1);
     let mut ctx = tera::Context::new();
     ctx.insert("version", env!("CARGO_PKG_VERSION"));
     ctx.insert("store", &server_root);
@@ -319,24 +401,19 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("part", &opts.part);
     ctx.insert("listen", &opts.listen);
     ctx.insert("server_name", &opts.server_name);
-    ctx.insert("prefix", &prefix);
-    // The prefix is a validated name: '.' is its only regex metacharacter.
-    ctx.insert(
-        "prefix_re",
-        &if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", prefix.replace('.', "\\."))
-        },
-    );
-    ctx.insert(
-        "prefix_path",
-        &if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix}/")
-        },
-    );
+    ctx.insert("names", &routes.names);
+    ctx.insert("ns", &routes.ns);
+    ctx.insert("catalog", &routes.catalog);
+    ctx.insert("mounts", &routes.mounts);
+    ctx.insert("upstreams", &routes.upstreams);
+    ctx.insert("any_proxy", &routes.any_proxy);
+    ctx.insert("sites", &routes.sites);
+    ctx.insert("upstream_ca", &upstream_ca);
+    if routes.any_proxy {
+        ctx.insert("cache_dir", &path_text("--proxy-cache", &cache.dir)?);
+        ctx.insert("cache_size", &cache.max_size);
+        ctx.insert("tag_validity", &cache.tag_validity);
+    }
     ctx.insert("name_re", NAME_RE);
     ctx.insert("repos", &model.repos);
     ctx.insert("tags", &map_entries(&model.tags));
@@ -369,16 +446,26 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
             })
     };
     let maps = render("maps.conf.tera", &ctx)?;
-    let locations = render("locations.conf.tera", &ctx)?;
+    let mut locations = Vec::new();
+    for site in &routes.sites {
+        ctx.insert("site", &site.id);
+        locations.push(render("locations.conf.tera", &ctx)?);
+    }
     ctx.insert("maps", &maps);
     ctx.insert("locations", &locations);
     let config = render("registry.conf.tera", &ctx)?;
     let skipped = model.skipped;
-    let mut warnings = if opts.server_root.is_none() {
+    let mut warnings = routes.warnings;
+    warnings.extend(if opts.server_root.is_none() {
         access_warnings(&opts.root)
     } else {
         Vec::new()
-    };
+    });
+    if routes.upstreams.iter().any(|u| !u.authorization.is_empty()) {
+        warnings.push(
+            "the configuration holds upstream credentials (from credentials-file): keep it readable by root only (chmod 600)".to_owned(),
+        );
+    }
     if opts.part == Part::Server && opts.server_name == "_" {
         warnings.extend(default_server_warnings(opts));
     }

@@ -11,6 +11,7 @@ mod harness;
 mod harness_selftest;
 mod hostile;
 mod maintain;
+mod mappings;
 mod options;
 mod permissions;
 mod push;

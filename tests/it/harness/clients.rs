@@ -84,20 +84,23 @@ impl Containerd {
     /// `ctr image pull --plain-http --all-platforms`, unpacked with the native
     /// snapshotter (no overlayfs needed).
     pub fn pull(&self, image: &str) -> Output {
+        self.pull_with(&["--plain-http"], image)
+    }
+
+    /// `ctr image pull --hosts-dir DIR`: mirrors as `certs.d/<host>/hosts.toml` say.
+    pub fn pull_via_hosts(&self, hosts_dir: &Path, image: &str) -> Output {
+        self.pull_with(&["--hosts-dir", hosts_dir.to_str().unwrap()], image)
+    }
+
+    fn pull_with(&self, args: &[&str], image: &str) -> Output {
         let bin = require_bin("ctr", "containerd");
         let out = run_with_timeout(
             Command::new(bin)
                 .arg("--address")
                 .arg(self.dir.path().join("sock"))
-                .args([
-                    "image",
-                    "pull",
-                    "--plain-http",
-                    "--all-platforms",
-                    "--snapshotter",
-                    "native",
-                    image,
-                ]),
+                .args(["image", "pull"])
+                .args(args)
+                .args(["--all-platforms", "--snapshotter", "native", image]),
             PULL_TIMEOUT,
         );
         check(&format!("ctr image pull {image}"), out)
