@@ -318,6 +318,10 @@ pub struct GenConfArgs {
         default_value = "/etc/ssl/certs/ca-certificates.crt"
     )]
     pub upstream_ca: PathBuf,
+    /// DNS server nginx asks for the storage hosts proxied upstreams redirect blobs to;
+    /// may be repeated [default: the nameservers of /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR")]
+    pub resolver: Vec<String>,
 }
 
 #[derive(Debug, Args)]

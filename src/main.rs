@@ -811,6 +811,7 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
             max_size: args.proxy_cache_size,
             tag_validity: args.proxy_tag_validity,
             upstream_ca: args.upstream_ca,
+            resolvers: args.resolver,
         },
     };
     let rendered = nginx::gen_conf(&opts).map_err(|e| match e {

@@ -151,6 +151,9 @@ pub struct ProxyCache {
     pub tag_validity: String,
     /// CA bundle that upstream certificates are verified against.
     pub upstream_ca: PathBuf,
+    /// DNS servers nginx asks for the hosts that upstreams redirect blobs to (nginx
+    /// resolves those at request time); empty: the host's, from /etc/resolv.conf.
+    pub resolvers: Vec<String>,
 }
 
 impl Default for ProxyCache {
@@ -160,6 +163,7 @@ impl Default for ProxyCache {
             max_size: "10g".to_owned(),
             tag_validity: "1m".to_owned(),
             upstream_ca: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            resolvers: Vec::new(),
         }
     }
 }
@@ -348,7 +352,8 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
             rule: "virtual hosts need server blocks of their own: leave out --locations-only and --maps-only",
         });
     }
-    let routes = sites::routes(&model.repos, &prefix, &opts.mappings);
+    let mut routes = sites::routes(&model.repos, &prefix, &opts.mappings);
+    let mut warnings = std::mem::take(&mut routes.warnings);
     let path_text = |option: &'static str, p: &Path| -> Result<String, NginxError> {
         let text = p.to_string_lossy().into_owned();
         check(
@@ -410,6 +415,31 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("sites", &routes.sites);
     ctx.insert("upstream_ca", &upstream_ca);
     if routes.any_proxy {
+        let resolvers = if cache.resolvers.is_empty() {
+            system_resolvers()
+        } else {
+            cache.resolvers.clone()
+        };
+        let resolver = resolvers
+            .iter()
+            .map(|r| {
+                r.parse::<std::net::IpAddr>()
+                    .map(|ip| match ip {
+                        std::net::IpAddr::V4(v4) => v4.to_string(),
+                        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    })
+                    .map_err(|_| NginxError::InvalidOption {
+                        option: "--resolver",
+                        value: r.clone(),
+                        rule: "an IPv4 or IPv6 address",
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join(" ");
+        if resolver.is_empty() {
+            warnings.push("no DNS server found in /etc/resolv.conf: blobs that a proxied upstream redirects to a host name will fail (502); give --resolver ADDR".to_owned());
+        }
+        ctx.insert("resolver", &resolver);
         ctx.insert("cache_dir", &path_text("--proxy-cache", &cache.dir)?);
         ctx.insert("cache_size", &cache.max_size);
         ctx.insert("tag_validity", &cache.tag_validity);
@@ -455,7 +485,6 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("locations", &locations);
     let config = render("registry.conf.tera", &ctx)?;
     let skipped = model.skipped;
-    let mut warnings = routes.warnings;
     warnings.extend(if opts.server_root.is_none() {
         access_warnings(&opts.root)
     } else {
@@ -474,6 +503,20 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
         skipped,
         warnings,
     })
+}
+
+/// The name servers of /etc/resolv.conf (where nginx, which reads no such file, should
+/// ask at request time).
+fn system_resolvers() -> Vec<String> {
+    fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        // A scoped IPv6 address (fe80::1%eth0) is not something nginx takes.
+        .filter(|addr| !addr.contains('%'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Other servers of the host's nginx on our port take every request whose Host matches no

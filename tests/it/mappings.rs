@@ -10,7 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::genconf::{gen_conf, header, request, serve};
-use crate::harness::clients::{Containerd, podman_pull};
+use crate::harness::clients::{Containerd, podman_pull, podman_pull_with};
+use crate::harness::fault::FaultRegistry;
 use crate::harness::registry::Registry;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{fetch, fetch_ok, registry_with_fixtures, static_registry};
@@ -121,6 +122,7 @@ async fn collage_mappings_serve_stored_names_redirect_to_upstreams_and_pick_vhos
     tokio::task::spawn_blocking(move || {
         let podman = tempfile::tempdir().unwrap();
         podman_pull(podman.path(), &image);
+        Containerd::start().pull(&image);
     })
     .await
     .unwrap();
@@ -218,6 +220,24 @@ async fn proxy_mode_serves_a_second_pull_from_its_cache_and_survives_the_upstrea
     assert_eq!(header(&h, "x-cache-status"), "HIT");
     assert_eq!(header(&h, "docker-content-digest"), blob);
 
+    let image = format!("{}/cache/multi:1.0", nginx.addr());
+    tokio::task::spawn_blocking(move || {
+        let podman = tempfile::tempdir().unwrap();
+        podman_pull(podman.path(), &image);
+        Containerd::start().pull(&image);
+    })
+    .await
+    .unwrap();
+    let (_, _, body) = request(
+        Method::GET,
+        &format!("{}/v2/cache/multi/tags/list", nginx.url()),
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["name"],
+        "cache/multi"
+    );
+
     drop(reg);
     // Past the tag's validity: nginx would ask again, finds no upstream, serves stale.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -288,6 +308,25 @@ async fn containerd_pulls_two_upstream_hosts_through_one_nginx_by_ns() {
     })
     .await
     .unwrap();
+    // podman sends no ns: its mirror names the stored namespace instead.
+    let conf = certs.path().join("registries.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"{h}\"\nlocation = \"{h}\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{}/{}\"\ninsecure = true\n",
+            nginx.addr(),
+            hosts[0].replace(':', "-"),
+            h = hosts[0],
+        ),
+    )
+    .unwrap();
+    let image = format!("{}/base/alpine:latest", hosts[0]);
+    tokio::task::spawn_blocking(move || {
+        let podman = tempfile::tempdir().unwrap();
+        podman_pull_with(podman.path(), Some(&conf), &image);
+    })
+    .await
+    .unwrap();
     let asked: Vec<String> = nginx
         .requests()
         .into_iter()
@@ -339,4 +378,63 @@ async fn hostile_mapping_files_are_refused_before_anything_is_rendered() {
         assert!(stderr.contains(named), "{named} not named in:\n{stderr}");
     }
     assert!(stderr.contains("5 problems"), "{stderr}");
+}
+
+/// A proxied upstream that sends its blobs from storage by redirect (as registries on
+/// S3 do): nginx follows it itself, without the registry's credentials, and caches the
+/// blob, so the client never sees the storage URL and a second GET is a cache hit.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_mode_follows_blob_storage_redirects_without_credentials_and_caches_them() {
+    let fault = FaultRegistry::start().await;
+    let (reg, _fx, root) = registry_with_fixtures().await;
+    fetch_ok(root.path(), &[format!("{}/base/alpine:latest", reg.addr())]);
+    let dir = served_tempdir("it-proxy-");
+    fs::write(dir.path().join("creds"), "someone:secret\n").unwrap();
+    let file = write_mappings(
+        dir.path(),
+        "mirror.yaml",
+        &format!(
+            "serve:\n  upstream-mode: proxy\n  mappings:\n    f:\n      target: http://{}/fault\n      credentials-file: creds\n",
+            fault.addr()
+        ),
+    );
+    let cache = dir.path().join("cache");
+    let (config, _) = gen_conf(
+        root.path(),
+        &[
+            "--mappings",
+            &file,
+            "--proxy-cache",
+            cache.to_str().unwrap(),
+        ],
+    );
+    let nginx = serve(&config);
+    let image = format!("docker://{}/f/redirect-elsewhere:1", nginx.addr());
+    let out = dir.path().join("pulled");
+    let target = format!("oci:{}", out.display());
+    tokio::task::spawn_blocking(move || {
+        skopeo(&["copy", "--src-tls-verify=false", &image, &target]);
+    })
+    .await
+    .unwrap();
+    let seen = fault.authorization_seen_elsewhere();
+    assert!(!seen.is_empty(), "the storage was never asked");
+    assert!(seen.iter().all(Option::is_none), "{seen:?}");
+
+    let (_, _, body) = request(
+        Method::GET,
+        &format!("{}/v2/f/redirect-elsewhere/manifests/1", nginx.url()),
+    )
+    .await;
+    let manifest: Value = serde_json::from_slice(&body).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let (status, h, body) = request(
+        Method::GET,
+        &format!("{}/v2/f/redirect-elsewhere/blobs/{layer}", nginx.url()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&h, "x-cache-status"), "HIT");
+    assert_eq!(header(&h, "docker-content-digest"), layer);
+    assert_eq!(sha256_digest(&body), layer);
 }

@@ -23,10 +23,18 @@ fn check(what: &str, out: Output) -> Output {
 /// `podman pull` over plain HTTP into a private store (vfs: works without overlay
 /// support in the kernel or a container sandbox).
 pub fn podman_pull(state: &Path, image: &str) -> Output {
+    podman_pull_with(state, None, image)
+}
+
+/// `podman_pull` with a registries.conf of the test's (mirrors, prefixes).
+pub fn podman_pull_with(state: &Path, registries_conf: Option<&Path>, image: &str) -> Output {
     let bin = require_bin("podman", "podman");
+    let mut cmd = Command::new(bin);
+    if let Some(conf) = registries_conf {
+        cmd.env("CONTAINERS_REGISTRIES_CONF", conf);
+    }
     let out = run_with_timeout(
-        Command::new(bin)
-            .arg("--root")
+        cmd.arg("--root")
             .arg(state.join("root"))
             .arg("--runroot")
             .arg(state.join("run"))
