@@ -46,3 +46,35 @@ start_registry() {
         sleep 0.1
     done
 }
+
+# start_nginx CONF: nginx serving CONF (gen-conf's output, included at http level) with its
+# pid, logs and temp files in $work; workers as www-data when run as root, as users run it.
+start_nginx() {
+    local user=""; [ "$(id -u)" -ne 0 ] || user="user www-data;"
+    chmod 755 "$work"   # the workers traverse it to what is served and cached from here
+    cat >"$work/nginx.conf" <<NGINX
+$user
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events {}
+http {
+    access_log $work/nginx-access.log;
+    client_body_temp_path $work/client_body;
+    proxy_temp_path $work/proxy;
+    fastcgi_temp_path $work/fastcgi;
+    uwsgi_temp_path $work/uwsgi;
+    scgi_temp_path $work/scgi;
+    include $1;
+}
+NGINX
+    nginx -t -q -p "$work" -c "$work/nginx.conf"
+    nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
+    pids+=($!)
+    local port
+    port=$(sed -n 's/^ *listen 127.0.0.1:\([0-9]*\);/\1/p' "$1" | head -1)
+    for _ in $(seq 50); do
+        curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+}

@@ -479,6 +479,7 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     let mut locations = Vec::new();
     for site in &routes.sites {
         ctx.insert("site", &site.id);
+        ctx.insert("root_upstream", &site.root_upstream);
         locations.push(render("locations.conf.tera", &ctx)?);
     }
     ctx.insert("maps", &maps);

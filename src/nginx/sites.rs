@@ -20,6 +20,9 @@ pub struct Site {
     pub id: usize,
     /// `None`: the default server (its server_name comes from --server-name).
     pub host: Option<String>,
+    /// The proxied upstream that `/` maps to: the site mirrors it, and `/v2/` relays its
+    /// answer (with the challenge clients that ask `/v2/` first learn to log in from).
+    pub root_upstream: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +83,7 @@ pub fn routes(repos: &[String], prefix: &str, mappings: &Mappings) -> Routes {
         r.sites.push(Site {
             id,
             host: site.host.clone(),
+            root_upstream: None,
         });
         // served name -> stored name; the store's own names first: they always win.
         let mut served: BTreeMap<String, String> = repos
@@ -160,6 +164,9 @@ pub fn routes(repos: &[String], prefix: &str, mappings: &Mappings) -> Routes {
                 next
             });
             r.any_proxy |= u.mode == Mode::Proxy;
+            if m.served.is_none() && u.mode == Mode::Proxy {
+                r.sites[id].root_upstream = Some(upstream);
+            }
             // Served names are validated: '.' is their only regex metacharacter.
             let (regex, remote) = match (&m.served, u.path.as_str()) {
                 (None, "") => (format!("^{id} (.+)$"), "$1".to_owned()),

@@ -18,16 +18,16 @@ use base64::Engine;
 
 use crate::harness::fixtures::Fixtures;
 use crate::harness::registry::{Registry, RegistryConfig};
-use crate::harness::run_with_timeout;
 use crate::harness::store::{assert_consistent, tags};
 use crate::harness::tls::TestCa;
 use crate::harness::token::{Issued, TokenServer};
+use crate::harness::{run_with_timeout, served_tempdir};
 
 pub(crate) const USER: &str = "mirror-bot";
 pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// A Docker v2s2 image, pulled anonymously where the token server allows it.
-const PUBLIC: (&str, &str) = ("base/alpine", "3.19");
+pub(crate) const PUBLIC: (&str, &str) = ("base/alpine", "3.19");
 /// An OCI image, pulled only with credentials under token auth.
 const PRIVATE: (&str, &str) = ("apps/api", "v1");
 
@@ -37,25 +37,32 @@ const TLS_ERROR: &str = "TLS handshake with 127.0.0.1 failed";
 const UNKNOWN_ISSUER: &str = "invalid peer certificate: UnknownIssuer";
 
 /// A TLS docker-registry (possibly with auth) serving [`PUBLIC`] and [`PRIVATE`].
-struct Upstream {
+pub(crate) struct Upstream {
     /// Declared first so it stops before the registry owning its storage.
-    registry: Registry,
+    pub(crate) registry: Registry,
     _content: Registry,
     /// The CA that issued the registry's certificate, as a PEM file.
-    ca_pem: PathBuf,
+    pub(crate) ca_pem: PathBuf,
     dir: tempfile::TempDir,
 }
 
 impl Upstream {
-    /// `auth_yaml` gets the upstream's private directory (for htpasswd and
-    /// certificate bundle files) and returns the config's `auth:` section, or "".
+    /// `auth_yaml` gets the upstream's directory (for htpasswd and certificate bundle
+    /// files) and returns the config's `auth:` section, or "".
     async fn start(ca: &TestCa, auth_yaml: impl FnOnce(&Path) -> String) -> Upstream {
-        let dir = tempfile::Builder::new()
-            .prefix("it-auth-")
-            .tempdir()
-            .expect("create temp dir");
+        Self::start_as(ca, "127.0.0.1", auth_yaml).await
+    }
+
+    /// [`Upstream::start`] with a certificate for `name` (nginx verifies an upstream's
+    /// certificate by host name only), in a directory nginx's workers can read.
+    pub(crate) async fn start_as(
+        ca: &TestCa,
+        name: &str,
+        auth_yaml: impl FnOnce(&Path) -> String,
+    ) -> Upstream {
+        let dir = served_tempdir("it-auth-");
         let ca_pem = ca.write_pem(&dir.path().join("ca.pem"));
-        let (cert, key) = ca.server_cert("127.0.0.1").write(dir.path(), "server");
+        let (cert, key) = ca.server_cert(name).write(dir.path(), "server");
         let content = Registry::start();
         let fx = Fixtures::get();
         for (repo, tag) in [PUBLIC, PRIVATE] {

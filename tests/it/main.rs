@@ -12,6 +12,7 @@ mod harness_selftest;
 mod hostile;
 mod maintain;
 mod mappings;
+mod mappings_auth;
 mod options;
 mod permissions;
 mod push;

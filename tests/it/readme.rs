@@ -106,3 +106,18 @@ fn the_sync_example_mirrors_runs_a_copy_job_and_stops_on_sigterm_leaving_nothing
         "ok: the service mirrored, ran a copy job",
     );
 }
+
+#[test]
+fn the_mappings_example_serves_stored_redirected_proxied_and_vhost_names_and_survives_the_upstream_stopping()
+ {
+    run_example(
+        "mappings.sh",
+        &[
+            ("docker-registry", "docker-registry"),
+            ("skopeo", "skopeo"),
+            ("curl", "curl"),
+            ("nginx", "nginx"),
+        ],
+        "ok: stored, redirected, proxied and virtual-host names all served",
+    );
+}
