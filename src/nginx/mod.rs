@@ -446,7 +446,19 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     }
     ctx.insert("name_re", NAME_RE);
     ctx.insert("repos", &model.repos);
-    ctx.insert("tags", &map_entries(&model.tags));
+    // nginx compares map keys ignoring case (and refuses keys that differ only in case);
+    // tags are case-sensitive, so tags with capitals go into a map of exact regexes.
+    let (mixed, lower): (Vec<_>, Vec<_>) = model
+        .tags
+        .iter()
+        .cloned()
+        .partition(|(key, _)| key.bytes().any(|b| b.is_ascii_uppercase()));
+    let mixed: Vec<(String, String)> = mixed
+        .into_iter()
+        .map(|(key, hex)| (format!("^{}$", key.replace('.', "\\.")), hex))
+        .collect();
+    ctx.insert("tags", &map_entries(&lower));
+    ctx.insert("mixed_tags", &map_entries(&mixed));
     ctx.insert("manifests", &map_entries(&model.manifests));
     ctx.insert(
         "kinds",

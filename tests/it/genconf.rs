@@ -540,3 +540,50 @@ fn thousands_of_tags_build_the_maps_without_a_hash_warning() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("map_hash"), "{stderr}");
 }
+
+/// nginx compares map keys ignoring case: a store with tags `v1` and `V1` made
+/// `nginx -t` fail ("conflicting parameter"), and a request for `LATEST` got `latest`.
+/// Tags are case-sensitive.
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_differing_only_in_case_are_served_apart_and_a_wrongly_cased_tag_is_unknown() {
+    let root = crate::harness::served_tempdir("it-store-");
+    let r = root.path();
+    fs::write(r.join(".static-registry"), r#"{"format":1}"#).unwrap();
+    let repo = r.join("lab/app.v2");
+    fs::create_dir_all(repo.join("blobs/sha256")).unwrap();
+    fs::write(repo.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut manifests = Vec::new();
+    let mut digests = Vec::new();
+    for tag in ["v1", "V1", "latest", "Release.1"] {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"x","digest":"sha256:{}","size":1}},"layers":[],"annotations":{{"tag":"{tag}"}}}}"#,
+            "1".repeat(64)
+        );
+        let digest = sha256_digest(body.as_bytes());
+        fs::write(repo.join("blobs/sha256").join(&digest[7..]), &body).unwrap();
+        manifests.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": body.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag}
+        }));
+        digests.push((tag, digest));
+    }
+    fs::write(
+        repo.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": manifests}).to_string(),
+    )
+    .unwrap();
+    let nginx = serve(&gen_conf(r, &[]).0);
+    for (tag, digest) in &digests {
+        let url = format!("{}/v2/lab/app.v2/manifests/{tag}", nginx.url());
+        let (status, h, _) = request(Method::GET, &url).await;
+        assert_eq!(status, StatusCode::OK, "{url}");
+        assert_eq!(&header(&h, "docker-content-digest"), digest, "{url}");
+    }
+    for tag in ["LATEST", "release.1", "Release-1", "ReleaseX1"] {
+        let url = format!("{}/v2/lab/app.v2/manifests/{tag}", nginx.url());
+        let (status, _, body) = request(Method::GET, &url).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{url}");
+        assert!(String::from_utf8_lossy(&body).contains("MANIFEST_UNKNOWN"));
+    }
+}
