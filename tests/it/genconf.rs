@@ -428,6 +428,8 @@ async fn container_helper_renders_a_config_nginx_serves() {
         .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/static-registry-nginx");
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let mappings = out_dir.path().join("config.json");
+    fs::write(&mappings, r#"{"mappings": {"nested": "a/b"}}"#).unwrap();
     let out = crate::harness::run_with_timeout(
         std::process::Command::new(script)
             .args(["start", "true"])
@@ -435,6 +437,7 @@ async fn container_helper_renders_a_config_nginx_serves() {
             .env("STATIC_REGISTRY_ROOT", root.path())
             .env("STATIC_REGISTRY_LISTEN", LISTEN)
             .env("STATIC_REGISTRY_NAME_PREFIX", "mirror")
+            .env("STATIC_REGISTRY_MAPPINGS", &mappings)
             .env("STATIC_REGISTRY_CONF", &conf),
         std::time::Duration::from_secs(60),
     );
@@ -448,6 +451,13 @@ async fn container_helper_renders_a_config_nginx_serves() {
     let (status, _, body) = request(
         Method::GET,
         &format!("{}/v2/mirror/a/b/c/manifests/1", nginx.url()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, m.bytes);
+    let (status, _, body) = request(
+        Method::GET,
+        &format!("{}/v2/nested/c/manifests/1", nginx.url()),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
