@@ -122,6 +122,8 @@ pub struct MirrorConfig {
     pub schedule: Option<Schedule>,
     /// What `registries.<host>` says about that registry as a `sync` source.
     pub sources: BTreeMap<String, SourceSettings>,
+    /// The file has a `serve:` section (gen-conf's mappings).
+    pub serve: bool,
 }
 
 /// What `sync` does after a round that stored something new.
@@ -267,7 +269,19 @@ pub fn load(path: &Path) -> Result<MirrorConfig, ConfigError> {
         file: file.clone(),
         source,
     })?;
-    parse(&text, &file)
+    let mut config = parse(&text, &file)?;
+    // The nginx that sync reloads serves this file's mappings too.
+    if config.serve
+        && let Some(OnChange::ReloadNginx { args, .. }) = &mut config.on_change
+        && !args.iter().any(|a| a == "--mappings")
+    {
+        let path = std::path::absolute(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        args.extend(["--mappings".into(), path.to_string_lossy().into_owned()]);
+    }
+    Ok(config)
 }
 
 /// Validates configuration text; `origin` names it in messages.
@@ -767,8 +781,7 @@ mod own {
         interval: Option<String>,
         cron: Option<String>,
         /// gen-conf's mappings (`static-registry gen-conf --mappings FILE`), read there.
-        #[serde(rename = "serve")]
-        _serve: Option<Value>,
+        serve: Option<Value>,
     }
 
     /// The top level with its children unread, for salvage.
@@ -863,6 +876,8 @@ mod own {
         images: Vec<(usize, Image)>,
         /// Entries in the file, read or not: "no images" only when there are none.
         image_nodes: usize,
+        /// The file has gen-conf's `serve:` section.
+        serve: bool,
     }
 
     pub(super) fn read(text: &str, doc: &Value, problems: &mut Vec<String>) -> Option<Parts> {
@@ -877,6 +892,7 @@ mod own {
                 registries: registries_of(f.registries.unwrap_or_default()),
                 image_nodes: images.len(),
                 images: images.into_iter().enumerate().collect(),
+                serve: f.serve.is_some(),
             }
         };
         read_or_salvage(text, problems, whole, |found| salvage(doc, found))
@@ -1025,6 +1041,7 @@ mod own {
             prefix,
             schedule,
             sources,
+            serve: parts.serve,
         };
         check_names(&config, problems);
         config
@@ -1452,6 +1469,7 @@ mod skopeo {
             prefix: None,
             schedule: None,
             sources: BTreeMap::new(),
+            serve: false,
         }
     }
 
@@ -2196,6 +2214,29 @@ quay.io:
         // Neither given: the store, nothing to run; a skopeo sync file likewise.
         let plain = ok("images: [{source: a, tags: [\"1\"]}]\n");
         assert!(plain.to.is_empty() && plain.on_change.is_none());
+    }
+
+    /// A sync round's reload re-rendered nginx without the file's own mappings, so
+    /// every mapped name vanished after the first change.
+    #[test]
+    fn reload_nginx_renders_the_serve_section_of_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mirror.yaml");
+        let body = "images: [{source: a, tags: [\"1\"]}]\non-change: {reload-nginx: /etc/nginx/conf.d/r.conf}\nserve:\n  mappings: {lab: team}\n";
+        std::fs::write(&path, body).unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!(
+            c.on_change,
+            Some(OnChange::ReloadNginx {
+                conf: "/etc/nginx/conf.d/r.conf".into(),
+                args: vec!["--mappings".into(), path.to_string_lossy().into_owned()]
+            })
+        );
+        std::fs::write(&path, body.replace("serve:\n  mappings: {lab: team}\n", "")).unwrap();
+        let Some(OnChange::ReloadNginx { args, .. }) = load(&path).unwrap().on_change else {
+            panic!()
+        };
+        assert!(args.is_empty());
     }
 
     #[test]
