@@ -11,44 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${ROOT:-images}
 
-need=()
-for bin in docker-registry skopeo nginx curl; do command -v "$bin" >/dev/null || need+=("$bin"); done
-if [ ${#need[@]} -gt 0 ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        docker-registry skopeo nginx curl ca-certificates >/dev/null
-fi
-
-bin=${SR_BIN:-}
-if [ -z "$bin" ]; then
-    cargo build --release --locked
-    bin=target/release/static-registry
-fi
-
-work=$(mktemp -d)
-chmod 755 "$work"   # nginx's workers, an unprivileged user, read what is served from here
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YAML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/storage
-http:
-  addr: 127.0.0.1:$port
-YAML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-nginx_pid=""
-cleanup() {
-    kill $registry_pid $nginx_pid 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-for _ in $(seq 50); do
-    curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+# shellcheck source=examples/lib.sh
+. examples/lib.sh
+need docker-registry=docker-registry skopeo=skopeo nginx=nginx curl=curl
+start_registry registry
 
 echo "== pushing examples/hello to the local registry 127.0.0.1:$port"
 skopeo copy --all --dest-tls-verify=false oci:examples/hello:1.0 \
@@ -86,32 +52,9 @@ echo "registry saw: $(requests | tr '\n' ' ')"
 [ "$(requests)" = "\"HEAD /v2/demo/hello/manifests/1.0" ] || { echo "error: expected exactly one HEAD" >&2; exit 1; }
 
 echo "== generating the nginx configuration"
-nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+nginx_port=$(free_port)
 "$bin" gen-conf --root "$root" --listen "127.0.0.1:$nginx_port" >"$work/registry.conf"
-user=""; [ "$(id -u)" -ne 0 ] || user="user www-data;"   # never root: as users run it
-cat >"$work/nginx.conf" <<NGINX
-$user
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events {}
-http {
-    access_log $work/nginx-access.log;
-    client_body_temp_path $work/client_body;
-    proxy_temp_path $work/proxy;
-    fastcgi_temp_path $work/fastcgi;
-    uwsgi_temp_path $work/uwsgi;
-    scgi_temp_path $work/scgi;
-    include $work/registry.conf;
-}
-NGINX
-nginx -t -q -p "$work" -c "$work/nginx.conf"
-nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
-nginx_pid=$!
-for _ in $(seq 50); do
-    curl -fsS "http://127.0.0.1:$nginx_port/v2/" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_nginx "$work/registry.conf"
 
 echo "== pulling it back through nginx with skopeo (127.0.0.1:$nginx_port)"
 from_registry=$(skopeo inspect --raw --tls-verify=false "docker://127.0.0.1:$port/demo/hello:1.0" | sha256sum)

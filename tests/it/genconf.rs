@@ -504,29 +504,8 @@ async fn podman_and_containerd_pull_through_nginx() {
 fn thousands_of_tags_build_the_maps_without_a_hash_warning() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
-    fs::write(r.join(".static-registry"), r#"{"format":1}"#).unwrap();
-    let repo = r.join("bench/big");
-    fs::create_dir_all(repo.join("blobs/sha256")).unwrap();
-    fs::write(repo.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut manifests = Vec::new();
-    for i in 0..3000 {
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"x","digest":"sha256:{}","size":1}},"layers":[],"annotations":{{"i":"{i}"}}}}"#,
-            "1".repeat(64)
-        );
-        let digest = sha256_digest(body.as_bytes());
-        fs::write(repo.join("blobs/sha256").join(&digest[7..]), &body).unwrap();
-        manifests.push(json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest, "size": body.len(),
-            "annotations": {"org.opencontainers.image.ref.name": format!("t{i:05}")}
-        }));
-    }
-    fs::write(
-        repo.join("index.json"),
-        json!({"schemaVersion": 2, "manifests": manifests}).to_string(),
-    )
-    .unwrap();
+    let tags: Vec<String> = (0..3000).map(|i| format!("t{i:05}")).collect();
+    one_manifest_per_tag(r, "bench/big", &tags);
     let (config, _) = gen_conf(r, &[]);
     let prefix = tempfile::tempdir().unwrap();
     let p = prefix.path();
@@ -558,31 +537,11 @@ fn thousands_of_tags_build_the_maps_without_a_hash_warning() {
 async fn tags_differing_only_in_case_are_served_apart_and_a_wrongly_cased_tag_is_unknown() {
     let root = crate::harness::served_tempdir("it-store-");
     let r = root.path();
-    fs::write(r.join(".static-registry"), r#"{"format":1}"#).unwrap();
-    let repo = r.join("lab/app.v2");
-    fs::create_dir_all(repo.join("blobs/sha256")).unwrap();
-    fs::write(repo.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut manifests = Vec::new();
-    let mut digests = Vec::new();
-    for tag in ["v1", "V1", "latest", "Release.1"] {
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"x","digest":"sha256:{}","size":1}},"layers":[],"annotations":{{"tag":"{tag}"}}}}"#,
-            "1".repeat(64)
-        );
-        let digest = sha256_digest(body.as_bytes());
-        fs::write(repo.join("blobs/sha256").join(&digest[7..]), &body).unwrap();
-        manifests.push(json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest, "size": body.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag}
-        }));
-        digests.push((tag, digest));
-    }
-    fs::write(
-        repo.join("index.json"),
-        json!({"schemaVersion": 2, "manifests": manifests}).to_string(),
-    )
-    .unwrap();
+    let tags = ["v1", "V1", "latest", "Release.1"];
+    let digests: Vec<(&str, String)> = tags
+        .into_iter()
+        .zip(one_manifest_per_tag(r, "lab/app.v2", &tags))
+        .collect();
     let nginx = serve(&gen_conf(r, &[]).0);
     for (tag, digest) in &digests {
         let url = format!("{}/v2/lab/app.v2/manifests/{tag}", nginx.url());
@@ -596,4 +555,36 @@ async fn tags_differing_only_in_case_are_served_apart_and_a_wrongly_cased_tag_is
         assert_eq!(status, StatusCode::NOT_FOUND, "{url}");
         assert!(String::from_utf8_lossy(&body).contains("MANIFEST_UNKNOWN"));
     }
+}
+
+/// A store at `root` (made here) whose repository `repo` has one small OCI manifest per
+/// tag, written by hand (no registry needed); the manifests' digests, in `tags` order.
+fn one_manifest_per_tag(root: &Path, repo: &str, tags: &[impl AsRef<str>]) -> Vec<String> {
+    fs::write(root.join(".static-registry"), r#"{"format":1}"#).unwrap();
+    let dir = root.join(repo);
+    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut manifests = Vec::new();
+    let mut digests = Vec::new();
+    for tag in tags {
+        let tag = tag.as_ref();
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"x","digest":"sha256:{}","size":1}},"layers":[],"annotations":{{"tag":"{tag}"}}}}"#,
+            "1".repeat(64)
+        );
+        let digest = sha256_digest(body.as_bytes());
+        fs::write(dir.join("blobs/sha256").join(&digest[7..]), &body).unwrap();
+        manifests.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": body.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag}
+        }));
+        digests.push(digest);
+    }
+    fs::write(
+        dir.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": manifests}).to_string(),
+    )
+    .unwrap();
+    digests
 }

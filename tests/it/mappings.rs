@@ -23,7 +23,8 @@ fn write_mappings(dir: &Path, name: &str, body: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-async fn inspect_digest(image: String) -> String {
+/// `skopeo inspect --raw` of `image` over plain HTTP: its digest.
+pub(crate) async fn inspect_digest(image: String) -> String {
     tokio::task::spawn_blocking(move || {
         sha256_digest(&skopeo_inspect_raw(
             &format!("docker://{image}"),
@@ -32,6 +33,17 @@ async fn inspect_digest(image: String) -> String {
     })
     .await
     .unwrap()
+}
+
+/// podman and containerd (plain HTTP) pull `image`, each into a state of its own.
+async fn podman_and_containerd_pull(image: String) {
+    tokio::task::spawn_blocking(move || {
+        let podman = tempfile::tempdir().unwrap();
+        podman_pull(podman.path(), &image);
+        Containerd::start().pull(&image);
+    })
+    .await
+    .unwrap();
 }
 
 async fn get_with_host(url: &str, host: &str) -> (StatusCode, Vec<u8>) {
@@ -118,14 +130,7 @@ async fn collage_mappings_serve_stored_names_redirect_to_upstreams_and_pick_vhos
     );
     let multi = fx.manifest("docker/multi", "v1").digest.clone();
     assert_eq!(inspect_digest(format!("{addr}/live/multi:v1")).await, multi);
-    let image = format!("{addr}/live/multi:v1");
-    tokio::task::spawn_blocking(move || {
-        let podman = tempfile::tempdir().unwrap();
-        podman_pull(podman.path(), &image);
-        Containerd::start().pull(&image);
-    })
-    .await
-    .unwrap();
+    podman_and_containerd_pull(format!("{addr}/live/multi:v1")).await;
     // Neither stored nor mounted.
     let (status, _, body) = request(
         Method::GET,
@@ -220,14 +225,7 @@ async fn proxy_mode_serves_a_second_pull_from_its_cache_and_survives_the_upstrea
     assert_eq!(header(&h, "x-cache-status"), "HIT");
     assert_eq!(header(&h, "docker-content-digest"), blob);
 
-    let image = format!("{}/cache/multi:1.0", nginx.addr());
-    tokio::task::spawn_blocking(move || {
-        let podman = tempfile::tempdir().unwrap();
-        podman_pull(podman.path(), &image);
-        Containerd::start().pull(&image);
-    })
-    .await
-    .unwrap();
+    podman_and_containerd_pull(format!("{}/cache/multi:1.0", nginx.addr())).await;
     let (_, _, body) = request(
         Method::GET,
         &format!("{}/v2/cache/multi/tags/list", nginx.url()),

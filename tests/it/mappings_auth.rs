@@ -20,10 +20,11 @@ use crate::auth::{PASSWORD, PUBLIC, USER, Upstream, htpasswd_yaml};
 use crate::genconf::{gen_conf, header, request, serve};
 use crate::harness::fixtures::Fixtures;
 use crate::harness::nginx::Nginx;
-use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
+use crate::harness::skopeo::skopeo;
 use crate::harness::tls::TestCa;
 use crate::harness::token::TokenServer;
 use crate::harness::{require_bin, run_with_timeout, served_tempdir, sha256_digest};
+use crate::mappings::inspect_digest;
 
 /// The image every upstream holds (a Docker v2s2 image), public under token auth.
 const IMAGE: (&str, &str) = PUBLIC;
@@ -75,18 +76,6 @@ fn proxy_conf(
         ],
     );
     (serve(&config), warnings)
-}
-
-/// `skopeo inspect --raw` of `image` on nginx, anonymous: its digest.
-async fn inspect_digest(image: String) -> String {
-    tokio::task::spawn_blocking(move || {
-        sha256_digest(&skopeo_inspect_raw(
-            &format!("docker://{image}"),
-            &["--tls-verify=false"],
-        ))
-    })
-    .await
-    .unwrap()
 }
 
 /// `skopeo copy` of `image` on nginx into a `dir:` layout at `out`, anonymous (the
