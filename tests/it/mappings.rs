@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::genconf::{gen_conf, header, request, serve};
 use crate::harness::clients::{Containerd, podman_pull, podman_pull_with};
 use crate::harness::fault::FaultRegistry;
+use crate::harness::fixtures::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST};
 use crate::harness::registry::Registry;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{fetch, fetch_ok, registry_with_fixtures, static_registry};
@@ -165,7 +166,11 @@ async fn proxy_mode_serves_a_second_pull_from_its_cache_and_survives_the_upstrea
     let file = write_mappings(
         dir.path(),
         "config.json",
-        &json!({"mappings": {"cache": format!("http://{}/oci", reg.addr())}}).to_string(),
+        &json!({"mappings": {
+            "cache": format!("http://{}/oci", reg.addr()),
+            "dcache": format!("http://{}/docker", reg.addr()),
+        }})
+        .to_string(),
     );
     let cache = dir.path().join("cache");
     let (config, _) = gen_conf(
@@ -235,6 +240,26 @@ async fn proxy_mode_serves_a_second_pull_from_its_cache_and_survives_the_upstrea
         serde_json::from_slice::<Value>(&body).unwrap()["name"],
         "cache/multi"
     );
+
+    // A tag's answer depends on what the client accepts (distribution gives a client
+    // that takes no lists one image of a list): cached per Accept, never crossed.
+    let list = &fx.manifest("docker/multi", "v1").digest;
+    let tag_url = format!("{}/v2/dcache/multi/manifests/v1", nginx.url());
+    for (accept, list_expected) in [
+        (DOCKER_MANIFEST_LIST, true),
+        (DOCKER_MANIFEST, false),
+        (DOCKER_MANIFEST_LIST, true),
+    ] {
+        let resp = reqwest::Client::new()
+            .get(&tag_url)
+            .header(reqwest::header::ACCEPT, accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{accept}");
+        let digest = header(resp.headers(), "docker-content-digest").to_owned();
+        assert_eq!(&digest == list, list_expected, "{accept}: {digest}");
+    }
 
     drop(reg);
     // Past the tag's validity: nginx would ask again, finds no upstream, serves stale.
