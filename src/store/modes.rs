@@ -68,22 +68,38 @@ impl WebReader {
     }
 }
 
-/// Every published entry of the store at `root` (the root included) that the web server
-/// cannot read or traverse. Symbolic links are not followed.
-pub fn unreadable(root: &Path) -> Result<Vec<Unreadable>> {
+/// What the web server would meet among the published entries.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Entries (the root included) it cannot read or traverse.
+    pub unreadable: Vec<Unreadable>,
+    /// Symbolic links (not followed).
+    pub symlinks: Vec<PathBuf>,
+}
+
+/// Walk the published entries of the store at `root`.
+pub fn inspect(root: &Path) -> Result<Findings> {
     let reader = WebReader::of(root)?;
     let mut found = Vec::new();
-    walk_published(root, |path, meta| {
-        if !reader.can_read(meta) {
-            found.push(Unreadable {
-                path: path.to_owned(),
-                mode: meta.mode() & 0o7777,
-                dir: meta.is_dir(),
-            });
-        }
-        Ok(())
-    })?;
-    Ok(found)
+    let mut symlinks = Vec::new();
+    walk_published(
+        root,
+        |path, meta| {
+            if !reader.can_read(meta) {
+                found.push(Unreadable {
+                    path: path.to_owned(),
+                    mode: meta.mode() & 0o7777,
+                    dir: meta.is_dir(),
+                });
+            }
+            Ok(())
+        },
+        |path| symlinks.push(path.to_owned()),
+    )?;
+    Ok(Findings {
+        unreadable: found,
+        symlinks,
+    })
 }
 
 /// Give every published entry the bits of `FILE_MODE` / `DIR_MODE` it lacks, as far as
@@ -91,16 +107,20 @@ pub fn unreadable(root: &Path) -> Result<Vec<Unreadable>> {
 pub fn repair(root: &Path) -> Result<Vec<PathBuf>> {
     let umask = process_umask();
     let mut changed = Vec::new();
-    walk_published(root, |path, meta| {
-        let mode = meta.permissions().mode() & 0o7777;
-        let want = if meta.is_dir() { DIR_MODE } else { FILE_MODE } & !umask;
-        if mode & want != want {
-            fs::set_permissions(path, Permissions::from_mode(mode | want))
-                .map_err(StoreError::io("change the mode of", path))?;
-            changed.push(path.to_owned());
-        }
-        Ok(())
-    })?;
+    walk_published(
+        root,
+        |path, meta| {
+            let mode = meta.permissions().mode() & 0o7777;
+            let want = if meta.is_dir() { DIR_MODE } else { FILE_MODE } & !umask;
+            if mode & want != want {
+                fs::set_permissions(path, Permissions::from_mode(mode | want))
+                    .map_err(StoreError::io("change the mode of", path))?;
+                changed.push(path.to_owned());
+            }
+            Ok(())
+        },
+        |_| {},
+    )?;
     Ok(changed)
 }
 
@@ -127,9 +147,12 @@ pub fn closed_path(root: &Path) -> Vec<PathBuf> {
 
 /// Visit the root and everything under it except the store's private entries; regular
 /// files and directories only.
+/// Every published entry, and separately every symbolic link among them (never followed:
+/// the store makes none, and a web server must not serve what one points at).
 fn walk_published(
     root: &Path,
     mut visit: impl FnMut(&Path, &fs::Metadata) -> Result<()>,
+    mut symlink: impl FnMut(&Path),
 ) -> Result<()> {
     let private = [LOCK_FILE, INDEX_LOCK_FILE, TMP_DIR];
     let walk = WalkDir::new(root)
@@ -138,6 +161,7 @@ fn walk_published(
     for entry in walk {
         let entry = entry.map_err(StoreError::walk("walk", root))?;
         if entry.path_is_symlink() {
+            symlink(entry.path());
             continue;
         }
         let meta = entry
@@ -179,14 +203,14 @@ mod tests {
         }
         fs::set_permissions(root.join("repo"), Permissions::from_mode(0o700)).unwrap();
 
-        let found = unreadable(root).unwrap();
+        let found = inspect(root).unwrap().unreadable;
         let paths: Vec<&Path> = found.iter().map(|u| u.path.as_path()).collect();
         assert!(paths.contains(&file.as_path()), "{found:?}");
         assert!(paths.contains(&root.join("repo").as_path()), "{found:?}");
         assert!(!paths.contains(&part.as_path()), "{found:?}");
 
         repair(root).unwrap();
-        assert!(unreadable(root).unwrap().is_empty());
+        assert!(inspect(root).unwrap().unreadable.is_empty());
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&file) & 0o644, 0o644 & !process_umask());
         assert_eq!(mode(&part), 0o600, "private files keep their mode");

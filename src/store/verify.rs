@@ -46,6 +46,8 @@ pub enum Damage {
     NotPooled { path: PathBuf, pool: PathBuf },
     /// A blob an index.json reaches that the layout lacks and the pool has. Linked.
     NotLinked { path: PathBuf, pool: PathBuf },
+    /// A symbolic link among the published files. Removed (the link, not its target).
+    Symlink { path: PathBuf },
 }
 
 /// What `repair` changed.
@@ -90,7 +92,9 @@ pub fn repair(store: &Store, threads: usize) -> Result<RepairReport> {
                 }
                 remove(&path, &mut out.removed)?;
             }
-            Damage::CorruptLayout { path } => remove(&path, &mut out.removed)?,
+            Damage::CorruptLayout { path } | Damage::Symlink { path } => {
+                remove(&path, &mut out.removed)?
+            }
             Damage::NotPooled { path, pool } => {
                 link::link_or_copy(&store.tmp_dir(), &path, &pool)?;
                 out.relinked.push(pool);
@@ -171,6 +175,25 @@ pub fn verify(root: &Path, threads: usize) -> Result<Report> {
         }
     }
 
+    // Links first: repair removes them before it links blobs back in their place.
+    let found = modes::inspect(root)?;
+    report.unreadable = found.unreadable;
+    if let Some(first) = found.symlinks.first() {
+        let target = fs::read_link(first)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|e| format!("unreadable link: {e}"));
+        report.problems.push(format!(
+            "{} symbolic links in the store, which a fetch never makes and the generated nginx never serves (a tampered store could point one at any file); the first is {} -> {target}; repair removes them, then fetch again what it lists",
+            found.symlinks.len(),
+            first.display(),
+        ));
+        report.damage.extend(
+            found
+                .symlinks
+                .into_iter()
+                .map(|path| Damage::Symlink { path }),
+        );
+    }
     for name in repository_names(root)? {
         let dir = match repo_path(root, &name) {
             Ok(dir) => dir,
@@ -186,7 +209,6 @@ pub fn verify(root: &Path, threads: usize) -> Result<Report> {
         }
     }
 
-    report.unreadable = modes::unreadable(root)?;
     if let Some(first) = report.unreadable.first() {
         report.problems.push(format!(
             "{} published files and directories cannot be read by other users, so a web server running as its own user (www-data, nginx, nobody) answers 403 for them; the first is {} (mode {:04o}); fix: static-registry verify --root {} --repair",
@@ -273,17 +295,21 @@ fn check_repository(
         let path = dir.join("blobs/sha256").join(d.digest.hex());
         let pool = root.join(POOL_DIR).join("sha256").join(d.digest.hex());
         let pooled = fs::metadata(&pool);
-        let meta = match fs::metadata(&path) {
-            Ok(m) => m,
-            Err(_) if d.is_foreign() => continue,
-            Err(_) if pooled.is_ok() => {
+        // A symbolic link counts as missing (it is reported, and repair removes it).
+        let file = fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| !m.file_type().is_symlink());
+        let meta = match file {
+            Some(m) => m,
+            None if d.is_foreign() => continue,
+            None if pooled.is_ok() => {
                 report.problems.push(format!(
                     "{name}: {key} is referenced but missing from the layout (the pool has it; repair links it)"
                 ));
                 report.damage.push(Damage::NotLinked { path, pool });
                 continue;
             }
-            Err(_) => {
+            None => {
                 report.problems.push(format!(
                     "{name}: {key} is referenced but missing from the layout and the pool (fetch the image again)"
                 ));

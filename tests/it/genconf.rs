@@ -588,3 +588,79 @@ fn one_manifest_per_tag(root: &Path, repo: &str, tags: &[impl AsRef<str>]) -> Ve
     .unwrap();
     digests
 }
+
+/// A tampered store served blobs through symbolic links (any file the workers could
+/// read), and URLs nginx refuses early or outside /v2/ got its HTML pages. Every answer
+/// is now OCI JSON, nothing outside the store leaks, and verify finds and repair removes
+/// the links (the next fetch restores the blob).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_store_and_hostile_urls_get_json_errors_and_leak_nothing() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    let r = root.path();
+    let image = format!("{}/base/alpine:latest", reg.addr());
+    fetch_ok(r, std::slice::from_ref(&image));
+    let outside = crate::harness::served_tempdir("it-outside-");
+    let secret = outside.path().join("secret");
+    fs::write(&secret, "TOP-SECRET-OUTSIDE-THE-STORE").unwrap();
+    let m = fx.manifest("base/alpine", "latest");
+    let blob = m.blobs.last().unwrap();
+    let layout_blob = crate::harness::store::repo_blob(r, "base/alpine", blob);
+    fs::remove_file(&layout_blob).unwrap();
+    std::os::unix::fs::symlink(&secret, &layout_blob).unwrap();
+    let fake = "f".repeat(64);
+    std::os::unix::fs::symlink(&secret, r.join("base/alpine/blobs/sha256").join(&fake)).unwrap();
+    std::os::unix::fs::symlink(r.join("base/alpine"), r.join("base/linked")).unwrap();
+
+    let nginx = serve(&gen_conf(r, &[]).0);
+    let probes = [
+        format!("/v2/base/alpine/blobs/{blob}"),
+        format!("/v2/base/alpine/blobs/sha256:{fake}"),
+        format!("/v2/base/linked/blobs/{blob}"),
+        "/v2/base/linked/tags/list".to_owned(),
+        "/".to_owned(),
+        "/index.html".to_owned(),
+        "/v2".to_owned(),
+        "/.static-registry".to_owned(),
+        "/base/alpine/index.json".to_owned(),
+        "/v2/%2e%2e/%2e%2e/etc/passwd".to_owned(),
+        "/v2/base/../../etc/passwd".to_owned(),
+        "/v2/.v2/_catalog.json".to_owned(),
+        "/v2/base/alpine/../../.blobs/sha256/x".to_owned(),
+        "/v2/base/alpine/manifests/..%2f..%2f".to_owned(),
+        "/v2/base/alpine/manifests/%00".to_owned(),
+        "/v2/base/alpine/manifests/x.html".to_owned(),
+        "/v2/base/alpine/blobs/sha256:%2e%2e".to_owned(),
+        "/v2/base/alpine/blobs/sha256:ABC".to_owned(),
+        format!("/_sr/blob/base/alpine/{}", &blob[7..]),
+    ];
+    for path in &probes {
+        let url = format!("{}{path}", nginx.url());
+        let (status, h, body) = request(Method::GET, &url).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            [400, 403, 404].contains(&status.as_u16()),
+            "{path}: {status} {text}"
+        );
+        assert_eq!(header(&h, "content-type"), "application/json", "{path}");
+        let json: Value =
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+        assert!(json["errors"][0]["code"].is_string(), "{path}: {text}");
+        assert!(!text.contains("TOP-SECRET"), "{path} leaked: {text}");
+    }
+
+    let out = static_registry(&["verify", "--root", r.to_str().unwrap()]);
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("3 symbolic links in the store"), "{report}");
+    let out = static_registry(&["verify", "--root", r.to_str().unwrap(), "--repair"]);
+    let repaired =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(secret.exists(), "repair removed the link's target");
+    assert!(
+        !layout_blob.exists() || !layout_blob.is_symlink(),
+        "{repaired}"
+    );
+    fetch_ok(r, &[image]);
+    crate::harness::store::assert_verify_clean(r, "after repair and a fetch");
+}
