@@ -354,31 +354,7 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     }
     let mut routes = sites::routes(&model.repos, &prefix, &opts.mappings);
     let mut warnings = std::mem::take(&mut routes.warnings);
-    let path_text = |option: &'static str, p: &Path| -> Result<String, NginxError> {
-        let text = p.to_string_lossy().into_owned();
-        check(
-            option,
-            &text,
-            &SERVER_ROOT_RE,
-            "an absolute path of [A-Za-z0-9._/-]",
-        )?;
-        Ok(text)
-    };
     let cache = &opts.proxy_cache;
-    if routes.any_proxy {
-        check(
-            "--proxy-cache-size",
-            &cache.max_size,
-            &SIZE_RE,
-            "a size such as 500m or 10g",
-        )?;
-        check(
-            "--proxy-tag-validity",
-            &cache.tag_validity,
-            &TIME_RE,
-            "an nginx time such as 30s, 1m or 1h",
-        )?;
-    }
     let upstream_ca = routes
         .upstreams
         .iter()
@@ -406,17 +382,7 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("part", &opts.part);
     ctx.insert("listen", &opts.listen);
     ctx.insert("server_name", &opts.server_name);
-    // Served names that differ from stored ones need the tags list rewritten (a filter
-    // that costs a fifth of its requests/s, so only then).
-    ctx.insert(
-        "renamed",
-        &(!prefix.is_empty()
-            || !routes.ns.is_empty()
-            || routes
-                .names
-                .iter()
-                .any(|e| !e.key.ends_with(&format!(" {}", e.value)))),
-    );
+    ctx.insert("renamed", &routes.renamed);
     ctx.insert("names", &routes.names);
     ctx.insert("ns", &routes.ns);
     ctx.insert("catalog", &routes.catalog);
@@ -426,48 +392,10 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("sites", &routes.sites);
     ctx.insert("upstream_ca", &upstream_ca);
     if routes.any_proxy {
-        let resolvers = if cache.resolvers.is_empty() {
-            system_resolvers()
-        } else {
-            cache.resolvers.clone()
-        };
-        let resolver = resolvers
-            .iter()
-            .map(|r| {
-                r.parse::<std::net::IpAddr>()
-                    .map(|ip| match ip {
-                        std::net::IpAddr::V4(v4) => v4.to_string(),
-                        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                    })
-                    .map_err(|_| NginxError::InvalidOption {
-                        option: "--resolver",
-                        value: r.clone(),
-                        rule: "an IPv4 or IPv6 address",
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?
-            .join(" ");
-        if resolver.is_empty() {
-            warnings.push("no DNS server found in /etc/resolv.conf: blobs that a proxied upstream redirects to a host name will fail (502); give --resolver ADDR".to_owned());
-        }
-        ctx.insert("resolver", &resolver);
-        ctx.insert("cache_dir", &path_text("--proxy-cache", &cache.dir)?);
-        ctx.insert("cache_size", &cache.max_size);
-        ctx.insert("tag_validity", &cache.tag_validity);
+        proxy_context(&mut ctx, cache, &mut warnings)?;
     }
     ctx.insert("name_re", NAME_RE);
-    ctx.insert("repos", &model.repos);
-    // nginx compares map keys ignoring case (and refuses keys that differ only in case);
-    // tags are case-sensitive, so tags with capitals go into a map of exact regexes.
-    let (mixed, lower): (Vec<_>, Vec<_>) = model
-        .tags
-        .iter()
-        .cloned()
-        .partition(|(key, _)| key.bytes().any(|b| b.is_ascii_uppercase()));
-    let mixed: Vec<(String, String)> = mixed
-        .into_iter()
-        .map(|(key, hex)| (format!("^{}$", key.replace('.', "\\.")), hex))
-        .collect();
+    let (lower, mixed) = tag_keys(&model.tags);
     ctx.insert("tags", &map_entries(&lower));
     ctx.insert("mixed_tags", &map_entries(&mixed));
     ctx.insert("manifests", &map_entries(&model.manifests));
@@ -527,6 +455,86 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
         skipped,
         warnings,
     })
+}
+
+/// (key, value) pairs of one nginx map.
+type MapPairs = Vec<(String, String)>;
+
+/// An absolute path as nginx may read it unquoted.
+fn path_text(option: &'static str, p: &Path) -> Result<String, NginxError> {
+    let text = p.to_string_lossy().into_owned();
+    check(
+        option,
+        &text,
+        &SERVER_ROOT_RE,
+        "an absolute path of [A-Za-z0-9._/-]",
+    )?;
+    Ok(text)
+}
+
+/// The "name:tag" keys split: all-lowercase ones for a hash map, and the others as exact
+/// regexes. nginx compares map keys ignoring case (and refuses keys that differ only in
+/// case); tags are case-sensitive.
+fn tag_keys(tags: &[(String, String)]) -> (MapPairs, MapPairs) {
+    let (mixed, lower): (Vec<_>, Vec<_>) = tags
+        .iter()
+        .cloned()
+        .partition(|(key, _)| key.bytes().any(|b| b.is_ascii_uppercase()));
+    let mixed = mixed
+        .into_iter()
+        // Names and tags are validated: '.' is their only regex metacharacter.
+        .map(|(key, hex)| (format!("^{}$", key.replace('.', "\\.")), hex))
+        .collect();
+    (lower, mixed)
+}
+
+/// What proxied upstream mounts add: the cache and the resolver for storage redirects.
+fn proxy_context(
+    ctx: &mut tera::Context,
+    cache: &ProxyCache,
+    warnings: &mut Vec<String>,
+) -> Result<(), NginxError> {
+    check(
+        "--proxy-cache-size",
+        &cache.max_size,
+        &SIZE_RE,
+        "a size such as 500m or 10g",
+    )?;
+    check(
+        "--proxy-tag-validity",
+        &cache.tag_validity,
+        &TIME_RE,
+        "an nginx time such as 30s, 1m or 1h",
+    )?;
+    let resolvers = if cache.resolvers.is_empty() {
+        system_resolvers()
+    } else {
+        cache.resolvers.clone()
+    };
+    let resolver = resolvers
+        .iter()
+        .map(|r| {
+            r.parse::<std::net::IpAddr>()
+                .map(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .map_err(|_| NginxError::InvalidOption {
+                    option: "--resolver",
+                    value: r.clone(),
+                    rule: "an IPv4 or IPv6 address",
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?
+        .join(" ");
+    if resolver.is_empty() {
+        warnings.push("no DNS server found in /etc/resolv.conf: blobs that a proxied upstream redirects to a host name will fail (502); give --resolver ADDR".to_owned());
+    }
+    ctx.insert("resolver", &resolver);
+    ctx.insert("cache_dir", &path_text("--proxy-cache", &cache.dir)?);
+    ctx.insert("cache_size", &cache.max_size);
+    ctx.insert("tag_validity", &cache.tag_validity);
+    Ok(())
 }
 
 /// The name servers of /etc/resolv.conf (where nginx, which reads no such file, should

@@ -70,6 +70,9 @@ pub struct Routes {
     pub upstreams: Vec<UpstreamCtx>,
     pub sites: Vec<Site>,
     pub any_proxy: bool,
+    /// Some served name differs from its stored one: tag lists need the served name
+    /// written in (a filter that costs a fifth of their requests/s, so only then).
+    pub renamed: bool,
     /// Mappings that serve nothing, each with what to check.
     pub warnings: Vec<String>,
 }
@@ -127,6 +130,7 @@ pub fn routes(repos: &[String], prefix: &str, mappings: &Mappings) -> Routes {
                 ));
             }
         }
+        r.renamed |= served.iter().any(|(name, stored)| name != stored);
         r.catalog_site(id, served.keys());
         r.names
             .extend(served.into_iter().map(|(name, store)| Entry {
@@ -188,6 +192,7 @@ pub fn routes(repos: &[String], prefix: &str, mappings: &Mappings) -> Routes {
         }
     }
     r.ns = ns_entries(repos, prefix);
+    r.renamed |= !r.ns.is_empty();
     r
 }
 
