@@ -260,9 +260,25 @@ pub struct GenConfArgs {
     /// Serve every repository under this prefix: <prefix>/<name>.
     #[arg(long, value_name = "PREFIX")]
     pub name_prefix: Option<String>,
-    /// nginx `listen` value: a port or address:port.
-    #[arg(long, default_value = "80", value_name = "ADDR")]
-    pub listen: String,
+    /// nginx `listen` value: a port or address:port [default: 80, with --tls-cert 443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Serve HTTPS (and HTTP/2) with this certificate chain (PEM); needs --tls-key.
+    /// (With --locations-only, TLS is your server block's.)
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with_all = ["locations_only", "maps_only"]
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; read by nginx's master process only).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS, also listen here for plain HTTP and redirect every request to HTTPS
+    /// (a port or address:port, e.g. 80).
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub tls_redirect_from: Option<String>,
     /// nginx `server_name` value.
     #[arg(long, default_value = "_", value_name = "NAMES")]
     pub server_name: String,

@@ -796,7 +796,17 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
         root: args.root,
         server_root: args.server_root,
         name_prefix: args.name_prefix,
-        listen: args.listen,
+        listen: args
+            .listen
+            .unwrap_or_else(|| if args.tls_cert.is_some() { "443" } else { "80" }.to_owned()),
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| nginx::Tls {
+                cert,
+                key,
+                redirect_from: args.tls_redirect_from,
+            }),
         server_name: args.server_name,
         part,
         templates: args.templates,

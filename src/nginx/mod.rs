@@ -134,10 +134,23 @@ pub struct GenConfOptions {
     pub host: host::HostNginx,
     /// Where the output will be installed (not a competitor of itself).
     pub install: Option<PathBuf>,
+    /// Serve HTTPS (and HTTP/2) instead of plain HTTP.
+    pub tls: Option<Tls>,
     /// Served names mapped onto stored names and upstream registries, per virtual host.
     pub mappings: Mappings,
     /// Upstream mounts in proxy mode: where nginx caches what it fetched.
     pub proxy_cache: ProxyCache,
+}
+
+/// The TLS side of the generated servers.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Also listen here for plain HTTP, redirecting to HTTPS.
+    pub redirect_from: Option<String>,
 }
 
 /// nginx's cache for proxied upstream mounts.
@@ -382,6 +395,31 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("part", &opts.part);
     ctx.insert("listen", &opts.listen);
     ctx.insert("server_name", &opts.server_name);
+    let tls = opts.tls.as_ref();
+    ctx.insert(
+        "tls_cert",
+        &tls.map(|t| path_text("--tls-cert", &t.cert)).transpose()?,
+    );
+    ctx.insert(
+        "tls_key",
+        &tls.map(|t| path_text("--tls-key", &t.key)).transpose()?,
+    );
+    let redirect_from = tls.and_then(|t| t.redirect_from.as_deref());
+    if let Some(from) = redirect_from {
+        check(
+            "--tls-redirect-from",
+            from,
+            &LISTEN_RE,
+            "a port, or address:port",
+        )?;
+    }
+    ctx.insert("tls_redirect_from", &redirect_from);
+    // The port clients are redirected to, when it is not HTTPS's own.
+    let port = host::listen_port(&opts.listen).filter(|p| *p != 443);
+    ctx.insert(
+        "tls_port",
+        &port.map(|p| format!(":{p}")).unwrap_or_default(),
+    );
     ctx.insert("renamed", &routes.renamed);
     ctx.insert("names", &routes.names);
     ctx.insert("ns", &routes.ns);

@@ -664,3 +664,83 @@ async fn a_tampered_store_and_hostile_urls_get_json_errors_and_leak_nothing() {
     fetch_ok(r, &[image]);
     crate::harness::store::assert_verify_clean(r, "after repair and a fetch");
 }
+
+/// `--tls-cert`/`--tls-key`: HTTPS with HTTP/2 (curl), skopeo pulls trusting the CA
+/// through `--cert-dir`, and `--tls-redirect-from` sends plain HTTP to HTTPS.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_serves_http2_that_skopeo_pulls_and_redirects_plain_http() {
+    let (fx, root) = fetched_store().await;
+    let ca = crate::harness::tls::TestCa::new("it gen-conf TLS CA");
+    let dir = crate::harness::served_tempdir("it-tls-");
+    let (cert, key) = ca.server_cert("localhost").write(dir.path(), "server");
+    let certs = dir.path().join("certs.d");
+    fs::create_dir(&certs).unwrap();
+    let ca_pem = ca.write_pem(&certs.join("ca.crt"));
+    let plain = format!("127.0.0.1:{}", crate::harness::free_port());
+    let (config, _) = gen_conf(
+        root.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-redirect-from",
+            &plain,
+        ],
+    );
+    let nginx = Nginx::start(
+        &config
+            .replace(
+                &format!("listen {LISTEN} ssl http2;"),
+                "listen 127.0.0.1:{{PORT}} ssl http2;",
+            )
+            .replace(":65000$request_uri", ":{{PORT}}$request_uri"),
+    );
+    let port = nginx.addr().rsplit_once(':').unwrap().1.to_owned();
+    let curl = |args: &[&str]| {
+        let out = crate::harness::run_with_timeout(
+            std::process::Command::new(crate::harness::require_bin("curl", "curl"))
+                .args(["-sS", "-o", "/dev/null"])
+                .args(args),
+            std::time::Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let https = format!("https://localhost:{port}/v2/");
+    assert_eq!(
+        curl(&[
+            "--http2",
+            "--cacert",
+            ca_pem.to_str().unwrap(),
+            "-w",
+            "%{http_version} %{http_code}",
+            &https,
+        ]),
+        "2 200"
+    );
+    assert_eq!(
+        curl(&[
+            "-H",
+            "Host: localhost",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            &format!("http://{plain}/v2/"),
+        ]),
+        format!("301 {https}")
+    );
+    let image = format!("docker://localhost:{port}/base/alpine:latest");
+    let cert_dir = certs.to_str().unwrap().to_owned();
+    let raw =
+        tokio::task::spawn_blocking(move || skopeo_inspect_raw(&image, &["--cert-dir", &cert_dir]))
+            .await
+            .unwrap();
+    assert_eq!(
+        sha256_digest(&raw),
+        fx.manifest("base/alpine", "latest").digest
+    );
+}
