@@ -96,14 +96,23 @@ impl Mapping {
     pub fn rest<'a>(&self, name: &'a str) -> Option<&'a str> {
         match &self.served {
             None => Some(name),
-            Some(s) if s == name => Some(""),
-            Some(s) => name.strip_prefix(s.as_str())?.strip_prefix('/'),
+            Some(s) => below(name, s),
         }
     }
 
     /// How specific the mapping is: the longest served path that covers a name wins.
     pub fn depth(&self) -> usize {
         self.served.as_ref().map_or(0, |s| s.len() + 1)
+    }
+}
+
+/// The part of repository `name` below `base`, in whole components: `Some("")` for
+/// `base` itself, `Some("x/y")` for `<base>/x/y`, `None` otherwise.
+pub fn below<'a>(name: &'a str, base: &str) -> Option<&'a str> {
+    if name == base {
+        Some("")
+    } else {
+        name.strip_prefix(base)?.strip_prefix('/')
     }
 }
 

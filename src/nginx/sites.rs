@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::mapping::{Mapping, Mappings, Mode, Target, Upstream};
+use crate::mapping::{Mapping, Mappings, Mode, Target, Upstream, below};
 
 /// nginx reads one configuration token into a 4 KiB buffer ("too long parameter"): a
 /// catalog is rendered as map values of at most this many bytes, joined per request.
@@ -99,14 +99,7 @@ pub fn routes(repos: &[String], prefix: &str, mappings: &Mappings) -> Routes {
             };
             let mut any = false;
             for name in &stored {
-                let rest = if *name == target {
-                    ""
-                } else if let Some(rest) = name
-                    .strip_prefix(target.as_str())
-                    .and_then(|r| r.strip_prefix('/'))
-                {
-                    rest
-                } else {
+                let Some(rest) = below(name, target) else {
                     continue;
                 };
                 let alias = match (&m.served, rest) {
