@@ -53,6 +53,10 @@ pub enum Command {
     /// Print nginx configuration that serves the store as a read-only registry.
     #[command(override_usage = "static-registry gen-conf [OPTIONS]")]
     GenConf(GenConfArgs),
+    /// Serve the store as a read-only registry, without nginx (HTTP, or HTTPS with
+    /// HTTP/2); picks up every new publish without a restart.
+    #[command(override_usage = "static-registry serve [OPTIONS]")]
+    Serve(ServeArgs),
     /// List the repositories, tags, digests and sizes in a store.
     #[command(override_usage = "static-registry ls [OPTIONS] [REPOSITORY]")]
     Ls(LsArgs),
@@ -249,6 +253,33 @@ pub struct PlanArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Store directory to serve.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Address and port to listen on (0.0.0.0:5000 for every interface).
+    #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Serve every repository under this prefix: <prefix>/<name>.
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: Option<String>,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this certificate chain (PEM); needs
+    /// --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Only users of this htpasswd file (bcrypt entries: `htpasswd -B`) may pull;
+    /// anonymous requests get 401. The file is re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// Log lines (one per request, at -v's default info level) as text or JSON.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
 pub struct GenConfArgs {
     /// Store directory to serve.
     #[arg(long, default_value = "images", value_name = "DIR")]
@@ -282,6 +313,10 @@ pub struct GenConfArgs {
     /// nginx `server_name` value.
     #[arg(long, default_value = "_", value_name = "NAMES")]
     pub server_name: String,
+    /// Only users of this htpasswd file (bcrypt entries: `htpasswd -B`) may pull;
+    /// anonymous requests get 401. nginx's workers read it at each request.
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
     /// Print only the location blocks, to include inside an existing server block; the
     /// http-level maps they need come from --maps-only.
     #[arg(long, conflicts_with = "maps_only")]

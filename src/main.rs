@@ -24,13 +24,14 @@ use static_registry::reference::{self, Reference};
 use static_registry::registry::{Client, ClientOptions, RegistryError, Remedy};
 use static_registry::report;
 use static_registry::select;
+use static_registry::serve;
 use static_registry::service;
 use static_registry::store::{Removal, Store, StoreView, inventory, verify};
 use static_registry::sync;
 
 use cli::{
     Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, FetchArgs, GenConfArgs, LsArgs, PlanArgs,
-    PruneArgs, PushArgs, RegistryArgs, RmArgs, SyncArgs, VerifyArgs,
+    PruneArgs, PushArgs, RegistryArgs, RmArgs, ServeArgs, SyncArgs, VerifyArgs,
 };
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
     // The service logs each round (info); one-shot commands only warnings unless -v.
     let (service, json) = match &cli.command {
         Command::Sync(a) if !a.once => (true, a.log_format == cli::LogFormat::Json),
+        Command::Serve(a) => (true, a.log_format == cli::LogFormat::Json),
         _ => (false, false),
     };
     init_logging(cli.verbose + u8::from(service), service, json);
@@ -228,6 +230,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Copy(args) => copy_command(args),
         Command::Sync(args) => sync_command(args),
         Command::GenConf(args) => gen_conf_command(args),
+        Command::Serve(args) => serve_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
         Command::Rm(args) => rm_command(args),
@@ -772,6 +775,35 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     }
 }
 
+fn serve_command(args: ServeArgs) -> Result<ExitCode> {
+    let opts = serve::ServeOptions {
+        root: args.root,
+        listen: args.listen,
+        name_prefix: args.name_prefix,
+        tls: args.tls_cert.zip(args.tls_key),
+        htpasswd: args.htpasswd,
+    };
+    runtime()?.block_on(serve::serve(opts, |_| {}, stop_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
     let part = if args.locations_only {
         nginx::Part::Locations
@@ -816,6 +848,7 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
         },
         install: args.install,
         mappings,
+        htpasswd: args.htpasswd,
         proxy_cache: nginx::ProxyCache {
             dir: args.proxy_cache,
             max_size: args.proxy_cache_size,

@@ -17,9 +17,10 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::manifest::{self, REF_NAME};
+use crate::htpasswd::{AuthError, Htpasswd};
 use crate::mapping::Mappings;
-use crate::reference::{self, Digest};
+use crate::reference;
+use crate::routes::{self, ApiError, KINDS, NAME_RE};
 use crate::store::{self, StoreError};
 
 const TEMPLATE_NAMES: [&str; 3] = [
@@ -31,21 +32,6 @@ const EMBEDDED: [&str; 3] = [
     include_str!("../../templates/registry.conf.tera"),
     include_str!("../../templates/maps.conf.tera"),
     include_str!("../../templates/locations.conf.tera"),
-];
-
-/// The repository-name grammar as an nginx (PCRE) regex.
-const NAME_RE: &str =
-    "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*";
-
-/// Manifest kinds and the Content-Type each is served with; `blob` is the fallback
-/// location for blobs. A kind names an nginx location, so only these fixed words are ever
-/// rendered, never a media type read from the store.
-const KINDS: [(&str, &str); 5] = [
-    ("oci-index", manifest::OCI_INDEX),
-    ("oci-manifest", manifest::OCI_MANIFEST),
-    ("docker-list", manifest::DOCKER_LIST),
-    ("docker-manifest", manifest::DOCKER_MANIFEST),
-    ("blob", "application/octet-stream"),
 ];
 
 static SERVER_ROOT_RE: LazyLock<Regex> = LazyLock::new(|| {
@@ -97,6 +83,8 @@ pub enum NginxError {
     },
     #[error("{path} is installed and nginx -t accepts it, but reloading nginx failed: {output}")]
     NotReloaded { path: PathBuf, output: String },
+    #[error(transparent)]
+    Htpasswd(#[from] AuthError),
     #[error("template {name}: {source}")]
     Template {
         name: String,
@@ -140,6 +128,8 @@ pub struct GenConfOptions {
     pub mappings: Mappings,
     /// Upstream mounts in proxy mode: where nginx caches what it fetched.
     pub proxy_cache: ProxyCache,
+    /// Users who may pull (Basic auth).
+    pub htpasswd: Option<PathBuf>,
 }
 
 /// The TLS side of the generated servers.
@@ -191,85 +181,40 @@ pub struct Rendered {
     pub warnings: Vec<String>,
 }
 
-/// What the store holds, restricted to what may be rendered.
+/// The route model flattened into nginx map entries.
 #[derive(Debug, Default)]
-pub struct RouteModel {
-    pub repos: Vec<String>,
+struct MapModel {
+    repos: Vec<String>,
     /// ("name:tag", hex)
-    pub tags: Vec<(String, String)>,
+    tags: Vec<(String, String)>,
     /// ("name@hex", kind)
-    pub manifests: Vec<(String, &'static str)>,
-    pub skipped: Vec<String>,
+    manifests: Vec<(String, &'static str)>,
+    skipped: Vec<String>,
 }
 
-fn kind_of(media_type: &str) -> Option<&'static str> {
-    KINDS
-        .iter()
-        .find(|(kind, mt)| *kind != "blob" && *mt == media_type)
-        .map(|(kind, _)| *kind)
-}
-
-/// Walk the store's repositories (read-only) and collect every servable tag and manifest.
-pub fn scan(root: &Path) -> Result<RouteModel, NginxError> {
+fn map_model(root: &Path) -> Result<MapModel, NginxError> {
     if !store::inventory::is_store(root) {
         return Err(NginxError::NotAStore(root.display().to_string()));
     }
-    let mut model = RouteModel::default();
-    let names = store::inventory::repository_names(root)?;
-    for name in names {
-        match store::repo_path(root, &name) {
-            Ok(dir) => scan_repo(&name, &dir, &mut model)?,
-            Err(e) => model.skipped.push(format!("repository {name:?}: {e}")),
-        }
-    }
-    Ok(model)
-}
-
-fn scan_repo(name: &str, dir: &Path, model: &mut RouteModel) -> Result<(), NginxError> {
-    let index = match store::read_index_file(&dir.join("index.json")) {
-        Ok(index) => index,
-        Err(e) => {
-            model.skipped.push(format!("repository {name}: {e}"));
-            return Ok(());
-        }
+    let model = routes::scan(root)?;
+    let mut out = MapModel {
+        skipped: model.skipped,
+        ..MapModel::default()
     };
-    let mut tags = BTreeMap::new();
-    for d in &index.manifests {
-        if let Some(tag) = d.annotations.get(REF_NAME) {
-            if let Err(e) = reference::validate_tag(tag) {
-                model.skipped.push(format!("{name}: {e}"));
-                continue;
-            }
-            tags.insert(tag.clone(), d.digest.clone());
-        }
-        if kind_of(&d.media_type).is_none() {
-            model.skipped.push(format!(
-                "{name}@{}: media type {:?} is not a manifest type this config serves",
-                d.digest, d.media_type
-            ));
-        }
+    for (name, repo) in model.repos {
+        out.tags.extend(
+            repo.tags
+                .into_iter()
+                .map(|(tag, hex)| (format!("{name}:{tag}"), hex)),
+        );
+        out.manifests.extend(
+            repo.manifests
+                .into_iter()
+                .map(|(hex, kind)| (format!("{name}@{hex}"), kind)),
+        );
+        out.repos.push(name);
     }
-    // Children of indexes are manifests too (platform images, referrer artifacts);
-    // configs and layers have no kind and are served as blobs.
-    let kinds: BTreeMap<Digest, &'static str> = store::inventory::reachable(dir, &index.manifests)
-        .into_iter()
-        .filter(|d| d.digest.algorithm() == "sha256")
-        .filter_map(|d| Some((d.digest, kind_of(&d.media_type)?)))
-        .collect();
-    for (tag, digest) in tags {
-        if kinds.contains_key(&digest) {
-            model
-                .tags
-                .push((format!("{name}:{tag}"), digest.hex().to_owned()));
-        }
-    }
-    model.manifests.extend(
-        kinds
-            .into_iter()
-            .map(|(d, kind)| (format!("{name}@{}", d.hex()), kind)),
-    );
-    model.repos.push(name.to_owned());
-    Ok(())
+    Ok(out)
 }
 
 /// One map entry: `"key" value;`.
@@ -350,7 +295,7 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
             rule: "a repository name: lowercase [a-z0-9] components separated by '/', joined inside by '.', '_', '__' or '-'",
         })?;
     }
-    let model = scan(&opts.root)?;
+    let model = map_model(&opts.root)?;
     let tera = templates(opts.templates.as_deref())?;
 
     let prefix = opts
@@ -429,10 +374,23 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("any_proxy", &routes.any_proxy);
     ctx.insert("sites", &routes.sites);
     ctx.insert("upstream_ca", &upstream_ca);
+    let htpasswd = opts
+        .htpasswd
+        .as_deref()
+        .map(|path| {
+            let text = path_text("--htpasswd", path)?;
+            Htpasswd::load(path)?;
+            warnings.extend(htpasswd_warning(path));
+            Ok::<_, NginxError>(text)
+        })
+        .transpose()?;
+    ctx.insert("htpasswd", &htpasswd);
     if routes.any_proxy {
         proxy_context(&mut ctx, cache, &mut warnings)?;
     }
     ctx.insert("name_re", NAME_RE);
+    ctx.insert("errors", &error_answers());
+    ctx.insert("no_referrers", routes::NO_REFERRERS);
     let (lower, mixed) = tag_keys(&model.tags);
     ctx.insert("tags", &map_entries(&lower));
     ctx.insert("mixed_tags", &map_entries(&mixed));
@@ -493,6 +451,26 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
         skipped,
         warnings,
     })
+}
+
+/// Every error answer, by name, as the templates render it (`return <status> '<body>'`).
+fn error_answers() -> BTreeMap<&'static str, ErrorAnswer> {
+    ApiError::ALL
+        .iter()
+        .map(|e| {
+            let answer = ErrorAnswer {
+                status: e.status(),
+                body: e.body(),
+            };
+            (e.key(), answer)
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct ErrorAnswer {
+    status: u16,
+    body: String,
 }
 
 /// (key, value) pairs of one nginx map.
@@ -613,6 +591,19 @@ fn default_server_warnings(opts: &GenConfOptions) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// nginx's workers read the htpasswd file at each request: one only its owner may read
+/// fails every pull (500).
+fn htpasswd_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o044 == 0).then(|| {
+        format!(
+            "{} is readable by its owner only: nginx's workers (www-data, nginx or nobody) read it at each request and would fail every pull; make it readable by their group (chgrp www-data {0}; chmod 640 {0})",
+            path.display()
+        )
+    })
 }
 
 /// What keeps a web server running as its own user from reading the store where nginx

@@ -8,10 +8,30 @@ use serde_json::{Value, json};
 
 use crate::harness::clients::{Containerd, podman_pull};
 use crate::harness::fixtures::{FOREIGN_URL, Fixtures, OCI_INDEX, SBOM_ARTIFACT_TYPE};
+use crate::harness::front::{Front, Kind};
 use crate::harness::nginx::Nginx;
 use crate::harness::sha256_digest;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{all_tag_refs, fetch_ok, registry_with_fixtures, static_registry};
+
+/// A pull-API test, run against nginx (gen-conf) and against `serve`.
+macro_rules! both_fronts {
+    ($name:ident) => {
+        mod $name {
+            use crate::harness::front::Kind;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn nginx() {
+                super::$name(Kind::Nginx).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn serve() {
+                super::$name(Kind::Serve).await
+            }
+        }
+    };
+}
 
 /// A port placeholder gen-conf accepts; the harness substitutes its free port.
 const LISTEN: &str = "127.0.0.1:65000";
@@ -69,14 +89,14 @@ async fn skopeo_blocking(args: Vec<String>) -> Vec<u8> {
     .unwrap()
 }
 
+both_fronts!(every_tag_and_digest_pulls_byte_exact);
 /// Every manifest of the fixture set, tag and digest, pulls through nginx byte for
 /// byte with skopeo, with the right headers on GET and HEAD; every image copies whole.
-#[tokio::test(flavor = "multi_thread")]
-async fn every_tag_and_digest_pulls_through_nginx_byte_exact() {
+async fn every_tag_and_digest_pulls_byte_exact(kind: Kind) {
     let (fx, root) = fetched_store().await;
     let (config, warnings) = gen_conf(root.path(), &[]);
     assert!(warnings.is_empty(), "{warnings}");
-    let nginx = serve(&config);
+    let nginx = Front::start(kind, root.path(), &[]);
     let addr = nginx.addr();
 
     for (repo, tag, digest) in fx.all_refs() {
@@ -140,10 +160,10 @@ async fn every_tag_and_digest_pulls_through_nginx_byte_exact() {
     assert!(!config.contains(FOREIGN_URL));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn blobs_support_range_and_stay_in_their_repository() {
+both_fronts!(blobs_support_range_and_stay_in_their_repository);
+async fn blobs_support_range_and_stay_in_their_repository(kind: Kind) {
     let (fx, root) = fetched_store().await;
-    let nginx = serve(&gen_conf(root.path(), &[]).0);
+    let nginx = Front::start(kind, root.path(), &[]);
     let base = &fx.base_layer;
     let bytes = fx.blob(base);
     let url = format!("{}/v2/apps/web/blobs/{base}", nginx.url());
@@ -175,10 +195,10 @@ pub fn error_code(body: &[u8]) -> String {
     v["errors"][0]["code"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tags_catalog_and_referrers_match_the_store() {
+both_fronts!(tags_catalog_and_referrers_match_the_store);
+async fn tags_catalog_and_referrers_match_the_store(kind: Kind) {
     let (fx, root) = fetched_store().await;
-    let nginx = serve(&gen_conf(root.path(), &[]).0);
+    let nginx = Front::start(kind, root.path(), &[]);
     let get_json = |path: String| {
         let url = format!("{}{path}", nginx.url());
         async move {
@@ -211,10 +231,10 @@ async fn tags_catalog_and_referrers_match_the_store() {
     assert_eq!(empty["manifests"], json!([]));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn errors_are_oci_json_with_the_right_status_and_code() {
+both_fronts!(errors_are_oci_json_with_the_right_status_and_code);
+async fn errors_are_oci_json_with_the_right_status_and_code(kind: Kind) {
     let (fx, root) = fetched_store().await;
-    let nginx = serve(&gen_conf(root.path(), &[]).0);
+    let nginx = Front::start(kind, root.path(), &[]);
     let unknown = format!("sha256:{}", "0".repeat(64));
     let cases = [
         ("/v2/apps/web/manifests/nope", 404, "MANIFEST_UNKNOWN"),
@@ -270,9 +290,13 @@ async fn errors_are_oci_json_with_the_right_status_and_code() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn name_prefix_and_server_root_variable_serve_the_same_images() {
+both_fronts!(name_prefix_serves_the_same_images);
+async fn name_prefix_serves_the_same_images(kind: Kind) {
     let (fx, root) = fetched_store().await;
+    if kind == Kind::Serve {
+        let front = Front::start(kind, root.path(), &["--name-prefix", "mirror/hub"]);
+        return name_prefix_checks(&fx, &front).await;
+    }
     let root_path = root.path().to_str().unwrap().to_owned();
     let (config, _) = gen_conf(
         root.path(),
@@ -289,7 +313,11 @@ async fn name_prefix_and_server_root_variable_serve_the_same_images() {
     );
     // After the generated maps: nginx wants map_hash_* set before the first map.
     let config = format!("{config}\nmap $host $registry_root {{ default \"{root_path}\"; }}\n");
-    let nginx = serve(&config);
+    let nginx = Front::Nginx(serve(&config));
+    name_prefix_checks(&fx, &nginx).await;
+}
+
+async fn name_prefix_checks(fx: &Fixtures, nginx: &Front) {
     let addr = nginx.addr();
 
     let web = fx.manifest("oci/multi", "1.0");
@@ -464,12 +492,12 @@ async fn container_helper_renders_a_config_nginx_serves() {
     assert_eq!(body, m.bytes);
 }
 
+both_fronts!(podman_and_containerd_pull);
 /// podman and containerd pull every manifest shape (Docker v2s2 and list, OCI manifest
 /// and index, nested names) through nginx, by tag and by digest.
-#[tokio::test(flavor = "multi_thread")]
-async fn podman_and_containerd_pull_through_nginx() {
+async fn podman_and_containerd_pull(kind: Kind) {
     let (fx, root) = fetched_store().await;
-    let nginx = serve(&gen_conf(root.path(), &[]).0);
+    let nginx = Front::start(kind, root.path(), &[]);
     let addr = nginx.addr();
     let images: Vec<String> = [
         ("base/alpine", "latest"),
@@ -589,12 +617,12 @@ fn one_manifest_per_tag(root: &Path, repo: &str, tags: &[impl AsRef<str>]) -> Ve
     digests
 }
 
+both_fronts!(a_tampered_store_and_hostile_urls_get_json_errors_and_leak_nothing);
 /// A tampered store served blobs through symbolic links (any file the workers could
 /// read), and URLs nginx refuses early or outside /v2/ got its HTML pages. Every answer
 /// is now OCI JSON, nothing outside the store leaks, and verify finds and repair removes
 /// the links (the next fetch restores the blob).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tampered_store_and_hostile_urls_get_json_errors_and_leak_nothing() {
+async fn a_tampered_store_and_hostile_urls_get_json_errors_and_leak_nothing(kind: Kind) {
     let (reg, fx, root) = registry_with_fixtures().await;
     let r = root.path();
     let image = format!("{}/base/alpine:latest", reg.addr());
@@ -611,7 +639,7 @@ async fn a_tampered_store_and_hostile_urls_get_json_errors_and_leak_nothing() {
     std::os::unix::fs::symlink(&secret, r.join("base/alpine/blobs/sha256").join(&fake)).unwrap();
     std::os::unix::fs::symlink(r.join("base/alpine"), r.join("base/linked")).unwrap();
 
-    let nginx = serve(&gen_conf(r, &[]).0);
+    let nginx = Front::start(kind, r, &[]);
     let probes = [
         format!("/v2/base/alpine/blobs/{blob}"),
         format!("/v2/base/alpine/blobs/sha256:{fake}"),
@@ -743,4 +771,106 @@ async fn tls_serves_http2_that_skopeo_pulls_and_redirects_plain_http() {
         sha256_digest(&raw),
         fx.manifest("base/alpine", "latest").digest
     );
+}
+
+both_fronts!(pull_auth_refuses_strangers_and_lets_users_pull);
+/// `--htpasswd`: no, wrong or unknown credentials get 401 with a Basic challenge and an
+/// OCI body on every route (nginx answers most routes before its access check, so they
+/// sit behind an internal prefix only the checked gate leads to); users pull with skopeo
+/// and podman, and the prefix itself is not reachable from outside.
+async fn pull_auth_refuses_strangers_and_lets_users_pull(kind: Kind) {
+    const USER: &str = "puller";
+    const PASSWORD: &str = "pull-only secret";
+    let (reg, fx, root) = registry_with_fixtures().await;
+    let r = root.path();
+    fetch_ok(r, &[format!("{}/oci/multi:1.0", reg.addr())]);
+    let dir = crate::harness::served_tempdir("it-htpasswd-");
+    let htpasswd = dir.path().join("htpasswd");
+    // Cost 4 keeps the tests fast; nginx checks bcrypt through the system's crypt().
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    fs::write(&htpasswd, format!("{USER}:{hash}\n")).unwrap();
+    let front = Front::start(kind, r, &["--htpasswd", htpasswd.to_str().unwrap()]);
+    let m = fx.manifest("oci/multi", "1.0");
+    let http = reqwest::Client::new();
+    let send = |method: Method, path: &str, creds: Option<(&str, &str)>| {
+        let req = http.request(method, format!("{}{path}", front.url()));
+        let req = match creds {
+            Some((u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
+        };
+        async move {
+            let resp = req.send().await.unwrap();
+            let (status, h) = (resp.status(), resp.headers().clone());
+            (status, h, resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    let routes = [
+        "/v2/".to_owned(),
+        "/v2/_catalog".to_owned(),
+        "/v2/oci/multi/manifests/1.0".to_owned(),
+        format!("/v2/oci/multi/blobs/{}", m.blobs[0]),
+        "/v2/oci/multi/tags/list".to_owned(),
+        "/v2/no/such/manifests/x".to_owned(),
+        "/v2/Bad/manifests/x".to_owned(),
+    ];
+    for creds in [None, Some((USER, "wrong")), Some(("stranger", PASSWORD))] {
+        for (method, path) in routes
+            .iter()
+            .map(|p| (Method::GET, p.as_str()))
+            .chain([(Method::PUT, "/v2/oci/multi/manifests/1.0")])
+        {
+            let (status, h, body) = send(method.clone(), path, creds).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} {creds:?}"
+            );
+            assert_eq!(
+                header(&h, "www-authenticate"),
+                "Basic realm=\"static-registry\"",
+                "{path}"
+            );
+            assert_eq!(header(&h, "content-type"), "application/json", "{path}");
+            assert_eq!(error_code(&body), "UNAUTHORIZED", "{path}");
+        }
+    }
+    let user = Some((USER, PASSWORD));
+    let (status, _, body) = send(Method::GET, "/v2/_catalog", user).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"repositories": ["oci/multi"]})
+    );
+    let (status, _, body) = send(Method::GET, "/v2/no/such/manifests/x", user).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "NAME_UNKNOWN");
+    let (status, _, _) = send(Method::PUT, "/v2/oci/multi/manifests/1.0", user).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    for creds in [None, user] {
+        let (status, _, body) = send(Method::GET, "/_sr_auth/v2/_catalog", creds).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{creds:?}");
+        assert_eq!(error_code(&body), "NOT_FOUND");
+    }
+
+    let addr = front.addr();
+    let creds = format!("{USER}:{PASSWORD}");
+    let target = format!("docker://{addr}/oci/multi:1.0");
+    let raw = tokio::task::spawn_blocking(move || {
+        let args = ["inspect", "--raw", "--tls-verify=false", "--creds", &creds];
+        skopeo(&[&args[..], &[target.as_str()]].concat()).stdout
+    })
+    .await
+    .unwrap();
+    assert_eq!(sha256_digest(&raw), m.digest);
+    let image = format!("{addr}/oci/multi:1.0");
+    tokio::task::spawn_blocking(move || {
+        let state = tempfile::tempdir().unwrap();
+        crate::harness::clients::podman_pull_with_args(
+            state.path(),
+            &["--creds", &format!("{USER}:{PASSWORD}")],
+            &image,
+        );
+    })
+    .await
+    .unwrap();
 }

@@ -18,6 +18,7 @@ mod permissions;
 mod push;
 mod push_faults;
 mod readme;
+mod serve;
 mod stock;
 mod subset;
 mod sync;

@@ -121,3 +121,18 @@ fn the_mappings_example_serves_stored_redirected_proxied_and_vhost_names_and_sur
         "ok: stored, redirected, proxied and virtual-host names all served",
     );
 }
+
+#[test]
+fn the_serve_example_answers_its_user_over_https_and_a_new_tag_without_restart() {
+    run_example(
+        "serve.sh",
+        &[
+            ("docker-registry", "docker-registry"),
+            ("skopeo", "skopeo"),
+            ("curl", "curl"),
+            ("openssl", "openssl"),
+            ("htpasswd", "apache2-utils"),
+        ],
+        "ok: serve answered only its user",
+    );
+}

@@ -28,6 +28,20 @@ pub fn podman_pull(state: &Path, image: &str) -> Output {
 
 /// `podman_pull` with a registries.conf of the test's (mirrors, prefixes).
 pub fn podman_pull_with(state: &Path, registries_conf: Option<&Path>, image: &str) -> Output {
+    podman_pull_inner(state, registries_conf, &[], image)
+}
+
+/// `podman_pull` with more arguments (`--creds USER:PASS`).
+pub fn podman_pull_with_args(state: &Path, args: &[&str], image: &str) -> Output {
+    podman_pull_inner(state, None, args, image)
+}
+
+fn podman_pull_inner(
+    state: &Path,
+    registries_conf: Option<&Path>,
+    args: &[&str],
+    image: &str,
+) -> Output {
     let bin = require_bin("podman", "podman");
     let mut cmd = Command::new(bin);
     if let Some(conf) = registries_conf {
@@ -38,13 +52,9 @@ pub fn podman_pull_with(state: &Path, registries_conf: Option<&Path>, image: &st
             .arg(state.join("root"))
             .arg("--runroot")
             .arg(state.join("run"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "pull",
-                "--tls-verify=false",
-                image,
-            ]),
+            .args(["--storage-driver", "vfs", "pull", "--tls-verify=false"])
+            .args(args)
+            .arg(image),
         PULL_TIMEOUT,
     );
     check(&format!("podman pull {image}"), out)

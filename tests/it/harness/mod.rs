@@ -9,6 +9,7 @@ pub mod clients;
 pub mod fault;
 pub mod fault_push;
 pub mod fixtures;
+pub mod front;
 pub mod nginx;
 pub mod proxy;
 pub mod push;
