@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use futures::StreamExt;
+use static_registry::catalog;
 use static_registry::config::{self, MirrorConfig};
 use static_registry::copy::registry::{RegistryDestination, RegistrySource};
 use static_registry::copy::store::StoreSource;
@@ -434,6 +435,14 @@ fn sync_once(args: &SyncArgs, opts: service::Options) -> Result<ExitCode> {
     })
 }
 
+/// Re-render the catalog pages a run made stale. A failure is reported, not fatal: the
+/// registry API does not depend on the pages.
+fn refresh_pages(root: &std::path::Path) {
+    if let Err(e) = catalog::refresh(root) {
+        eprintln!("warning: {}", report::error_chain(&e).join(": "));
+    }
+}
+
 /// The store under `root`, for writing.
 fn open_store(root: &std::path::Path) -> Result<Store> {
     Store::open(root).with_context(|| format!("opening the store at {}", root.display()))
@@ -542,6 +551,7 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
             }
         }
     }
+    refresh_pages(&args.root);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
@@ -1076,7 +1086,9 @@ fn rm_command(args: RmArgs) -> Result<ExitCode> {
     for (name, what) in targets {
         let removed = store
             .remove(&name, &what)
-            .with_context(|| format!("removing from {name}"))?;
+            .with_context(|| format!("removing from {name}"))
+            // Also when it fails: an earlier, killed rm may have left pages behind.
+            .inspect_err(|_| refresh_pages(&args.root))?;
         if removed.repository {
             eprintln!("removed repository {name} ({} tags)", removed.tags.len());
         } else {
@@ -1089,6 +1101,7 @@ fn rm_command(args: RmArgs) -> Result<ExitCode> {
         }
         all.push(removed);
     }
+    refresh_pages(&args.root);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     }

@@ -139,13 +139,14 @@ pub enum ApiError {
     Unsupported,
     BadRequest,
     NotFound,
+    NoPage,
     Unauthorized,
     Denied,
     Failed,
 }
 
 impl ApiError {
-    pub const ALL: [ApiError; 14] = [
+    pub const ALL: [ApiError; 15] = [
         ApiError::NameUnknown,
         ApiError::TagUnknown,
         ApiError::ManifestUnknown,
@@ -157,6 +158,7 @@ impl ApiError {
         ApiError::Unsupported,
         ApiError::BadRequest,
         ApiError::NotFound,
+        ApiError::NoPage,
         ApiError::Unauthorized,
         ApiError::Denied,
         ApiError::Failed,
@@ -176,6 +178,7 @@ impl ApiError {
             ApiError::Unsupported => "unsupported",
             ApiError::BadRequest => "bad_request",
             ApiError::NotFound => "not_found",
+            ApiError::NoPage => "no_page",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Denied => "denied",
             ApiError::Failed => "failed",
@@ -226,7 +229,12 @@ impl ApiError {
             ApiError::NotFound => (
                 404,
                 "NOT_FOUND",
-                "this server only serves the registry API under /v2/",
+                "this server serves the registry API under /v2/ and its catalog page at /",
+            ),
+            ApiError::NoPage => (
+                404,
+                "NOT_FOUND",
+                "no catalog page here: pages are rendered into the store by fetch, sync and rm (run one), for repositories it holds",
             ),
             ApiError::Unauthorized => (
                 401,

@@ -196,6 +196,13 @@ pub async fn run_source(ctx: &Context, source: &Source, reporter: Arc<dyn Report
         reporter,
     )
     .await;
+    if round.store_changed {
+        let root = ctx.root.clone();
+        let pages = tokio::task::spawn_blocking(move || crate::catalog::refresh(&root)).await;
+        if let Ok(Err(e)) = pages {
+            tracing::warn!(error = %crate::report::error_chain(&e).join(": "), "catalog pages not rendered");
+        }
+    }
     round.source = source.name.clone();
     round.unresolved.splice(0..0, unresolved);
     round.seconds = started.elapsed().as_secs_f64();

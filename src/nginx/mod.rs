@@ -391,6 +391,9 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("name_re", NAME_RE);
     ctx.insert("errors", &error_answers());
     ctx.insert("no_referrers", routes::NO_REFERRERS);
+    ctx.insert("host_placeholder", crate::catalog::HOST_PLACEHOLDER);
+    ctx.insert("prefix_placeholder", crate::catalog::PREFIX_PLACEHOLDER);
+    ctx.insert("name_prefix", &prefix);
     let (lower, mixed) = tag_keys(&model.tags);
     ctx.insert("tags", &map_entries(&lower));
     ctx.insert("mixed_tags", &map_entries(&mixed));

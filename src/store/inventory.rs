@@ -86,40 +86,41 @@ pub fn list(root: &Path) -> Result<(Vec<RepoInfo>, Vec<String>)> {
     let mut repos = Vec::new();
     let mut skipped = Vec::new();
     for name in repository_names(root)? {
-        let dir = match repo_path(root, &name) {
-            Ok(dir) => dir,
-            Err(e) => {
-                skipped.push(format!("repository {name:?}: {e}"));
-                continue;
-            }
-        };
-        let index = read_index_file(&dir.join("index.json"))?;
-        let mut tags = Vec::new();
-        for d in &index.manifests {
-            let Some(tag) = d.annotations.get(REF_NAME) else {
-                continue;
-            };
-            let size = reachable(&dir, std::slice::from_ref(d))
-                .iter()
-                .map(|r| r.size)
-                .sum();
-            tags.push(TagInfo {
-                tag: tag.clone(),
-                digest: d.digest.clone(),
-                media_type: d.media_type.clone(),
-                size,
-                platforms: d.annotations.get(KEPT_PLATFORMS).cloned(),
-                upstream_digest: d
-                    .annotations
-                    .get(UPSTREAM_DIGEST)
-                    .filter(|u| **u != d.digest.to_string())
-                    .cloned(),
-            });
+        match repo_path(root, &name) {
+            Ok(dir) => repos.push(repo_info(&dir, name)?),
+            Err(e) => skipped.push(format!("repository {name:?}: {e}")),
         }
-        tags.sort_by(|a, b| a.tag.cmp(&b.tag));
-        repos.push(RepoInfo { name, tags });
     }
     Ok((repos, skipped))
+}
+
+/// One repository's tags (sorted), with sizes; `dir` is its layout.
+pub fn repo_info(dir: &Path, name: String) -> Result<RepoInfo> {
+    let index = read_index_file(&dir.join("index.json"))?;
+    let mut tags = Vec::new();
+    for d in &index.manifests {
+        let Some(tag) = d.annotations.get(REF_NAME) else {
+            continue;
+        };
+        let size = reachable(dir, std::slice::from_ref(d))
+            .iter()
+            .map(|r| r.size)
+            .sum();
+        tags.push(TagInfo {
+            tag: tag.clone(),
+            digest: d.digest.clone(),
+            media_type: d.media_type.clone(),
+            size,
+            platforms: d.annotations.get(KEPT_PLATFORMS).cloned(),
+            upstream_digest: d
+                .annotations
+                .get(UPSTREAM_DIGEST)
+                .filter(|u| **u != d.digest.to_string())
+                .cloned(),
+        });
+    }
+    tags.sort_by(|a, b| a.tag.cmp(&b.tag));
+    Ok(RepoInfo { name, tags })
 }
 
 /// Everything reachable from `roots` in the layout at `dir`, each digest once, roots

@@ -29,7 +29,9 @@ pub use blob::{BlobClaim, PartialBlob};
 pub use layout::{ImageIndex, TagIndex, TagUpdate, read_index_file};
 pub use link::LinkKind;
 pub use remove::{Removal, Removed};
-pub use served::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
+pub use served::{
+    CATALOG_FILE, INDEX_PAGE, PAGE_PREFIX, REFERRERS_DIR, SERVED_DIR, TAGS_FILE, pages,
+};
 pub use view::StoreView;
 
 use crate::crashpoint;

@@ -31,6 +31,10 @@ pub const SERVED_DIR: &str = ".v2";
 pub const CATALOG_FILE: &str = "_catalog.json";
 pub const TAGS_FILE: &str = "_tags.json";
 pub const REFERRERS_DIR: &str = "_referrers";
+/// The catalog's HTML pages (see `crate::catalog`): `.v2/_index.html`, and
+/// `.v2/<name>/_page-<n>.html` per repository.
+pub const INDEX_PAGE: &str = "_index.html";
+pub const PAGE_PREFIX: &str = "_page-";
 
 #[derive(Serialize, Deserialize)]
 struct TagList<'a> {
@@ -214,9 +218,32 @@ impl Store {
         let dir = self.served_repo_dir(name);
         remove_file_if_present(&dir.join(TAGS_FILE))?;
         super::remove_tree_if_present(&dir.join(REFERRERS_DIR))?;
+        for page in pages(&dir)? {
+            remove_file_if_present(&page)?;
+        }
         super::remove_empty_dirs(&dir, &self.root.join(SERVED_DIR))?;
         self.write_catalog()
     }
+}
+
+/// The catalog pages of the repository whose served documents are in `dir`.
+pub fn pages(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io("read", dir)(e)),
+    };
+    let mut pages = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(StoreError::io("read", dir))?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(PAGE_PREFIX))
+        {
+            pages.push(path);
+        }
+    }
+    Ok(pages)
 }
 
 /// The publish markers in `tmp`.

@@ -6,6 +6,7 @@ use std::path::Path;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::both_fronts;
 use crate::harness::clients::{Containerd, podman_pull};
 use crate::harness::fixtures::{FOREIGN_URL, Fixtures, OCI_INDEX, SBOM_ARTIFACT_TYPE};
 use crate::harness::front::{Front, Kind};
@@ -13,25 +14,6 @@ use crate::harness::nginx::Nginx;
 use crate::harness::sha256_digest;
 use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{all_tag_refs, fetch_ok, registry_with_fixtures, static_registry};
-
-/// A pull-API test, run against nginx (gen-conf) and against `serve`.
-macro_rules! both_fronts {
-    ($name:ident) => {
-        mod $name {
-            use crate::harness::front::Kind;
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn nginx() {
-                super::$name(Kind::Nginx).await
-            }
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn serve() {
-                super::$name(Kind::Serve).await
-            }
-        }
-    };
-}
 
 /// A port placeholder gen-conf accepts; the harness substitutes its free port.
 const LISTEN: &str = "127.0.0.1:65000";
@@ -587,7 +569,7 @@ async fn tags_differing_only_in_case_are_served_apart_and_a_wrongly_cased_tag_is
 
 /// A store at `root` (made here) whose repository `repo` has one small OCI manifest per
 /// tag, written by hand (no registry needed); the manifests' digests, in `tags` order.
-fn one_manifest_per_tag(root: &Path, repo: &str, tags: &[impl AsRef<str>]) -> Vec<String> {
+pub fn one_manifest_per_tag(root: &Path, repo: &str, tags: &[impl AsRef<str>]) -> Vec<String> {
     fs::write(root.join(".static-registry"), r#"{"format":1}"#).unwrap();
     let dir = root.join(repo);
     fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
@@ -645,7 +627,8 @@ async fn a_tampered_store_and_hostile_urls_get_json_errors_and_leak_nothing(kind
         format!("/v2/base/alpine/blobs/sha256:{fake}"),
         format!("/v2/base/linked/blobs/{blob}"),
         "/v2/base/linked/tags/list".to_owned(),
-        "/".to_owned(),
+        // "/" is the catalog page now; a symlinked repository has none.
+        "/r/base/linked/".to_owned(),
         "/index.html".to_owned(),
         "/v2".to_owned(),
         "/.static-registry".to_owned(),

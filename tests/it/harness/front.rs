@@ -1,6 +1,26 @@
 //! The two fronts that serve a store: nginx with gen-conf's configuration, and the
 //! embedded `static-registry serve`. Pull-API tests run against both.
 
+/// A pull-API test, run against nginx (gen-conf) and against `serve`.
+#[macro_export]
+macro_rules! both_fronts {
+    ($name:ident) => {
+        mod $name {
+            use $crate::harness::front::Kind;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn nginx() {
+                super::$name(Kind::Nginx).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn serve() {
+                super::$name(Kind::Serve).await
+            }
+        }
+    };
+}
+
 use std::fs::File;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 //! Every child process is killed on `Drop` (also while unwinding from a panic) and
 //! every wait is bounded, so a broken environment fails fast instead of hanging CI.
 
+pub mod browser;
 pub mod client_push;
 pub mod clients;
 pub mod fault;
