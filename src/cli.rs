@@ -274,6 +274,10 @@ pub struct ServeArgs {
     /// anonymous requests get 401. The file is re-read when it changes.
     #[arg(long, value_name = "FILE")]
     pub htpasswd: Option<PathBuf>,
+    /// Which repositories each user may pull (YAML: `user: [pattern, ...]`, `*` within a
+    /// path component, `**` anything); unlisted users may pull nothing.
+    #[arg(long, value_name = "FILE", requires = "htpasswd")]
+    pub access: Option<PathBuf>,
     /// Log lines (one per request, at -v's default info level) as text or JSON.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -317,6 +321,10 @@ pub struct GenConfArgs {
     /// anonymous requests get 401. nginx's workers read it at each request.
     #[arg(long, value_name = "FILE")]
     pub htpasswd: Option<PathBuf>,
+    /// Which repositories each user may pull (YAML: `user: [pattern, ...]`, `*` within a
+    /// path component, `**` anything); unlisted users may pull nothing.
+    #[arg(long, value_name = "FILE", requires = "htpasswd")]
+    pub access: Option<PathBuf>,
     /// Print only the location blocks, to include inside an existing server block; the
     /// http-level maps they need come from --maps-only.
     #[arg(long, conflicts_with = "maps_only")]

@@ -243,3 +243,127 @@ mod tests {
         ));
     }
 }
+
+/// Which repositories each user may pull: `user: [pattern, ...]` in a YAML file, where a
+/// pattern is a repository name in which `*` stands for any part of one path component
+/// and `**` for anything (`team/*`, `base/**`, `**`). A user the file does not list may
+/// pull nothing. Patterns match the names clients pull (with `--name-prefix`).
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// user → its patterns as anchored regexes (the `regex` crate's and PCRE's syntax).
+    pub users: std::collections::BTreeMap<String, Vec<String>>,
+    compiled: Vec<(String, regex::Regex)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("reading the access file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {source}; expected a map of user names to lists of repository patterns, e.g. `alice: [\"team/*\", \"base/**\"]`"
+    )]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{path}: user {user:?}, pattern {pattern:?}: {reason}")]
+    Pattern {
+        path: PathBuf,
+        user: String,
+        pattern: String,
+        reason: &'static str,
+    },
+}
+
+impl Access {
+    pub fn load(path: &Path) -> Result<Access, AccessError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AccessError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let listed: std::collections::BTreeMap<String, Vec<String>> =
+            serde_yaml_ng::from_str(&text).map_err(|source| AccessError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut users = std::collections::BTreeMap::new();
+        let mut compiled = Vec::new();
+        for (user, patterns) in listed {
+            let fail = |pattern: &str, reason| AccessError::Pattern {
+                path: path.to_path_buf(),
+                user: user.clone(),
+                pattern: pattern.to_owned(),
+                reason,
+            };
+            // The user name lands in an nginx map key: the htpasswd grammar, no quotes.
+            if user.is_empty()
+                || !user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+            {
+                return Err(fail("", "user names are letters, digits and . _ @ -"));
+            }
+            let mut regexes = Vec::new();
+            for p in &patterns {
+                let valid = !p.is_empty()
+                    && p.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/-*".contains(&b)
+                    })
+                    && !p.contains("***");
+                if !valid {
+                    return Err(fail(
+                        p,
+                        "patterns are repository names with * (one component) and ** (anything)",
+                    ));
+                }
+                let body = p
+                    .replace('.', "\\.")
+                    .replace("**", "\u{0}")
+                    .replace('*', "[^/]*")
+                    .replace('\u{0}', ".*");
+                regexes.push(format!("^{body}$"));
+            }
+            for r in &regexes {
+                let re = regex::Regex::new(r).expect("built from a checked pattern");
+                compiled.push((user.clone(), re));
+            }
+            users.insert(user, regexes);
+        }
+        Ok(Access { users, compiled })
+    }
+
+    /// Whether `user` may pull repository `name` (as served).
+    pub fn allows(&self, user: &str, name: &str) -> bool {
+        self.compiled
+            .iter()
+            .any(|(u, re)| u == user && re.is_match(name))
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_components_and_unlisted_users_get_nothing() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "alice: [\"team/*\", \"base/**\"]\nci: [\"**\"]\n").unwrap();
+        let a = Access::load(f.path()).unwrap();
+        assert!(a.allows("alice", "team/app"));
+        assert!(!a.allows("alice", "team/app/sub"));
+        assert!(!a.allows("alice", "teams/app"));
+        assert!(a.allows("alice", "base/x/y"));
+        assert!(a.allows("ci", "anything/at/all"));
+        assert!(!a.allows("bob", "team/app"));
+        std::fs::write(f.path(), "alice: [\"team/[a-z]\"]\n").unwrap();
+        let e = Access::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("\"team/[a-z]\""), "{e}");
+        std::fs::write(f.path(), "\"al ice\": [\"x\"]\n").unwrap();
+        assert!(Access::load(f.path()).is_err());
+    }
+}

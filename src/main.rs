@@ -792,6 +792,7 @@ fn serve_command(args: ServeArgs) -> Result<ExitCode> {
         name_prefix: args.name_prefix,
         tls: args.tls_cert.zip(args.tls_key),
         htpasswd: args.htpasswd,
+        access: args.access,
     };
     runtime()?.block_on(serve::serve(opts, |_| {}, stop_signal()))?;
     Ok(ExitCode::SUCCESS)
@@ -859,6 +860,7 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
         install: args.install,
         mappings,
         htpasswd: args.htpasswd,
+        access: args.access,
         proxy_cache: nginx::ProxyCache {
             dir: args.proxy_cache,
             max_size: args.proxy_cache_size,

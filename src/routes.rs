@@ -141,12 +141,13 @@ pub enum ApiError {
     NotFound,
     NoPage,
     Unauthorized,
+    NotAllowed,
     Denied,
     Failed,
 }
 
 impl ApiError {
-    pub const ALL: [ApiError; 15] = [
+    pub const ALL: [ApiError; 16] = [
         ApiError::NameUnknown,
         ApiError::TagUnknown,
         ApiError::ManifestUnknown,
@@ -160,6 +161,7 @@ impl ApiError {
         ApiError::NotFound,
         ApiError::NoPage,
         ApiError::Unauthorized,
+        ApiError::NotAllowed,
         ApiError::Denied,
         ApiError::Failed,
     ];
@@ -180,6 +182,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::NoPage => "no_page",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::NotAllowed => "not_allowed",
             ApiError::Denied => "denied",
             ApiError::Failed => "failed",
         }
@@ -241,6 +244,7 @@ impl ApiError {
                 "UNAUTHORIZED",
                 "authentication required: log in with a user of this registry",
             ),
+            ApiError::NotAllowed => (403, "DENIED", "this user may not pull this repository"),
             ApiError::Denied => (
                 403,
                 "DENIED",

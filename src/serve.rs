@@ -22,7 +22,7 @@ use bytes::Bytes;
 use regex::Regex;
 
 use crate::catalog;
-use crate::htpasswd::{AuthError, Htpasswd};
+use crate::htpasswd::{Access, AccessError, AuthError, Htpasswd};
 use crate::reference;
 use crate::routes::{self, ApiError, NAME_RE, NO_REFERRERS, RepoRoutes};
 use crate::store::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, StoreError, TAGS_FILE};
@@ -57,6 +57,10 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("--access names users of --htpasswd: give both")]
+    AccessWithoutUsers,
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -75,6 +79,8 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Users who may pull (Basic auth); anonymous requests get 401.
     pub htpasswd: Option<PathBuf>,
+    /// Which repositories each of them may pull (all, without it).
+    pub access: Option<PathBuf>,
 }
 
 /// Serve until `stop` resolves, then finish the requests in flight (up to 10 s).
@@ -142,6 +148,7 @@ struct Served {
     prefix: String,
     repos: RwLock<HashMap<String, (Stamp, Arc<RepoRoutes>)>>,
     auth: Option<Htpasswd>,
+    access: Option<Access>,
     /// Named in catalog pages when a request's Host is not usable.
     listen: SocketAddr,
 }
@@ -184,6 +191,10 @@ impl Served {
             return Err(root_err(io::Error::last_os_error()));
         }
         let auth = opts.htpasswd.as_deref().map(Htpasswd::load).transpose()?;
+        if opts.access.is_some() && auth.is_none() {
+            return Err(ServeError::AccessWithoutUsers);
+        }
+        let access = opts.access.as_deref().map(Access::load).transpose()?;
         Ok(Served {
             root: opts.root.clone(),
             // SAFETY: fd is a fresh descriptor nothing else owns.
@@ -191,6 +202,7 @@ impl Served {
             prefix,
             repos: RwLock::new(HashMap::new()),
             auth,
+            access,
             listen: opts.listen,
         })
     }
@@ -229,9 +241,16 @@ impl Served {
         Some(routes)
     }
 
-    /// The stored name of served name `name`.
-    fn stored<'a>(&self, name: &'a str) -> Option<&'a str> {
+    /// The stored name of served name `name`; `None` when there is none or `user` may
+    /// not pull it.
+    fn stored<'a>(&self, name: &'a str, user: Option<&str>) -> Result<&'a str, ApiError> {
+        if let Some(access) = &self.access
+            && !user.is_some_and(|u| access.allows(u, name))
+        {
+            return Err(ApiError::NotAllowed);
+        }
         name.strip_prefix(self.prefix.as_str())
+            .ok_or(ApiError::NameUnknown)
     }
 }
 
@@ -275,9 +294,12 @@ async fn answer(
             Some(decoded) => match catalog_page(&decoded) {
                 Some(page) => {
                     let host = pull_host(&request, served.listen);
-                    page_answer(&served, page, &host).await
+                    page_answer(&served, page, &host, user.as_deref()).await
                 }
-                None => route(&served, &decoded, request.headers(), &method).await,
+                None => {
+                    let user = user.as_deref();
+                    route(&served, &decoded, request.headers(), &method, user).await
+                }
             },
             None => error(ApiError::BadRequest),
         }
@@ -390,11 +412,12 @@ async fn page_answer(
     served: &Arc<Served>,
     (name, page): (Option<&str>, usize),
     host: &str,
+    user: Option<&str>,
 ) -> Response {
     let stored = match name {
-        Some(name) => match served.stored(name) {
-            Some(stored) => Some(stored),
-            None => return error(ApiError::NoPage),
+        Some(name) => match served.stored(name, user) {
+            Ok(stored) => Some(stored),
+            Err(_) => return error(ApiError::NoPage),
         },
         None => None,
     };
@@ -479,7 +502,13 @@ fn unrouted(path: &str) -> ApiError {
     }
 }
 
-async fn route(served: &Arc<Served>, path: &str, headers: &HeaderMap, method: &Method) -> Response {
+async fn route(
+    served: &Arc<Served>,
+    path: &str,
+    headers: &HeaderMap,
+    method: &Method,
+    user: Option<&str>,
+) -> Response {
     let Some(route) = parse(path) else {
         return error(unrouted(path));
     };
@@ -498,8 +527,9 @@ async fn route(served: &Arc<Served>, path: &str, headers: &HeaderMap, method: &M
         | Route::Blob(name, _)
         | Route::Tags(name)
         | Route::Referrers(name, _) => {
-            let Some(stored) = served.stored(name) else {
-                return error(ApiError::NameUnknown);
+            let stored = match served.stored(name, user) {
+                Ok(stored) => stored,
+                Err(e) => return error(e),
             };
             match served.repo(stored).await {
                 Some(routes) => (stored, routes),

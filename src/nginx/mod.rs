@@ -17,7 +17,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::htpasswd::{AuthError, Htpasswd};
+use crate::htpasswd::{Access, AccessError, AuthError, Htpasswd};
 use crate::mapping::Mappings;
 use crate::reference;
 use crate::routes::{self, ApiError, KINDS, NAME_RE};
@@ -85,6 +85,8 @@ pub enum NginxError {
     NotReloaded { path: PathBuf, output: String },
     #[error(transparent)]
     Htpasswd(#[from] AuthError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error("template {name}: {source}")]
     Template {
         name: String,
@@ -130,6 +132,8 @@ pub struct GenConfOptions {
     pub proxy_cache: ProxyCache,
     /// Users who may pull (Basic auth).
     pub htpasswd: Option<PathBuf>,
+    /// Which repositories each of them may pull (all, without it).
+    pub access: Option<PathBuf>,
 }
 
 /// The TLS side of the generated servers.
@@ -385,6 +389,19 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
         })
         .transpose()?;
     ctx.insert("htpasswd", &htpasswd);
+    let access = match (&opts.access, &htpasswd) {
+        (Some(path), Some(_)) => Some(access_entries(&Access::load(path)?)),
+        (Some(_), None) => {
+            return Err(NginxError::InvalidOption {
+                option: "--access",
+                value: path_text("--access", opts.access.as_deref().unwrap_or(Path::new("")))
+                    .unwrap_or_default(),
+                rule: "per-repository access names users of --htpasswd: give both",
+            });
+        }
+        (None, _) => None,
+    };
+    ctx.insert("access", &access);
     if routes.any_proxy {
         proxy_context(&mut ctx, cache, &mut warnings)?;
     }
@@ -592,6 +609,22 @@ fn default_server_warnings(opts: &GenConfOptions) -> Vec<String> {
                 file.display(),
                 listens.join("; listen ")
             )
+        })
+        .collect()
+}
+
+/// The access file as nginx map entries: "~^<user>:<pattern>$" (user names are
+/// letters, digits and `._@-`, patterns already regexes of names).
+fn access_entries(access: &Access) -> Vec<String> {
+    access
+        .users
+        .iter()
+        .flat_map(|(user, patterns)| {
+            let user = user.replace('.', "\\.");
+            patterns.iter().map(move |p| {
+                let body = p.trim_start_matches('^').trim_end_matches('$');
+                format!("~^{user}:{body}$")
+            })
         })
         .collect()
 }

@@ -857,3 +857,65 @@ async fn pull_auth_refuses_strangers_and_lets_users_pull(kind: Kind) {
     .await
     .unwrap();
 }
+
+both_fronts!(access_lets_each_user_pull_only_its_repositories);
+/// `--access`: each user pulls the repositories its patterns name (`*` within one path
+/// component, `**` anything), gets 403 DENIED for the others (their pages too), and a
+/// user the file does not list pulls nothing.
+async fn access_lets_each_user_pull_only_its_repositories(kind: Kind) {
+    let (reg, _fx, root) = registry_with_fixtures().await;
+    let r = root.path();
+    fetch_ok(
+        r,
+        &[
+            format!("{}/oci/multi:1.0", reg.addr()),
+            format!("{}/apps/web:v1", reg.addr()),
+        ],
+    );
+    let dir = crate::harness::served_tempdir("it-access-");
+    let htpasswd = dir.path().join("htpasswd");
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    fs::write(&htpasswd, format!("team:{hash}\nci.bot:{hash}\nother:{hash}\n")).unwrap();
+    let access = dir.path().join("access.yaml");
+    fs::write(&access, "team: [\"oci/*\"]\nci.bot: [\"**\"]\n").unwrap();
+    let front = Front::start(
+        kind,
+        r,
+        &[
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+            "--access",
+            access.to_str().unwrap(),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let get = |user: &'static str, path: &'static str| {
+        let req = http
+            .get(format!("{}{path}", front.url()))
+            .basic_auth(user, Some("pw"));
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    let cases: [(&str, &str, u16); 10] = [
+        ("team", "/v2/oci/multi/manifests/1.0", 200),
+        ("team", "/v2/oci/multi/tags/list", 200),
+        ("team", "/v2/apps/web/manifests/v1", 403),
+        ("team", "/v2/apps/web/tags/list", 403),
+        ("team", "/r/oci/multi/", 200),
+        ("team", "/r/apps/web/", 404),
+        ("ci.bot", "/v2/apps/web/manifests/v1", 200),
+        ("ci.bot", "/r/apps/web/", 200),
+        ("other", "/v2/oci/multi/manifests/1.0", 403),
+        ("other", "/v2/", 200),
+    ];
+    for (user, path, want) in cases {
+        let (status, body) = get(user, path).await;
+        assert_eq!(status, want, "{user} {path}: {}", String::from_utf8_lossy(&body));
+        if want == 403 {
+            assert_eq!(error_code(&body), "DENIED", "{user} {path}");
+        }
+    }
+}
