@@ -9,6 +9,13 @@ use crate::harness::browser::{dump_dom, screenshot};
 use crate::harness::front::{Front, Kind};
 use crate::harness::store::{fetch_ok, registry_with_fixtures, static_registry};
 
+/// The page's DOM as Chromium renders it (off the async workers).
+async fn dom(url: String) -> String {
+    tokio::task::spawn_blocking(move || dump_dom(&url))
+        .await
+        .unwrap()
+}
+
 both_fronts!(the_catalog_page_lists_every_repository_and_pages_thousands_of_tags);
 /// Chromium renders the index (every repository, linked) and a repository's page (tags,
 /// digests, platforms, sizes, the SBOM that refers to an image, pull lines naming the
@@ -33,12 +40,7 @@ async fn the_catalog_page_lists_every_repository_and_pages_thousands_of_tags(kin
     let (status, h, _) = request(Method::GET, &url("/")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(header(&h, "content-type"), "text/html; charset=utf-8");
-    let home = tokio::task::spawn_blocking({
-        let u = url("/");
-        move || dump_dom(&u)
-    })
-    .await
-    .unwrap();
+    let home = dom(url("/")).await;
     for repo in fx.repos() {
         assert!(
             home.contains(&format!("href=\"/r/{repo}/\"")),
@@ -52,12 +54,7 @@ async fn the_catalog_page_lists_every_repository_and_pages_thousands_of_tags(kin
         .find(|(repo, _, digest)| repo == "apps/web" && *digest == fx.artifact_subject)
         .map(|(_, tag, digest)| (tag, digest))
         .expect("the SBOM's subject is tagged");
-    let web = tokio::task::spawn_blocking({
-        let u = url("/r/apps/web/");
-        move || dump_dom(&u)
-    })
-    .await
-    .unwrap();
+    let web = dom(url("/r/apps/web/")).await;
     assert!(
         web.contains(&format!("docker pull {addr}/apps/web:{web_tag}")),
         "{web}"
@@ -74,31 +71,16 @@ async fn the_catalog_page_lists_every_repository_and_pages_thousands_of_tags(kin
         !web.contains("__STATIC_REGISTRY"),
         "a placeholder is left:\n{web}"
     );
-    let multi = tokio::task::spawn_blocking({
-        let u = url("/r/oci/multi/");
-        move || dump_dom(&u)
-    })
-    .await
-    .unwrap();
+    let multi = dom(url("/r/oci/multi/")).await;
     assert!(
         multi.contains("linux/amd64") && multi.contains("linux/arm64"),
         "{multi}"
     );
     // t000 was removed by rm: its row is gone.
-    let many = tokio::task::spawn_blocking({
-        let u = url("/r/many/tags/");
-        move || dump_dom(&u)
-    })
-    .await
-    .unwrap();
+    let many = dom(url("/r/many/tags/")).await;
     assert!(!many.contains("many/tags:t000") && many.contains("many/tags:t001"));
 
-    let last = tokio::task::spawn_blocking({
-        let u = url("/r/big/list/page/3");
-        move || dump_dom(&u)
-    })
-    .await
-    .unwrap();
+    let last = dom(url("/r/big/list/page/3")).await;
     assert!(last.contains("page 3 of 3"), "{last}");
     assert!(last.contains("big/list:v0449") && !last.contains("big/list:v0399"));
     assert!(last.contains("href=\"/r/big/list/page/2\""), "{last}");

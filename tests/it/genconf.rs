@@ -875,7 +875,11 @@ async fn access_lets_each_user_pull_only_its_repositories(kind: Kind) {
     let dir = crate::harness::served_tempdir("it-access-");
     let htpasswd = dir.path().join("htpasswd");
     let hash = bcrypt::hash("pw", 4).unwrap();
-    fs::write(&htpasswd, format!("team:{hash}\nci.bot:{hash}\nother:{hash}\n")).unwrap();
+    fs::write(
+        &htpasswd,
+        format!("team:{hash}\nci.bot:{hash}\nother:{hash}\n"),
+    )
+    .unwrap();
     let access = dir.path().join("access.yaml");
     fs::write(&access, "team: [\"oci/*\"]\nci.bot: [\"**\"]\n").unwrap();
     let front = Front::start(
@@ -913,7 +917,12 @@ async fn access_lets_each_user_pull_only_its_repositories(kind: Kind) {
     ];
     for (user, path, want) in cases {
         let (status, body) = get(user, path).await;
-        assert_eq!(status, want, "{user} {path}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            want,
+            "{user} {path}: {}",
+            String::from_utf8_lossy(&body)
+        );
         if want == 403 {
             assert_eq!(error_code(&body), "DENIED", "{user} {path}");
         }
