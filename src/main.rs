@@ -794,7 +794,7 @@ fn serve_command(args: ServeArgs) -> Result<ExitCode> {
         htpasswd: args.htpasswd,
         access: args.access,
     };
-    runtime()?.block_on(serve::serve(opts, |_| {}, stop_signal()))?;
+    runtime()?.block_on(serve::serve(opts, stop_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 

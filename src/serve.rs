@@ -84,10 +84,8 @@ pub struct ServeOptions {
 }
 
 /// Serve until `stop` resolves, then finish the requests in flight (up to 10 s).
-/// `bound` gets the address actually listened on (port 0 picks a free one).
 pub async fn serve(
     opts: ServeOptions,
-    bound: impl FnOnce(SocketAddr) + Send + 'static,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let state = Arc::new(Served::open(&opts)?);
@@ -95,16 +93,22 @@ pub async fn serve(
         .fallback(answer)
         .with_state(state)
         .into_make_service_with_connect_info::<SocketAddr>();
-    let listener =
-        std::net::TcpListener::bind(opts.listen).map_err(|source| ServeError::Listen {
-            addr: opts.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
-        addr: opts.listen,
-        source,
-    })?;
+    // The certificate first: a bad one fails before anything listens.
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|source| ServeError::Tls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let addr = opts.listen;
     let listen_err = |source| ServeError::Listen { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(listen_err)?;
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
@@ -112,31 +116,24 @@ pub async fn serve(
         tracing::info!("stopping: finishing the requests in flight");
         stopper.graceful_shutdown(Some(GRACE));
     });
-    tracing::info!(%addr, tls = opts.tls.is_some(), root = %opts.root.display(), "serving");
-    bound(addr);
-    match &opts.tls {
-        Some((cert, key)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|source| ServeError::Tls {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    source,
-                })?;
+    tracing::info!(%addr, tls = tls.is_some(), root = %opts.root.display(), "serving");
+    match tls {
+        Some(config) => {
             axum_server::from_tcp_rustls(listener, config)
                 .map_err(listen_err)?
                 .handle(handle)
                 .serve(app)
                 .await
-                .map_err(listen_err)
         }
-        None => axum_server::from_tcp(listener)
-            .map_err(listen_err)?
-            .handle(handle)
-            .serve(app)
-            .await
-            .map_err(listen_err),
+        None => {
+            axum_server::from_tcp(listener)
+                .map_err(listen_err)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
     }
+    .map_err(listen_err)
 }
 
 /// What the server knows: the store's root (held open), and each repository's routes
@@ -276,7 +273,7 @@ async fn answer(
         },
         _ => None,
     };
-    let response = if let Some(e) = refused {
+    let mut response = if let Some(e) = refused {
         tracing::debug!("refused: {e}");
         let mut r = error(ApiError::Unauthorized);
         r.headers_mut().insert(
@@ -304,7 +301,6 @@ async fn answer(
             None => error(ApiError::BadRequest),
         }
     };
-    let mut response = response;
     response.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
@@ -429,7 +425,7 @@ async fn page_answer(
     let html = String::from_utf8_lossy(&file.bytes())
         .replace(catalog::HOST_PLACEHOLDER, host)
         .replace(catalog::PREFIX_PLACEHOLDER, &served.prefix);
-    let mut r = json(
+    let mut r = full(
         StatusCode::OK,
         "text/html; charset=utf-8",
         Bytes::from(html),
@@ -515,7 +511,7 @@ async fn route(
     let head = *method == Method::HEAD;
     let (name, routes) = match &route {
         Route::Base => {
-            return json(
+            return full(
                 StatusCode::OK,
                 "application/json",
                 Bytes::from_static(b"{}"),
@@ -567,7 +563,7 @@ async fn route(
             let rel = format!("{SERVED_DIR}/{name}/{REFERRERS_DIR}/{hex}.json");
             match read(served, &rel, Want::send(head, None)) {
                 Ok(file) => file.respond(routes::media_type_of("oci-index"), None),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => json(
+                Err(e) if e.kind() == io::ErrorKind::NotFound => full(
                     StatusCode::OK,
                     routes::media_type_of("oci-index"),
                     Bytes::from_static(NO_REFERRERS.as_bytes()),
@@ -601,7 +597,7 @@ async fn catalog(served: &Arc<Served>) -> Response {
     let file = match read(served, &rel, Want::All) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return json(
+            return full(
                 StatusCode::OK,
                 "application/json",
                 Bytes::from_static(br#"{"repositories":[]}"#),
@@ -622,7 +618,7 @@ async fn catalog(served: &Arc<Served>) -> Response {
                 r.insert_str(0, &served.prefix);
             }
             let body = serde_json::to_vec(&c).expect("serialisable");
-            json(StatusCode::OK, "application/json", body.into())
+            full(StatusCode::OK, "application/json", body.into())
         }
         Err(_) => error(ApiError::Failed),
     }
@@ -639,13 +635,14 @@ fn renamed_tags(bytes: Bytes, served_name: &str) -> Response {
         Ok(mut list) => {
             list.name = served_name.to_owned();
             let body = serde_json::to_vec(&list).expect("serialisable");
-            json(StatusCode::OK, "application/json", body.into())
+            full(StatusCode::OK, "application/json", body.into())
         }
         Err(_) => error(ApiError::Failed),
     }
 }
 
-fn json(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
+/// A whole answer in memory.
+fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
@@ -656,7 +653,7 @@ fn json(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
 
 fn error(e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.status()).expect("a valid status");
-    json(status, "application/json", Bytes::from(e.body()))
+    full(status, "application/json", Bytes::from(e.body()))
 }
 
 /// A file that may not be read (a symbolic link, no permission) is DENIED as nginx does;
