@@ -57,6 +57,10 @@ pub enum Command {
     /// HTTP/2); picks up every new publish without a restart.
     #[command(override_usage = "static-registry serve [OPTIONS]")]
     Serve(ServeArgs),
+    /// Import images into the store: a tree of skopeo `dir:` images (`<name>/<tag>/`, as
+    /// the old static-registry scripts kept them).
+    #[command(override_usage = "static-registry import [OPTIONS] --from-dir-tree <DIR>")]
+    Import(ImportArgs),
     /// List the repositories, tags, digests and sizes in a store.
     #[command(override_usage = "static-registry ls [OPTIONS] [REPOSITORY]")]
     Ls(LsArgs),
@@ -250,6 +254,26 @@ pub struct PlanArgs {
     /// Print JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Store directory.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// A tree of images as `skopeo copy ... dir:<DIR>/<name>/<tag>` wrote them; each
+    /// becomes tag <tag> of repository <name>.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub from_dir_tree: PathBuf,
+    /// Blob copies at once.
+    #[arg(short = 'j', long, default_value_t = 8, value_name = "N")]
+    pub jobs: usize,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

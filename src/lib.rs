@@ -7,6 +7,7 @@ pub mod copy;
 mod crashpoint;
 pub mod fetch;
 pub mod htpasswd;
+pub mod import;
 pub mod manifest;
 pub mod mapping;
 pub mod nginx;

@@ -18,6 +18,7 @@ use static_registry::copy::registry::{RegistryDestination, RegistrySource};
 use static_registry::copy::store::StoreSource;
 use static_registry::copy::{self, Engine};
 use static_registry::fetch::{self, FetchError, FetchOptions, Summary};
+use static_registry::import;
 use static_registry::mapping;
 use static_registry::nginx;
 use static_registry::plan;
@@ -31,8 +32,8 @@ use static_registry::store::{Removal, Store, StoreView, inventory, verify};
 use static_registry::sync;
 
 use cli::{
-    Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, FetchArgs, GenConfArgs, LsArgs, PlanArgs,
-    PruneArgs, PushArgs, RegistryArgs, RmArgs, ServeArgs, SyncArgs, VerifyArgs,
+    Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, FetchArgs, GenConfArgs, ImportArgs, LsArgs,
+    PlanArgs, PruneArgs, PushArgs, RegistryArgs, RmArgs, ServeArgs, SyncArgs, VerifyArgs,
 };
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
@@ -232,6 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync(args) => sync_command(args),
         Command::GenConf(args) => gen_conf_command(args),
         Command::Serve(args) => serve_command(args),
+        Command::Import(args) => import_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
         Command::Rm(args) => rm_command(args),
@@ -783,6 +785,47 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
             .collect();
         println!("{}", cells.join("  "));
     }
+}
+
+fn import_command(args: ImportArgs) -> Result<ExitCode> {
+    if !args.from_dir_tree.is_dir() {
+        return Err(Usage(anyhow::anyhow!(
+            "--from-dir-tree {}: no such directory",
+            args.from_dir_tree.display()
+        ))
+        .into());
+    }
+    let store = Arc::new(open_store(&args.root)?);
+    let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
+    let opts = copy::Options {
+        jobs: args.jobs.max(1),
+        ..copy::Options::default()
+    };
+    let summary =
+        runtime()?.block_on(import::dir_tree(store, &args.from_dir_tree, opts, reporter))?;
+    refresh_pages(&args.root);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    for s in &summary.skipped {
+        eprintln!("skipped {s}");
+    }
+    print_failures(&summary.images);
+    let failed = summary.count(report::CopyStatus::Failed);
+    eprintln!(
+        "{} images: {} imported, {} unchanged, {} failed; {} directories skipped; {:.2}s",
+        summary.images.len(),
+        summary.count(report::CopyStatus::Copied),
+        summary.count(report::CopyStatus::Unchanged),
+        failed,
+        summary.skipped.len(),
+        summary.seconds
+    );
+    Ok(if failed == 0 && summary.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn serve_command(args: ServeArgs) -> Result<ExitCode> {

@@ -23,6 +23,7 @@
 //! destination has none, or nothing of its own in it).
 
 pub mod any;
+pub mod dirtree;
 mod fallback;
 pub mod registry;
 pub mod store;
@@ -68,6 +69,10 @@ pub enum CopyError {
     Registry(Box<RegistryError>),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "{what} is missing from the skopeo dir: images of {name}: copy the image again with skopeo; nothing of it was imported"
+    )]
+    NotInTree { what: String, name: String },
     #[error("manifest {what} is not usable")]
     Manifest {
         what: String,

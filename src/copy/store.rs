@@ -120,30 +120,7 @@ impl Source for StoreSource {
         desc: &Descriptor,
         offset: u64,
     ) -> Result<BlobRead, CopyError> {
-        let path = self.view.blob_path(repo, &desc.digest)?;
-        let open = path.clone();
-        let file = blocking(move || {
-            let mut f = std::fs::File::open(&open).map_err(StoreError::io("open", &open))?;
-            f.seek(SeekFrom::Start(offset))
-                .map_err(StoreError::io("seek", &open))?;
-            Ok(f)
-        })
-        .await?;
-        // Reads on a blocking thread, one buffer at a time, as the engine asks.
-        let stream = futures::stream::try_unfold((file, path), |(mut file, path)| async move {
-            let (file, path, chunk) = blocking(move || {
-                let mut buf = BytesMut::zeroed(READ_SIZE);
-                let n = file.read(&mut buf).map_err(StoreError::io("read", &path))?;
-                buf.truncate(n);
-                Ok((file, path, buf.freeze()))
-            })
-            .await?;
-            Ok((!chunk.is_empty()).then_some((chunk, (file, path))))
-        });
-        Ok(BlobRead {
-            offset,
-            stream: Box::pin(stream),
-        })
+        file_stream(self.view.blob_path(repo, &desc.digest)?, offset).await
     }
 
     async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Referrers, CopyError> {
@@ -154,6 +131,36 @@ impl Source for StoreSource {
             ..Referrers::default()
         })
     }
+}
+
+/// The file at `path` from byte `offset`, read on a blocking thread one buffer at a time,
+/// as the engine asks.
+pub(super) async fn file_stream(
+    path: std::path::PathBuf,
+    offset: u64,
+) -> Result<BlobRead, CopyError> {
+    let open = path.clone();
+    let file = blocking(move || {
+        let mut f = std::fs::File::open(&open).map_err(StoreError::io("open", &open))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(StoreError::io("seek", &open))?;
+        Ok(f)
+    })
+    .await?;
+    let stream = futures::stream::try_unfold((file, path), |(mut file, path)| async move {
+        let (file, path, chunk) = blocking(move || {
+            let mut buf = BytesMut::zeroed(READ_SIZE);
+            let n = file.read(&mut buf).map_err(StoreError::io("read", &path))?;
+            buf.truncate(n);
+            Ok((file, path, buf.freeze()))
+        })
+        .await?;
+        Ok((!chunk.is_empty()).then_some((chunk, (file, path))))
+    });
+    Ok(BlobRead {
+        offset,
+        stream: Box::pin(stream),
+    })
 }
 
 /// Longest wait between two index.json writes of one repository (see `Publisher`).

@@ -131,7 +131,7 @@ impl StoreError {
 
     /// A walkdir error as the I/O error it wraps, on the path it names (else `root`):
     /// its own message repeats the cause, which then printed twice.
-    fn walk(action: &'static str, root: &Path) -> impl FnOnce(walkdir::Error) -> StoreError {
+    pub fn walk(action: &'static str, root: &Path) -> impl FnOnce(walkdir::Error) -> StoreError {
         move |e| {
             let path = e.path().unwrap_or(root).to_owned();
             let source = match e.into_io_error() {

@@ -6,6 +6,7 @@ mod config;
 mod copy;
 mod copy_auth;
 mod copy_referrers;
+mod dirtree;
 mod fetch;
 mod genconf;
 mod harness;
