@@ -131,26 +131,20 @@ pub async fn dir_tree(
         .map(|(n, i)| {
             let source = label(i);
             let target = format!("{store_name}/{}:{}", i.name, i.tag);
+            let failed = |error| TargetReport {
+                source: source.clone(),
+                target: target.clone(),
+                digest: None,
+                upstream_digest: None,
+                status: CopyStatus::Failed,
+                existing: None,
+                error,
+                remedy: None,
+            };
             match refused.remove(&n) {
-                Some(error) => TargetReport {
-                    source,
-                    target,
-                    digest: None,
-                    upstream_digest: None,
-                    status: CopyStatus::Failed,
-                    existing: None,
-                    error,
-                    remedy: None,
-                },
-                None => reports.remove(&n).unwrap_or_else(|| TargetReport {
-                    source,
-                    target,
-                    digest: None,
-                    upstream_digest: None,
-                    status: CopyStatus::Failed,
-                    existing: None,
-                    error: vec!["not copied (the run stopped first)".to_owned()],
-                    remedy: None,
+                Some(error) => failed(error),
+                None => reports.remove(&n).unwrap_or_else(|| {
+                    failed(vec!["not copied (the run stopped first)".to_owned()])
                 }),
             }
         })
