@@ -52,21 +52,13 @@ pub enum CatalogError {
     },
 }
 
-/// What a refresh rendered.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Rendered {
-    pub index: bool,
-    pub repositories: Vec<String>,
-}
-
 /// Render the pages that are older than what they show (or missing): the index when the
 /// catalog changed, and each repository whose index.json changed. Cheap when nothing
 /// did: two `stat`s per repository.
-pub fn refresh(root: &Path) -> Result<Rendered, CatalogError> {
+pub fn refresh(root: &Path) -> Result<(), CatalogError> {
     let tera = templates()?;
     let served = root.join(SERVED_DIR);
-    let tmp = root.join(".tmp");
-    let mut rendered = Rendered::default();
+    let tmp = root.join(store::TMP_DIR);
     let mut names = Vec::new();
     for name in inventory::repository_names(root)? {
         if let Ok(dir) = store::repo_path(root, &name) {
@@ -81,7 +73,7 @@ pub fn refresh(root: &Path) -> Result<Rendered, CatalogError> {
         let html = render(&tera, "index.html", &ctx)?;
         store::modes::create_dirs(&served)?;
         store::write_atomic(&tmp, &index_page, html.as_bytes())?;
-        rendered.index = true;
+        tracing::debug!("rendered the catalog page's index");
     }
     for (name, dir) in names {
         let pages_dir = served.join(&name);
@@ -90,20 +82,21 @@ pub fn refresh(root: &Path) -> Result<Rendered, CatalogError> {
             continue;
         }
         render_repository(&tera, &tmp, &dir, &pages_dir, &name)?;
-        rendered.repositories.push(name);
+        tracing::debug!("rendered the catalog pages of {name}");
     }
-    Ok(rendered)
+    Ok(())
 }
 
 fn page_file(n: usize) -> String {
     format!("{PAGE_PREFIX}{n}.html")
 }
 
-/// Whether `page` is missing or older than `source`.
+/// Whether `page` is missing or not newer than `source` (equal times count as stale: on
+/// a filesystem with coarse timestamps both may fall in one tick).
 fn stale(page: &Path, source: &Path) -> bool {
     let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
     match (modified(page), modified(source)) {
-        (Some(page), Some(source)) => page < source,
+        (Some(page), Some(source)) => page <= source,
         (None, _) => true,
         (Some(_), None) => false,
     }

@@ -391,11 +391,10 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     ctx.insert("htpasswd", &htpasswd);
     let access = match (&opts.access, &htpasswd) {
         (Some(path), Some(_)) => Some(access_entries(&Access::load(path)?)),
-        (Some(_), None) => {
+        (Some(path), None) => {
             return Err(NginxError::InvalidOption {
                 option: "--access",
-                value: path_text("--access", opts.access.as_deref().unwrap_or(Path::new("")))
-                    .unwrap_or_default(),
+                value: path.display().to_string(),
                 rule: "per-repository access names users of --htpasswd: give both",
             });
         }

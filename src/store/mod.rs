@@ -43,7 +43,7 @@ pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_FILE: &str = ".static-registry";
 const LOCK_FILE: &str = ".lock";
 const INDEX_LOCK_FILE: &str = ".index.lock";
-const TMP_DIR: &str = ".tmp";
+pub const TMP_DIR: &str = ".tmp";
 /// Extension of the marker (in `.tmp/`) of a publish whose served documents may be
 /// unwritten; see `Store::finish_interrupted_publishes`.
 const PUBLISH_MARKER: &str = "publish";
