@@ -142,9 +142,7 @@ impl DirTreeSource {
 }
 
 async fn read(path: PathBuf) -> Result<Vec<u8>, CopyError> {
-    let read =
-        tokio::task::spawn_blocking(move || fs::read(&path).map_err(StoreError::io("read", &path)));
-    Ok(read.await.expect("a file read does not panic")?)
+    super::store::blocking(move || fs::read(&path).map_err(StoreError::io("read", &path))).await
 }
 
 fn verified(bytes: Vec<u8>, media_type: Option<&str>, what: String) -> Result<Verified, CopyError> {
@@ -180,16 +178,7 @@ impl Source for DirTreeSource {
             .find(repo, &file)
             .ok_or_else(|| self.missing(repo, format!("manifest {digest} (file {file})")))?;
         let what = path.display().to_string();
-        let v = verified(read(path).await?, media_type, what.clone())?;
-        if v.digest != *digest {
-            return Err(CopyError::ManifestDigest {
-                what,
-                expected: digest.clone(),
-                actual: v.digest,
-                origin: why,
-            });
-        }
-        Ok(v)
+        super::verified_as(read(path).await?, media_type, what, digest, why)
     }
 
     async fn blob(

@@ -153,6 +153,31 @@ pub struct BlobRead {
     pub stream: BoxStream<'static, Result<Bytes, CopyError>>,
 }
 
+/// `bytes` read from a file as manifest `digest`: parsed, and checked against that digest
+/// (`origin` says where the digest came from).
+fn verified_as(
+    bytes: Vec<u8>,
+    media_type: Option<&str>,
+    what: String,
+    digest: &Digest,
+    origin: &'static str,
+) -> Result<Verified, CopyError> {
+    let v =
+        Verified::new(Bytes::from(bytes), media_type).map_err(|source| CopyError::Manifest {
+            what: what.clone(),
+            source,
+        })?;
+    if v.digest != *digest {
+        return Err(CopyError::ManifestDigest {
+            what,
+            expected: digest.clone(),
+            actual: v.digest,
+            origin,
+        });
+    }
+    Ok(v)
+}
+
 /// Where images come from. Every manifest it returns is verified (its digest computed
 /// from its bytes, checked against the digest asked for) and parsed, once.
 pub trait Source: Send + Sync {

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::OnceCell;
 
 use super::{
@@ -58,23 +58,16 @@ fn stored_manifest(
     media_type: Option<&str>,
 ) -> Result<Verified, CopyError> {
     let what = format!("{repo}@{digest} in the store");
-    let v =
-        Verified::new(Bytes::from(bytes), media_type).map_err(|source| CopyError::Manifest {
-            what: what.clone(),
-            source,
-        })?;
-    if v.digest != *digest {
-        return Err(CopyError::ManifestDigest {
-            what,
-            expected: digest.clone(),
-            actual: v.digest,
-            origin: "its file name; run `static-registry verify --repair`",
-        });
-    }
-    Ok(v)
+    super::verified_as(
+        bytes,
+        media_type,
+        what,
+        digest,
+        "its file name; run `static-registry verify --repair`",
+    )
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, CopyError> {
     Ok(tokio::task::spawn_blocking(f)
