@@ -3,6 +3,7 @@
 mod auth;
 mod catalog;
 mod config;
+mod container;
 mod copy;
 mod copy_auth;
 mod copy_referrers;

@@ -190,7 +190,9 @@ async fn container_helper_reload_serves_new_tags_keeps_a_rejected_config_and_dro
     fetch_ok(root.path(), &[format!("{}/docker/multi:v1", reg.addr())]);
     let etc = served_tempdir("it-image-etc-");
     let e = etc.path();
-    fs::create_dir_all(e.join("conf.d")).unwrap();
+    for d in ["conf.d", "run", "cache"] {
+        fs::create_dir_all(e.join(d)).unwrap();
+    }
     fs::write(e.join("mime.types"), "types { }\n").unwrap();
     let conf = e.join("conf.d/static-registry.conf");
     let helper = |args: &[&str], listen: &str| {
@@ -225,10 +227,9 @@ async fn container_helper_reload_serves_new_tags_keeps_a_rejected_config_and_dro
                 "user nginx;",
                 &format!("user {WORKER_USER} {WORKER_GROUP};"),
             )
-            .replace(
-                "/var/run/nginx.pid",
-                &e.join("nginx.pid").display().to_string(),
-            )
+            .replace("/run/nginx.pid", &e.join("nginx.pid").display().to_string())
+            .replace("/run/static-registry/", &format!("{}/run/", e.display()))
+            .replace("/var/cache/nginx/", &format!("{}/cache/", e.display()))
             .replace("/etc/nginx/", &format!("{}/", e.display()))
     });
     let listen = listen.into_inner().unwrap();

@@ -11,6 +11,7 @@ pub mod fault;
 pub mod fault_push;
 pub mod fixtures;
 pub mod front;
+pub mod image;
 pub mod nginx;
 pub mod proxy;
 pub mod push;
