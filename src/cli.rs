@@ -57,9 +57,17 @@ pub enum Command {
     /// HTTP/2); picks up every new publish without a restart.
     #[command(override_usage = "static-registry serve [OPTIONS]")]
     Serve(ServeArgs),
-    /// Import images into the store: a tree of skopeo `dir:` images (`<name>/<tag>/`, as
-    /// the old static-registry scripts kept them).
-    #[command(override_usage = "static-registry import [OPTIONS] --from-dir-tree <DIR>")]
+    /// Write images of the store into a bundle (a tar that is an OCI image layout) to
+    /// carry across an air gap; with --since, only what a base lacks.
+    #[command(
+        override_usage = "static-registry export [OPTIONS] -o <BUNDLE> [NAME[:TAG|@DIGEST]]..."
+    )]
+    Export(ExportArgs),
+    /// Import images into the store: bundles `export` wrote, or a tree of skopeo `dir:`
+    /// images (`<name>/<tag>/`, as the old static-registry scripts kept them).
+    #[command(
+        override_usage = "static-registry import [OPTIONS] <BUNDLE>...\n       static-registry import [OPTIONS] --from-dir-tree <DIR>"
+    )]
     Import(ImportArgs),
     /// List the repositories, tags, digests and sizes in a store.
     #[command(override_usage = "static-registry ls [OPTIONS] [REPOSITORY]")]
@@ -257,14 +265,51 @@ pub struct PlanArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// What to bundle: NAME (every tag and untagged manifest of it), NAME:TAG or
+    /// NAME@DIGEST, each with what refers to it; nothing means the whole store.
+    #[arg(value_name = "NAME[:TAG|@DIGEST]")]
+    pub images: Vec<String>,
+    /// Store directory.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// The bundle to write; zstd-compressed when the name ends in .zst (bundle.tar.zst).
+    /// Its state, for a later --since, is written beside it as <BUNDLE>.state.json.
+    #[arg(
+        short,
+        long,
+        value_name = "BUNDLE",
+        required_unless_present = "dry_run"
+    )]
+    pub output: Option<PathBuf>,
+    /// Make a delta: only the blobs BASE lacks. BASE is an earlier bundle, its
+    /// .state.json, or the .bundle-state.json an import left in the receiving store.
+    #[arg(long, value_name = "BASE")]
+    pub since: Option<PathBuf>,
+    /// Say what would go in and its size; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ImportArgs {
+    /// Bundles written by `export` (a base and its deltas, in any order).
+    #[arg(
+        value_name = "BUNDLE",
+        required_unless_present = "from_dir_tree",
+        conflicts_with = "from_dir_tree"
+    )]
+    pub bundles: Vec<PathBuf>,
     /// Store directory.
     #[arg(long, default_value = "images", value_name = "DIR")]
     pub root: PathBuf,
     /// A tree of images as `skopeo copy ... dir:<DIR>/<name>/<tag>` wrote them; each
     /// becomes tag <tag> of repository <name>.
-    #[arg(long, value_name = "DIR", required = true)]
-    pub from_dir_tree: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub from_dir_tree: Option<PathBuf>,
     /// Blob copies at once.
     #[arg(short = 'j', long, default_value_t = 8, value_name = "N")]
     pub jobs: usize,

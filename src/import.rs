@@ -1,3 +1,6 @@
+//! `import BUNDLE...`: air-gap bundles (see [`crate::bundle`]) into the store, on the copy
+//! engine, each published only once all of it has arrived and verified.
+//!
 //! `import --from-dir-tree`: a tree of skopeo `dir:` images (`<name>/<tag>/`, as the old
 //! static-registry scripts kept them) into the store, on the copy engine: the tree is one
 //! more source, the store the usual destination, so every blob is verified, stored once,
@@ -5,17 +8,20 @@
 //! tree copies only what is new.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::bundle::{self, BundleError, Received};
+use crate::copy::bundle::BundleSource;
 use crate::copy::dirtree::{self, DirTreeSource};
 use crate::copy::store::StoreDestination;
 use crate::copy::{
     self, Annotations, Engine, ImageJob, JobReport, JobTarget, Overwrite, SourceRef,
 };
+use crate::reference::Digest;
 use crate::report::{CopyStatus, Reporter, TargetReport};
 use crate::store::{Store, StoreError};
 
@@ -154,4 +160,165 @@ pub async fn dir_tree(
         skipped: scan.skipped,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// One bundle of an import.
+#[derive(Debug, Serialize)]
+pub struct ImportedBundle {
+    pub bundle: PathBuf,
+    pub set: Digest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<Digest>,
+    pub blobs: Received,
+    /// One report per image, in the bundle's order.
+    pub images: Vec<TargetReport>,
+}
+
+/// What importing bundles did.
+#[derive(Debug, Serialize)]
+pub struct BundleImport {
+    pub bundles: Vec<ImportedBundle>,
+    /// The store's state file, for the next `export --since`.
+    pub state: PathBuf,
+    pub seconds: f64,
+}
+
+/// Import the bundles at `paths` into `store`, a base before the deltas made on it
+/// whatever the order given. Each bundle's blobs are received into the pool and
+/// verified first; its images are published (per repository, as a fetch publishes)
+/// only once all of it is there. The first bundle that fails stops the import.
+pub async fn bundles(
+    store: Arc<Store>,
+    paths: &[PathBuf],
+    opts: copy::Options,
+    reporter: Arc<dyn Reporter>,
+) -> Result<BundleImport, BundleError> {
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for path in paths {
+        let p = path.clone();
+        let header = tokio::task::spawn_blocking(move || bundle::read_header(&p))
+            .await
+            .expect("a header read does not panic")?;
+        pending.push((path.clone(), header.meta));
+    }
+    // Bases first: a bundle waits while another still pending has its base's set.
+    let mut ordered = Vec::new();
+    while !pending.is_empty() {
+        let ready = pending
+            .iter()
+            .position(|(_, meta)| {
+                !pending.iter().any(|(_, other)| {
+                    meta.base.as_ref() == Some(&other.set) && other.set != meta.set
+                })
+            })
+            .unwrap_or(0);
+        ordered.push(pending.remove(ready).0);
+    }
+    let mut done = Vec::new();
+    for path in ordered {
+        let (s, p, r) = (store.clone(), path.clone(), reporter.clone());
+        let (header, received) =
+            tokio::task::spawn_blocking(move || bundle::receive(&s, &p, r.as_ref()))
+                .await
+                .expect("receiving a bundle does not panic")?;
+        let images = publish(&store, &header.images, &opts, &reporter).await?;
+        done.push(ImportedBundle {
+            bundle: path,
+            set: header.meta.set,
+            base: header.meta.base,
+            blobs: received,
+            images,
+        });
+    }
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || bundle::write_store_state(&s))
+        .await
+        .expect("a state write does not panic")?;
+    Ok(BundleImport {
+        bundles: done,
+        state: store.root().join(bundle::STORE_STATE),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Publish a received bundle's images: its tags, then the images stored by digest (the
+/// referrers among them after their subjects).
+async fn publish(
+    store: &Arc<Store>,
+    images: &[bundle::Image],
+    opts: &copy::Options,
+    reporter: &Arc<dyn Reporter>,
+) -> Result<Vec<TargetReport>, BundleError> {
+    let mut indexes = HashMap::new();
+    for image in images {
+        if !indexes.contains_key(&image.repo) {
+            let (s, name) = (store.clone(), image.repo.clone());
+            let index = tokio::task::spawn_blocking(move || s.read_index(&name))
+                .await
+                .expect("an index read does not panic")?;
+            indexes.insert(image.repo.clone(), Arc::new(index));
+        }
+    }
+    let (mut tagged, mut by_digest) = (Vec::new(), Vec::new());
+    for image in images {
+        let job = ImageJob {
+            label: image.label(),
+            source: 0,
+            repo: image.repo.clone(),
+            reference: match &image.tag {
+                Some(tag) => SourceRef::Tag(tag.clone()),
+                None => SourceRef::Digest(image.descriptor.digest.clone()),
+            },
+            platforms: Vec::new(),
+            referrers: false,
+            annotations: image.descriptor.annotations.clone(),
+            fallback: image
+                .tag
+                .as_deref()
+                .and_then(copy::fallback_subject)
+                .is_some(),
+            targets: vec![JobTarget {
+                dest: 0,
+                repo: image.repo.clone(),
+                tag: image.tag.clone(),
+                overwrite: Overwrite::Replace,
+            }],
+        };
+        match image.tag {
+            Some(_) => tagged.push(job),
+            None => by_digest.push(job),
+        }
+    }
+    let source = BundleSource::new(store.pool_dir(), images);
+    let dest = StoreDestination::new(store.clone(), indexes);
+    let engine = Engine::new(vec![source], vec![dest], opts.clone(), reporter.clone());
+    // Reports by the image's label (the job's source), which names one image.
+    let reports = Mutex::new(HashMap::new());
+    let finished = |job: &JobReport| {
+        for (_, r) in &job.targets {
+            reporter.copied(r);
+            reports
+                .lock()
+                .expect("reports lock")
+                .insert(r.source.clone(), r.clone());
+        }
+    };
+    engine.run(vec![tagged, by_digest], &finished).await;
+    let mut reports = reports.into_inner().expect("reports lock");
+    Ok(images
+        .iter()
+        .map(|i| {
+            reports.remove(&i.label()).unwrap_or_else(|| TargetReport {
+                source: i.label(),
+                target: format!("{}/{}", store.root().display(), i.label()),
+                digest: None,
+                upstream_digest: None,
+                status: CopyStatus::Failed,
+                existing: None,
+                error: vec!["not copied (the run stopped first)".to_owned()],
+                remedy: None,
+            })
+        })
+        .collect())
 }

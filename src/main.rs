@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use futures::StreamExt;
+use static_registry::bundle;
 use static_registry::catalog;
 use static_registry::config::{self, MirrorConfig};
 use static_registry::copy::registry::{RegistryDestination, RegistrySource};
@@ -32,8 +33,9 @@ use static_registry::store::{Removal, Store, StoreView, inventory, verify};
 use static_registry::sync;
 
 use cli::{
-    Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, FetchArgs, GenConfArgs, ImportArgs, LsArgs,
-    PlanArgs, PruneArgs, PushArgs, RegistryArgs, RmArgs, ServeArgs, SyncArgs, VerifyArgs,
+    Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, ExportArgs, FetchArgs, GenConfArgs,
+    ImportArgs, LsArgs, PlanArgs, PruneArgs, PushArgs, RegistryArgs, RmArgs, ServeArgs, SyncArgs,
+    VerifyArgs,
 };
 
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
@@ -233,6 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync(args) => sync_command(args),
         Command::GenConf(args) => gen_conf_command(args),
         Command::Serve(args) => serve_command(args),
+        Command::Export(args) => export_command(args),
         Command::Import(args) => import_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
@@ -787,22 +790,108 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     }
 }
 
-fn import_command(args: ImportArgs) -> Result<ExitCode> {
-    if !args.from_dir_tree.is_dir() {
-        return Err(Usage(anyhow::anyhow!(
-            "--from-dir-tree {}: no such directory",
-            args.from_dir_tree.display()
-        ))
-        .into());
+fn export_command(args: ExportArgs) -> Result<ExitCode> {
+    let view = StoreView::open(&args.root)?;
+    let base = args.since.as_deref().map(bundle::read_base).transpose()?;
+    let contents = bundle::contents(&view, &args.images)?;
+    let Some(out) = args.output.filter(|_| !args.dry_run) else {
+        let carried: Vec<_> = contents
+            .blobs
+            .iter()
+            .filter(|(d, _)| !base.as_ref().is_some_and(|b| b.blobs.contains(d)))
+            .collect();
+        let plan = serde_json::json!({
+            "images": contents.images.iter().map(bundle::Image::label).collect::<Vec<_>>(),
+            "blobs": contents.blobs.len(),
+            "bytes": contents.blobs.iter().map(|(_, s)| s).sum::<u64>(),
+            "carried": carried.len(),
+            "carried_bytes": carried.iter().map(|(_, s)| s).sum::<u64>(),
+        });
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            for image in &contents.images {
+                println!("{}", image.label());
+            }
+        }
+        eprintln!(
+            "would bundle {} images: {} of their {} blobs, {}",
+            contents.images.len(),
+            plan["carried"],
+            plan["blobs"],
+            human_bytes(plan["carried_bytes"].as_u64().unwrap_or(0))
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let started = std::time::Instant::now();
+    let exported = bundle::write(&args.root, &contents, base.as_ref(), &out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&exported)?);
     }
+    eprintln!(
+        "wrote {}: {} images, {} blobs ({}){}; {:.2}s",
+        out.display(),
+        exported.images,
+        exported.carried,
+        human_bytes(exported.carried_bytes),
+        match &exported.base {
+            Some(b) => format!(", {} more from base {b}", exported.needed),
+            None => String::new(),
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import_command(args: ImportArgs) -> Result<ExitCode> {
     let store = Arc::new(open_store(&args.root)?);
     let reporter: Arc<dyn report::Reporter> = Arc::from(progress::reporter(args.quiet));
     let opts = copy::Options {
         jobs: args.jobs.max(1),
         ..copy::Options::default()
     };
-    let summary =
-        runtime()?.block_on(import::dir_tree(store, &args.from_dir_tree, opts, reporter))?;
+    let Some(tree) = args.from_dir_tree else {
+        let summary = runtime()?.block_on(import::bundles(store, &args.bundles, opts, reporter))?;
+        refresh_pages(&args.root);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        let images: Vec<_> = summary
+            .bundles
+            .iter()
+            .flat_map(|b| &b.images)
+            .cloned()
+            .collect();
+        print_failures(&images);
+        let failed = images
+            .iter()
+            .filter(|r| r.status == report::CopyStatus::Failed)
+            .count();
+        for b in &summary.bundles {
+            eprintln!(
+                "{}: {} images; {} blobs received ({}), {} already in the store",
+                b.bundle.display(),
+                b.images.len(),
+                b.blobs.written,
+                human_bytes(b.blobs.written_bytes),
+                b.blobs.present
+            );
+        }
+        eprintln!("{failed} failed; {:.2}s", summary.seconds);
+        return Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    };
+    if !tree.is_dir() {
+        return Err(Usage(anyhow::anyhow!(
+            "--from-dir-tree {}: no such directory",
+            tree.display()
+        ))
+        .into());
+    }
+    let summary = runtime()?.block_on(import::dir_tree(store, &tree, opts, reporter))?;
     refresh_pages(&args.root);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

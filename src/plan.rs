@@ -204,20 +204,26 @@ pub struct PushPlan {
     pub indexes: HashMap<String, Arc<TagIndex>>,
 }
 
-/// What `push` sends: every stored repository, or those `selection` names (`NAME`,
-/// `NAME:TAG`, `NAME@DIGEST`); each as `<prefix>/<name>` at every target.
-pub fn push(
-    view: &StoreView,
-    selection: &[String],
-    targets: &[Target],
-    overwrite: Overwrite,
-) -> Result<PushPlan, PlanError> {
-    if let Some(t) = targets.iter().find(|t| t.tag.is_some()) {
-        return Err(PlanError::Target {
-            target: t.to_string(),
-            reason: "push keeps every image's own tags; give HOST[:PORT][/PREFIX]",
-        });
-    }
+/// Images of a store chosen by a selection, in the waves a copy needs them: tagged
+/// images, then the other untagged manifests, then the referrers (so that a subject is
+/// at a target before what refers to it); and the index.json of every repository read.
+#[derive(Debug)]
+pub struct Selected {
+    pub waves: [Vec<StoredImage>; 3],
+    pub indexes: HashMap<String, Arc<TagIndex>>,
+}
+
+/// One image of a store: a tag, or a manifest stored by digest.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    pub repo: String,
+    pub reference: SourceRef,
+    pub tag: Option<String>,
+}
+
+/// Every stored repository, or those `selection` names (`NAME`, `NAME:TAG`,
+/// `NAME@DIGEST`): what `push` sends and `export` bundles.
+pub fn select_stored(view: &StoreView, selection: &[String]) -> Result<Selected, PlanError> {
     let mut wanted: Vec<(String, Option<SourceRef>)> = Vec::new();
     if selection.is_empty() {
         wanted.extend(view.repositories()?.into_iter().map(|n| (n, None)));
@@ -268,41 +274,16 @@ pub fn push(
                 .collect(),
         };
         for (reference, tag) in refs {
-            let label = match &reference {
-                SourceRef::Tag(t) => format!("{name}:{t}"),
-                SourceRef::Digest(d) | SourceRef::Referrer(d) => format!("{name}@{d}"),
+            let wave = match &reference {
+                _ if tag.is_some() => &mut tagged,
+                SourceRef::Digest(d) if refers.contains(d) => &mut referrers,
+                _ => &mut untagged,
             };
-            let job = ImageJob {
-                label,
-                source: 0,
+            wave.push(StoredImage {
                 repo: name.clone(),
-                platforms: Vec::new(),
-                referrers: false,
-                annotations: Default::default(),
-                // Merged with a target's own, as a copy does.
-                fallback: tag
-                    .as_deref()
-                    .and_then(crate::copy::fallback_subject)
-                    .is_some(),
-                targets: targets
-                    .iter()
-                    .enumerate()
-                    .map(|(dest, t)| {
-                        Ok(JobTarget {
-                            dest,
-                            repo: joined(&name, t)?,
-                            tag: tag.clone(),
-                            overwrite,
-                        })
-                    })
-                    .collect::<Result<_, PlanError>>()?,
                 reference,
-            };
-            match &job.reference {
-                _ if tag.is_some() => tagged.push(job),
-                SourceRef::Digest(d) if refers.contains(d) => referrers.push(job),
-                _ => untagged.push(job),
-            }
+                tag,
+            });
         }
     }
     if tagged.is_empty() && untagged.is_empty() && referrers.is_empty() {
@@ -310,10 +291,68 @@ pub fn push(
             root: view.root().to_owned(),
         });
     }
-    Ok(PushPlan {
-        waves: vec![tagged, untagged, referrers],
+    Ok(Selected {
+        waves: [tagged, untagged, referrers],
         indexes,
     })
+}
+
+/// What `push` sends: [`select_stored`], each image as `<prefix>/<name>` at every target.
+pub fn push(
+    view: &StoreView,
+    selection: &[String],
+    targets: &[Target],
+    overwrite: Overwrite,
+) -> Result<PushPlan, PlanError> {
+    if let Some(t) = targets.iter().find(|t| t.tag.is_some()) {
+        return Err(PlanError::Target {
+            target: t.to_string(),
+            reason: "push keeps every image's own tags; give HOST[:PORT][/PREFIX]",
+        });
+    }
+    let Selected { waves, indexes } = select_stored(view, selection)?;
+    let job = |image: StoredImage| -> Result<ImageJob, PlanError> {
+        let StoredImage {
+            repo,
+            reference,
+            tag,
+        } = image;
+        let label = match &reference {
+            SourceRef::Tag(t) => format!("{repo}:{t}"),
+            SourceRef::Digest(d) | SourceRef::Referrer(d) => format!("{repo}@{d}"),
+        };
+        Ok(ImageJob {
+            label,
+            source: 0,
+            platforms: Vec::new(),
+            referrers: false,
+            annotations: Default::default(),
+            // Merged with a target's own, as a copy does.
+            fallback: tag
+                .as_deref()
+                .and_then(crate::copy::fallback_subject)
+                .is_some(),
+            targets: targets
+                .iter()
+                .enumerate()
+                .map(|(dest, t)| {
+                    Ok(JobTarget {
+                        dest,
+                        repo: joined(&repo, t)?,
+                        tag: tag.clone(),
+                        overwrite,
+                    })
+                })
+                .collect::<Result<_, PlanError>>()?,
+            repo,
+            reference,
+        })
+    };
+    let waves = waves
+        .into_iter()
+        .map(|wave| wave.into_iter().map(job).collect())
+        .collect::<Result<_, _>>()?;
+    Ok(PushPlan { waves, indexes })
 }
 
 /// `<prefix>/<name>` at target `t`.

@@ -23,6 +23,7 @@
 //! destination has none, or nothing of its own in it).
 
 pub mod any;
+pub mod bundle;
 pub mod dirtree;
 mod fallback;
 pub mod registry;

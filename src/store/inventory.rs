@@ -128,6 +128,12 @@ pub fn repo_info(dir: &Path, name: String) -> Result<RepoInfo> {
 /// A manifest that is missing or unreadable ends its branch (callers that care check
 /// each descriptor's file).
 pub fn reachable(dir: &Path, roots: &[Descriptor]) -> Vec<Descriptor> {
+    reachable_in(&dir.join("blobs/sha256"), roots)
+}
+
+/// [`reachable`] with manifests read from `blobs`, a directory of files named by hex
+/// digest (a layout's `blobs/sha256`, or the pool's).
+pub fn reachable_in(blobs: &Path, roots: &[Descriptor]) -> Vec<Descriptor> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut stack: Vec<Descriptor> = roots.iter().rev().cloned().collect();
@@ -136,7 +142,7 @@ pub fn reachable(dir: &Path, roots: &[Descriptor]) -> Vec<Descriptor> {
             continue;
         }
         let children = if d.media_type.contains("manifest") || d.media_type.contains("index") {
-            fs::read(dir.join("blobs/sha256").join(d.digest.hex()))
+            fs::read(blobs.join(d.digest.hex()))
                 .ok()
                 .and_then(|bytes| Manifest::parse(&bytes, Some(&d.media_type)).ok())
                 .map(|m| match m.kind {

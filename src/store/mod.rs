@@ -272,6 +272,11 @@ impl Store {
         self.root.join(TMP_DIR)
     }
 
+    /// The pool's directory of sha256 blobs.
+    pub fn pool_dir(&self) -> PathBuf {
+        pool_dir(&self.root)
+    }
+
     /// Where the pool keeps a blob. Only sha256 is stored (the digest type guarantees the
     /// hex part is safe to use as a file name).
     pub fn pool_path(&self, digest: &Digest) -> Result<PathBuf> {
@@ -321,6 +326,12 @@ impl Store {
         }
         Ok(kind)
     }
+}
+
+/// The pool's directory of sha256 blobs (files named by hex digest) of the store at
+/// `root`.
+pub fn pool_dir(root: &Path) -> PathBuf {
+    root.join(POOL_DIR).join("sha256")
 }
 
 /// The directory of repository `name`'s OCI layout under `root`, after validating the

@@ -1,6 +1,7 @@
 //! Integration tests: one binary so the harness is compiled once.
 
 mod auth;
+mod bundle;
 mod catalog;
 mod config;
 mod container;
