@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{Descriptor, OCI_INDEX, REF_NAME};
 use crate::plan::{self, PlanError, StoredImage};
 use crate::reference::{Digest, validate_repository, validate_tag};
+use crate::report::Reporter;
 use crate::store::inventory::{reachable, reachable_in};
 use crate::store::{BlobClaim, ImageIndex, Store, StoreError, StoreView, pool_dir, write_atomic};
 
@@ -95,6 +96,15 @@ pub enum BundleError {
         image: String,
         digest: Digest,
     },
+    #[error(
+        "{} is part of a bundle in {of} parts, and part {missing} is not among the files given: give every part",
+        path.display()
+    )]
+    PartMissing {
+        path: PathBuf,
+        missing: usize,
+        of: usize,
+    },
     #[error("{} is neither a bundle nor a state file: {reason}", path.display())]
     Base { path: PathBuf, reason: String },
     #[error("the store lacks blob {digest} of {image}; run `static-registry verify --repair`")]
@@ -132,6 +142,16 @@ pub struct Meta {
     /// Blobs its images reach that the base holds (a delta's), with their sizes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub needed: BTreeMap<Digest, u64>,
+    /// Which part this file is, of a bundle split for its media.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    pub number: usize,
+    pub of: usize,
 }
 
 /// A blob set, as `export --since` takes it: written beside every bundle, and into a
@@ -195,7 +215,8 @@ pub struct Header {
 /// What `export` wrote.
 #[derive(Debug, Serialize)]
 pub struct Exported {
-    pub bundle: PathBuf,
+    /// The bundle, or its parts.
+    pub files: Vec<PathBuf>,
     pub state: PathBuf,
     pub images: usize,
     pub set: Digest,
@@ -205,7 +226,7 @@ pub struct Exported {
     pub carried_bytes: u64,
     pub needed: usize,
     pub needed_bytes: u64,
-    /// The bundle file's size.
+    /// The size of its files.
     pub bytes: u64,
 }
 
@@ -315,13 +336,16 @@ pub fn read_base(path: &Path) -> Result<State, BundleError> {
 }
 
 /// Write `contents` from the store at `root` into a bundle at `out` (a delta holding
-/// only what `base` lacks, when given), and its state beside it (`<out>.state.json`).
-/// The bundle appears under its name only once complete.
+/// only what `base` lacks, when given; in parts `<out>.001`, ... of at most `split`
+/// bytes each, when given), and its state beside it (`<out>.state.json`). Each file
+/// appears under its name only once complete.
 pub fn write(
     root: &Path,
     contents: &Contents,
     base: Option<&State>,
     out: &Path,
+    split: Option<u64>,
+    reporter: &dyn Reporter,
 ) -> Result<Exported, BundleError> {
     let set = set_identity(contents.blobs.iter().map(|(d, _)| d));
     let (mut carried, mut needed) = (BTreeMap::new(), BTreeMap::new());
@@ -332,6 +356,7 @@ pub fn write(
         };
     }
     let meta = Meta {
+        part: None,
         format: FORMAT,
         set: set.clone(),
         base: base.map(|b| b.set.clone()),
@@ -359,57 +384,44 @@ pub fn write(
     };
     let out = &std::path::absolute(out).map_err(BundleError::io("resolve", out))?;
     let dir = out.parent().unwrap_or(Path::new("/")).to_owned();
-    let temp = tempfile::Builder::new()
-        .prefix(".static-registry-export-")
-        .tempfile_in(&dir)
-        .map_err(BundleError::io("create a file in", &dir))?;
-    let file = temp
-        .reopen()
-        .map_err(BundleError::io("open", temp.path()))?;
-    // A bundle is for others to read, as the store's files are.
-    file.set_permissions(std::fs::Permissions::from_mode(
-        crate::store::modes::FILE_MODE,
-    ))
-    .map_err(BundleError::io("chmod", temp.path()))?;
-    let documents = [
-        (
-            INDEX_FILE,
-            serde_json::to_vec(&index).expect("an index serialises"),
-        ),
-        (
-            META_FILE,
-            serde_json::to_vec(&meta).expect("the bundle document serialises"),
-        ),
-    ];
+    let index = serde_json::to_vec(&index).expect("an index serialises");
     let blobs: Vec<_> = contents
         .blobs
         .iter()
         .filter(|(d, _)| meta.carried.contains_key(d))
         .collect();
-    let pool = pool_dir(root);
-    let written = if out.extension().is_some_and(|e| e == "zst") {
-        (|| {
-            let mut encoder = zstd::Encoder::new(file, ZSTD_LEVEL)?;
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            encoder.multithread(threads as u32)?;
-            write_tar(encoder, &documents, &blobs, &pool)?
-                .finish()
-                .map(drop)
-        })()
-    } else {
-        write_tar(file, &documents, &blobs, &pool).map(drop)
+    let parts = match split {
+        Some(limit) => split_parts(&blobs, limit, index.len() as u64),
+        None => vec![blobs],
     };
-    written.map_err(BundleError::io("write", temp.path()))?;
-    // Durable before it has its name.
-    let file = temp.as_file();
-    file.sync_all()
-        .map_err(BundleError::io("sync", temp.path()))?;
-    let bytes = file
-        .metadata()
-        .map_err(BundleError::io("stat", temp.path()))?
-        .len();
-    temp.persist(out)
-        .map_err(|e| BundleError::io("rename into", out)(e.error))?;
+    let count = parts.len();
+    let mut files = Vec::with_capacity(count);
+    let mut bytes = 0;
+    for (n, blobs) in parts.iter().enumerate() {
+        let (path, part) = match split {
+            Some(_) => (
+                part_path(out, n + 1),
+                Some(Part {
+                    number: n + 1,
+                    of: count,
+                }),
+            ),
+            None => (out.to_owned(), None),
+        };
+        let meta = Meta {
+            part,
+            ..meta.clone()
+        };
+        let documents = [
+            (INDEX_FILE, index.clone()),
+            (
+                META_FILE,
+                serde_json::to_vec(&meta).expect("the bundle document serialises"),
+            ),
+        ];
+        bytes += write_file(&path, &dir, &documents, blobs, root, reporter)?;
+        files.push(path);
+    }
     let state_path = state_path(out);
     let state = State::new(contents.blobs.iter().map(|(d, _)| d.clone()).collect());
     write_atomic(
@@ -418,7 +430,7 @@ pub fn write(
         &serde_json::to_vec(&state).expect("a state serialises"),
     )?;
     Ok(Exported {
-        bundle: out.to_owned(),
+        files,
         state: state_path,
         images: contents.images.len(),
         set,
@@ -431,12 +443,99 @@ pub fn write(
     })
 }
 
+/// Part `n` of a bundle split at `out`: `<out>.001`, ...
+pub fn part_path(out: &Path, n: usize) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(format!(".{n:03}"));
+    PathBuf::from(name)
+}
+
+/// `blobs` in parts of at most `limit` tar bytes each (the documents, which every part
+/// holds, included); a blob larger than that has a part of its own.
+fn split_parts<'a>(
+    blobs: &[&'a (Digest, u64)],
+    limit: u64,
+    index: u64,
+) -> Vec<Vec<&'a (Digest, u64)>> {
+    let entry = |size: u64| 512 + size.div_ceil(512) * 512;
+    // oci-layout, index.json and the bundle document (a generous bound on its size:
+    // ~100 bytes a blob), and tar's two closing blocks.
+    let fixed = entry(OCI_LAYOUT.len() as u64)
+        + entry(index)
+        + entry(200 * blobs.len() as u64 + 1024)
+        + 1024;
+    let mut parts = vec![Vec::new()];
+    let mut used = fixed;
+    for blob in blobs {
+        let last = parts.last_mut().expect("one part at least");
+        if !last.is_empty() && used + entry(blob.1) > limit {
+            parts.push(Vec::new());
+            used = fixed;
+        }
+        parts.last_mut().expect("one part at least").push(*blob);
+        used += entry(blob.1);
+    }
+    parts
+}
+
+/// One bundle file: the tar (zstd when `path` ends in `.zst` or is a part of such a
+/// bundle) written aside, made durable, then renamed to `path`. Returns its size.
+fn write_file(
+    path: &Path,
+    dir: &Path,
+    documents: &[(&str, Vec<u8>)],
+    blobs: &[&(Digest, u64)],
+    root: &Path,
+    reporter: &dyn Reporter,
+) -> Result<u64, BundleError> {
+    let temp = tempfile::Builder::new()
+        .prefix(".static-registry-export-")
+        .tempfile_in(dir)
+        .map_err(BundleError::io("create a file in", dir))?;
+    let file = temp
+        .reopen()
+        .map_err(BundleError::io("open", temp.path()))?;
+    // A bundle is for others to read, as the store's files are.
+    file.set_permissions(std::fs::Permissions::from_mode(
+        crate::store::modes::FILE_MODE,
+    ))
+    .map_err(BundleError::io("chmod", temp.path()))?;
+    let pool = pool_dir(root);
+    let name = path.to_string_lossy();
+    let compressed = name.ends_with(".zst") || name.contains(".zst.");
+    let written = if compressed {
+        (|| {
+            let mut encoder = zstd::Encoder::new(file, ZSTD_LEVEL)?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            encoder.multithread(threads as u32)?;
+            write_tar(encoder, documents, blobs, &pool, reporter)?
+                .finish()
+                .map(drop)
+        })()
+    } else {
+        write_tar(file, documents, blobs, &pool, reporter).map(drop)
+    };
+    written.map_err(BundleError::io("write", temp.path()))?;
+    // Durable before it has its name.
+    let file = temp.as_file();
+    file.sync_all()
+        .map_err(BundleError::io("sync", temp.path()))?;
+    let bytes = file
+        .metadata()
+        .map_err(BundleError::io("stat", temp.path()))?
+        .len();
+    temp.persist(path)
+        .map_err(|e| BundleError::io("rename into", path)(e.error))?;
+    Ok(bytes)
+}
+
 /// The tar of a bundle into `sink`, which it returns (for a compressor to finish).
 fn write_tar<W: Write>(
     sink: W,
     documents: &[(&str, Vec<u8>)],
     blobs: &[&(Digest, u64)],
     pool: &Path,
+    reporter: &dyn Reporter,
 ) -> io::Result<W> {
     let mut tar = tar::Builder::new(io::BufWriter::with_capacity(COPY_BUFFER, sink));
     append(&mut tar, LAYOUT_FILE, OCI_LAYOUT.len() as u64, OCI_LAYOUT)?;
@@ -445,14 +544,36 @@ fn write_tar<W: Write>(
     }
     for (digest, size) in blobs {
         let file = File::open(pool.join(digest.hex()))?;
+        reporter.blob_started(digest, *size, 0);
+        let progress = Progress {
+            inner: file,
+            digest,
+            reporter,
+        };
         append(
             &mut tar,
             &format!("blobs/sha256/{}", digest.hex()),
             *size,
-            file,
+            progress,
         )?;
+        reporter.blob_finished(digest);
     }
     tar.into_inner()?.into_inner().map_err(|e| e.into_error())
+}
+
+/// A blob's reader that tells the reporter how far it got.
+struct Progress<'a, R> {
+    inner: R,
+    digest: &'a Digest,
+    reporter: &'a dyn Reporter,
+}
+
+impl<R: Read> Read for Progress<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.reporter.blob_progress(self.digest, n as u64);
+        Ok(n)
+    }
 }
 
 /// `<bundle>.state.json`.
@@ -616,19 +737,71 @@ pub struct Received {
     pub present: usize,
 }
 
-/// Read the bundle at `path` into the store's pool: its documents first (checked as
-/// [`read_header`] does), then a delta's base (every blob it takes from it must be in
-/// the store), then each blob, verified against its digest and declared size while it
-/// streams. Nothing is published here; the caller does that once this returns.
+/// A bundle to import: its documents, and its file (or every part of it).
+#[derive(Debug)]
+pub struct Bundle {
+    pub header: Header,
+    pub files: Vec<PathBuf>,
+}
+
+impl Bundle {
+    /// How messages name it: its file, or its first part.
+    pub fn path(&self) -> &Path {
+        &self.files[0]
+    }
+}
+
+/// The bundles the files at `paths` make: each file read up to its documents, the parts
+/// of a split bundle gathered (in any order given; every part must be there), a file
+/// given twice taken once.
+pub fn gather(paths: &[PathBuf]) -> Result<Vec<Bundle>, BundleError> {
+    let mut bundles: Vec<(Bundle, BTreeMap<usize, PathBuf>)> = Vec::new();
+    for path in paths {
+        let header = read_header(path)?;
+        let same = bundles.iter_mut().find(|(b, _)| {
+            b.header.meta.set == header.meta.set && b.header.meta.base == header.meta.base
+        });
+        let number = header.meta.part.map_or(1, |p| p.number);
+        match same {
+            Some((_, parts)) => {
+                parts.entry(number).or_insert_with(|| path.clone());
+            }
+            None => bundles.push((
+                Bundle {
+                    header,
+                    files: Vec::new(),
+                },
+                BTreeMap::from([(number, path.clone())]),
+            )),
+        }
+    }
+    bundles
+        .into_iter()
+        .map(|(mut bundle, parts)| {
+            let of = bundle.header.meta.part.map_or(1, |p| p.of);
+            if let Some(missing) = (1..=of).find(|n| !parts.contains_key(n)) {
+                return Err(BundleError::PartMissing {
+                    path: parts.values().next().expect("one part").clone(),
+                    missing,
+                    of,
+                });
+            }
+            bundle.files = parts.into_values().collect();
+            Ok(bundle)
+        })
+        .collect()
+}
+
+/// Read `bundle` into the store's pool: a delta's base first (every blob it takes from it
+/// must be in the store), then each file's documents (checked as [`read_header`] does)
+/// and blobs, each verified against its digest and declared size while it streams.
+/// Nothing is published here; the caller does that once this returns.
 pub fn receive(
     store: &Store,
-    path: &Path,
-    reporter: &dyn crate::report::Reporter,
-) -> Result<(Header, Received), BundleError> {
-    let mut archive = open(path)?;
-    let mut entries = archive.entries().map_err(BundleError::io("read", path))?;
-    let header = header_from(path, &mut entries)?;
-    let meta = &header.meta;
+    bundle: &Bundle,
+    reporter: &dyn Reporter,
+) -> Result<Received, BundleError> {
+    let meta = &bundle.header.meta;
     let absent: Vec<&Digest> = meta
         .needed
         .keys()
@@ -636,7 +809,7 @@ pub fn receive(
         .collect();
     if let Some(first) = absent.first() {
         return Err(BundleError::BaseMissing {
-            path: path.to_owned(),
+            path: bundle.path().to_owned(),
             base: meta
                 .base
                 .as_ref()
@@ -648,9 +821,55 @@ pub fn receive(
     }
     let mut received = Received::default();
     let mut seen = HashSet::new();
+    for path in &bundle.files {
+        receive_file(store, path, meta, &mut seen, &mut received, reporter)?;
+    }
+    let path = bundle.path();
+    if seen.len() < meta.carried.len() {
+        return Err(truncated(path, meta, &seen));
+    }
+    // Every image must reach only listed blobs (what the pool now holds was verified).
+    let pool = store.pool_dir();
+    for image in &bundle.header.images {
+        for d in reachable_in(&pool, std::slice::from_ref(&image.descriptor)) {
+            if d.is_foreign() {
+                continue;
+            }
+            if meta
+                .carried
+                .get(&d.digest)
+                .or_else(|| meta.needed.get(&d.digest))
+                != Some(&d.size)
+            {
+                return Err(BundleError::Unlisted {
+                    path: path.to_owned(),
+                    image: image.label(),
+                    digest: d.digest,
+                });
+            }
+        }
+    }
+    Ok(received)
+}
+
+/// One file of a bundle into the pool; `seen` gathers the blobs of all its files.
+fn receive_file(
+    store: &Store,
+    path: &Path,
+    meta: &Meta,
+    seen: &mut HashSet<Digest>,
+    received: &mut Received,
+    reporter: &dyn Reporter,
+) -> Result<(), BundleError> {
+    let mut archive = open(path)?;
+    let mut entries = archive.entries().map_err(BundleError::io("read", path))?;
+    let own = header_from(path, &mut entries)?;
+    if own.meta.set != meta.set || own.meta.base != meta.base {
+        return Err(not_bundle(path, "it changed since it was first read"));
+    }
     let mut buf = vec![0u8; COPY_BUFFER];
     for entry in entries {
-        let mut entry = entry.map_err(|e| truncated_or(path, meta, &seen, e))?;
+        let mut entry = entry.map_err(|e| truncated_or(path, meta, seen, e))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let refuse = |reason: String| BundleError::Entry {
             path: path.to_owned(),
@@ -694,12 +913,12 @@ pub fn receive(
         // An interrupted import left this much, already hashed: skip it in the tar.
         let offset = partial.offset();
         io::copy(&mut (&mut entry).take(offset), &mut io::sink())
-            .map_err(|e| truncated_or(path, meta, &seen, e))?;
+            .map_err(|e| truncated_or(path, meta, seen, e))?;
         reporter.blob_started(&digest, size, offset);
         loop {
             let n = entry
                 .read(&mut buf)
-                .map_err(|e| truncated_or(path, meta, &seen, e))?;
+                .map_err(|e| truncated_or(path, meta, seen, e))?;
             if n == 0 {
                 break;
             }
@@ -707,38 +926,14 @@ pub fn receive(
             reporter.blob_progress(&digest, n as u64);
         }
         if partial.offset() < size {
-            return Err(truncated(path, meta, &seen));
+            return Err(truncated(path, meta, seen));
         }
         partial.commit().map_err(blob_error)?;
         reporter.blob_finished(&digest);
         received.written += 1;
         received.written_bytes += size;
     }
-    if seen.len() < meta.carried.len() {
-        return Err(truncated(path, meta, &seen));
-    }
-    // Every image must reach only listed blobs (what the pool now holds was verified).
-    let pool = store.pool_dir();
-    for image in &header.images {
-        for d in reachable_in(&pool, std::slice::from_ref(&image.descriptor)) {
-            if d.is_foreign() {
-                continue;
-            }
-            if meta
-                .carried
-                .get(&d.digest)
-                .or_else(|| meta.needed.get(&d.digest))
-                != Some(&d.size)
-            {
-                return Err(BundleError::Unlisted {
-                    path: path.to_owned(),
-                    image: image.label(),
-                    digest: d.digest,
-                });
-            }
-        }
-    }
-    Ok((header, received))
+    Ok(())
 }
 
 fn truncated(path: &Path, meta: &Meta, seen: &HashSet<Digest>) -> BundleError {

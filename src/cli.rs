@@ -286,12 +286,46 @@ pub struct ExportArgs {
     /// .state.json, or the .bundle-state.json an import left in the receiving store.
     #[arg(long, value_name = "BASE")]
     pub since: Option<PathBuf>,
+    /// Write the bundle in parts of at most SIZE bytes each (before compression), named
+    /// <BUNDLE>.001, .002, ...: for media of that size. `import` takes them in any order.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub split: Option<u64>,
     /// Say what would go in and its size; write nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// A size as `4G`, `700M`, `512K` or bytes (K, M, G and T are powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let trimmed = s.trim_end_matches(['B', 'b']).trim_end_matches('i');
+    let (number, unit) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => trimmed.split_at(i),
+        None => (trimmed, ""),
+    };
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size: give bytes, or a number with K, M, G or T (4G)"
+            ));
+        }
+    };
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{s:?} is not a size: give bytes, or a number with K, M, G or T (4G)")
+    })?;
+    n.checked_mul(1 << shift)
+        .filter(|n| *n >= 64 << 10)
+        .ok_or_else(|| format!("{s:?}: a part holds 64K at least"))
 }
 
 #[derive(Debug, Args)]

@@ -165,7 +165,8 @@ pub async fn dir_tree(
 /// One bundle of an import.
 #[derive(Debug, Serialize)]
 pub struct ImportedBundle {
-    pub bundle: PathBuf,
+    /// The bundle, or its parts.
+    pub files: Vec<PathBuf>,
     pub set: Digest,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<Digest>,
@@ -194,39 +195,34 @@ pub async fn bundles(
     reporter: Arc<dyn Reporter>,
 ) -> Result<BundleImport, BundleError> {
     let started = Instant::now();
-    let mut pending = Vec::new();
-    for path in paths {
-        let p = path.clone();
-        let header = tokio::task::spawn_blocking(move || bundle::read_header(&p))
-            .await
-            .expect("a header read does not panic")?;
-        pending.push((path.clone(), header.meta));
-    }
+    let given = paths.to_vec();
+    let mut pending = tokio::task::spawn_blocking(move || bundle::gather(&given))
+        .await
+        .expect("reading bundle headers does not panic")?;
     // Bases first: a bundle waits while another still pending has its base's set.
     let mut ordered = Vec::new();
     while !pending.is_empty() {
-        let ready = pending
-            .iter()
-            .position(|(_, meta)| {
-                !pending.iter().any(|(_, other)| {
-                    meta.base.as_ref() == Some(&other.set) && other.set != meta.set
-                })
+        let waits = |b: &bundle::Bundle| {
+            pending.iter().any(|other| {
+                b.header.meta.base.as_ref() == Some(&other.header.meta.set)
+                    && other.header.meta.set != b.header.meta.set
             })
-            .unwrap_or(0);
-        ordered.push(pending.remove(ready).0);
+        };
+        let ready = pending.iter().position(|b| !waits(b)).unwrap_or(0);
+        ordered.push(pending.remove(ready));
     }
     let mut done = Vec::new();
-    for path in ordered {
-        let (s, p, r) = (store.clone(), path.clone(), reporter.clone());
-        let (header, received) =
-            tokio::task::spawn_blocking(move || bundle::receive(&s, &p, r.as_ref()))
-                .await
-                .expect("receiving a bundle does not panic")?;
-        let images = publish(&store, &header.images, &opts, &reporter).await?;
+    for bundle in ordered {
+        let bundle = Arc::new(bundle);
+        let (s, b, r) = (store.clone(), bundle.clone(), reporter.clone());
+        let received = tokio::task::spawn_blocking(move || bundle::receive(&s, &b, r.as_ref()))
+            .await
+            .expect("receiving a bundle does not panic")?;
+        let images = publish(&store, &bundle.header.images, &opts, &reporter).await?;
         done.push(ImportedBundle {
-            bundle: path,
-            set: header.meta.set,
-            base: header.meta.base,
+            files: bundle.files.clone(),
+            set: bundle.header.meta.set.clone(),
+            base: bundle.header.meta.base.clone(),
             blobs: received,
             images,
         });

@@ -80,6 +80,21 @@ fn hint(e: &anyhow::Error, sides: &Sides) -> Option<String> {
         {
             return Some(sides.advise(&r));
         }
+        if let Some(b) = cause.downcast_ref::<bundle::BundleError>() {
+            let text = match b {
+                bundle::BundleError::BaseMissing { .. } => {
+                    "import the bundle it was exported --since first (both in one command does: `import base.tar delta.tar`), or ask the sender for a full bundle"
+                }
+                bundle::BundleError::Truncated { .. } | bundle::BundleError::Blob { .. } => {
+                    "copy the bundle again and check it against the sender's checksum; what arrived intact is kept, so the next import reads only the rest"
+                }
+                bundle::BundleError::StoreIncomplete { .. } => {
+                    "`static-registry verify --repair` then a fetch restore what the store lacks"
+                }
+                _ => return None,
+            };
+            return Some(text.to_owned());
+        }
         let text = match cause.downcast_ref::<nginx::NginxError>()? {
             nginx::NginxError::NotReloaded { .. } => {
                 "is nginx running? Start it (systemctl start nginx): it reads the new file"
@@ -824,13 +839,25 @@ fn export_command(args: ExportArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let started = std::time::Instant::now();
-    let exported = bundle::write(&args.root, &contents, base.as_ref(), &out)?;
+    let reporter = progress::reporter(args.quiet);
+    let exported = bundle::write(
+        &args.root,
+        &contents,
+        base.as_ref(),
+        &out,
+        args.split,
+        reporter.as_ref(),
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&exported)?);
     }
     eprintln!(
-        "wrote {}: {} images, {} blobs ({}){}; {:.2}s",
+        "wrote {}{}: {} images, {} blobs ({}){}; {:.2}s",
         out.display(),
+        match exported.files.len() {
+            1 => String::new(),
+            n => format!(" in {n} parts (.001 to .{n:03})"),
+        },
         exported.images,
         exported.carried,
         human_bytes(exported.carried_bytes),
@@ -870,7 +897,7 @@ fn import_command(args: ImportArgs) -> Result<ExitCode> {
         for b in &summary.bundles {
             eprintln!(
                 "{}: {} images; {} blobs received ({}), {} already in the store",
-                b.bundle.display(),
+                b.files[0].display(),
                 b.images.len(),
                 b.blobs.written,
                 human_bytes(b.blobs.written_bytes),

@@ -118,7 +118,7 @@ async fn a_full_bundle_and_a_delta_make_the_later_store_and_the_delta_alone_is_r
     let (code, json, stderr) = import(dst.path(), &[&delta, &full]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
-        json["bundles"][0]["bundle"],
+        json["bundles"][0]["files"][0],
         full.to_str().unwrap(),
         "the base goes first"
     );
@@ -260,4 +260,61 @@ async fn hostile_or_broken_bundles_publish_nothing_and_a_killed_import_completes
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(served(dst.path()), served(s), "{json}");
     assert_verify_clean(dst.path(), "after a killed import and its rerun");
+}
+
+/// `--split` writes parts of at most the size given, which import takes in any order;
+/// with a part missing it names the part and publishes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_split_in_parts_imports_in_any_order_and_a_missing_part_is_named() {
+    let (reg, _fx, src) = registry_with_fixtures().await;
+    let s = src.path();
+    let refs: Vec<String> = [
+        "base/alpine:latest",
+        "apps/api:v1",
+        "apps/web:v1",
+        "oci/multi:1.0",
+    ]
+    .iter()
+    .map(|i| format!("{}/{i}", reg.addr()))
+    .collect();
+    fetch_ok(s, &refs);
+    let out = tempfile::tempdir().unwrap();
+    let bundle = out.path().join("split.tar");
+    let (code, json, stderr) = export(s, &bundle, &["--split", "64K"]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut parts: Vec<std::path::PathBuf> = json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().into())
+        .collect();
+    assert!(parts.len() >= 3, "{json}");
+    assert!(
+        parts[0].to_str().unwrap().ends_with("split.tar.001"),
+        "{json}"
+    );
+    for p in &parts {
+        // Within the size, but for a blob larger than that, which has a part of its own.
+        let blobs = entries(p).len() - 3;
+        assert!(
+            fs::metadata(p).unwrap().len() <= 64 << 10 || blobs == 1,
+            "{}: {blobs} blobs",
+            p.display()
+        );
+    }
+    parts.reverse();
+
+    let missing = served_tempdir("it-bundle-part-missing-");
+    let some: Vec<&Path> = parts[1..].iter().map(|p| p.as_path()).collect();
+    let (code, _, stderr) = import(missing.path(), &some);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("give every part"), "{stderr}");
+    assert!(served(missing.path()).is_empty());
+
+    let dst = served_tempdir("it-bundle-parts-");
+    let all: Vec<&Path> = parts.iter().map(|p| p.as_path()).collect();
+    let (code, _, stderr) = import(dst.path(), &all);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(served(dst.path()), served(s));
+    assert_verify_clean(dst.path(), "after importing a split bundle");
 }
