@@ -136,3 +136,16 @@ fn the_serve_example_answers_its_user_over_https_and_a_new_tag_without_restart()
         "ok: serve answered only its user",
     );
 }
+
+#[test]
+fn the_bundle_example_carries_a_full_bundle_and_a_delta_across_and_refuses_the_delta_alone() {
+    run_example(
+        "bundle.sh",
+        &[
+            ("docker-registry", "docker-registry"),
+            ("skopeo", "skopeo"),
+            ("curl", "curl"),
+        ],
+        "ok: a full bundle and a delta made the air-gapped store equal",
+    );
+}
