@@ -265,13 +265,25 @@ pub fn contents(view: &StoreView, selection: &[String]) -> Result<Contents, Bund
         )) {
             continue;
         }
-        // Referrers travel with their subjects, also when only the subject was named.
+        // Referrers travel with their subjects, also when only the subject was named:
+        // those stored by digest, and those under the referrers fallback tag and
+        // cosign's tags.
         for r in view.read_referrers(&image.repo, &descriptor.digest)? {
             if index.contains(&r.digest) {
                 queue.push(StoredImage {
                     repo: image.repo.clone(),
                     reference: crate::copy::SourceRef::Digest(r.digest.clone()),
                     tag: None,
+                });
+            }
+        }
+        let fallback = format!("sha256-{}", descriptor.digest.hex());
+        for tag in ["", ".sig", ".att", ".sbom"].map(|s| format!("{fallback}{s}")) {
+            if index.tag(&tag).is_some() {
+                queue.push(StoredImage {
+                    repo: image.repo.clone(),
+                    reference: crate::copy::SourceRef::Tag(tag.clone()),
+                    tag: Some(tag),
                 });
             }
         }

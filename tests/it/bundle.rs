@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::harness::served_tempdir;
 use crate::harness::skopeo::skopeo_inspect_raw;
-use crate::harness::store::{assert_verify_clean, fetch_ok, registry_with_fixtures, run};
+use crate::harness::store::{assert_verify_clean, fetch, fetch_ok, registry_with_fixtures, run};
 
 fn export(root: &Path, out: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
     let mut args = vec![
@@ -71,15 +71,27 @@ async fn a_full_bundle_and_a_delta_make_the_later_store_and_the_delta_alone_is_r
     let (reg, fx, src) = registry_with_fixtures().await;
     let s = src.path();
     let r = |image: &str| format!("{}/{image}", reg.addr());
-    fetch_ok(
-        s,
-        &[
-            r("base/alpine:latest"),
-            r("apps/web:v1"),
-            r("docker/multi:v1"),
-        ],
-    );
+    fetch_ok(s, &[r("base/alpine:latest"), r("docker/multi:v1")]);
+    // With its SBOM (a referrer, kept under the registry's referrers fallback tag).
+    let (code, _, stderr) = fetch(s, &[r("apps/web:v1")], &["--referrers"]);
+    assert_eq!(code, 0, "{stderr}");
     let out = tempfile::tempdir().unwrap();
+    // The tag alone brings what refers to it.
+    let (code, plan, stderr) = run(&[
+        "export",
+        "--root",
+        s.to_str().unwrap(),
+        "--dry-run",
+        "--json",
+        "apps/web:v1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let planned = plan["images"].to_string();
+
+    assert!(
+        planned.contains("apps/web:v1") && planned.contains("apps/web:sha256-"),
+        "{plan}"
+    );
     let full = out.path().join("full.tar");
     let (code, first, stderr) = export(s, &full, &[]);
     assert_eq!(code, 0, "{stderr}");
@@ -89,10 +101,10 @@ async fn a_full_bundle_and_a_delta_make_the_later_store_and_the_delta_alone_is_r
     assert_eq!(via_skopeo, fx.manifest("apps/web", "v1").bytes);
 
     // Later: new images, and a retag of an image the first bundle had.
-    fetch_ok(
-        s,
-        &[r("apps/api:v1"), r("oci/multi:1.0"), r("base/alpine:3.19")],
-    );
+    fetch_ok(s, &[r("apps/api:v1"), r("base/alpine:3.19")]);
+    // An index cut to one platform: its upstream digest must travel.
+    let (code, _, stderr) = fetch(s, &[r("oci/multi:1.0")], &["--platform", "linux/amd64"]);
+    assert_eq!(code, 0, "{stderr}");
     let delta = out.path().join("delta.tar.zst");
     let (code, json, stderr) = export(s, &delta, &["--since", full.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
@@ -125,6 +137,14 @@ async fn a_full_bundle_and_a_delta_make_the_later_store_and_the_delta_alone_is_r
     let later = served(s);
     assert!(later.len() > 10, "{later:?}");
     assert_eq!(served(dst.path()), later);
+    let ls = |root: &Path| run(&["ls", "--root", root.to_str().unwrap(), "--json"]).1;
+    let listed = ls(s).to_string();
+    assert!(listed.contains("upstream_digest"), "{listed}");
+    assert_eq!(
+        ls(dst.path()).to_string(),
+        listed,
+        "platform cuts and sizes differ"
+    );
     assert_verify_clean(dst.path(), "after importing a bundle and its delta");
     // The receiving store's state is a base for the next delta: nothing new, no blob.
     let state = dst.path().join(".bundle-state.json");
