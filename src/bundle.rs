@@ -13,7 +13,7 @@
 //! records its base's; a state file (beside each bundle, and in a store after an import)
 //! lists a set, for `export --since`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -244,6 +244,15 @@ pub fn contents(view: &StoreView, selection: &[String]) -> Result<Contents, Bund
     let selected = plan::select_stored(view, selection)?;
     let mut images = Vec::new();
     let mut listed = HashSet::new();
+    // Each repository's entries by digest (a scan per image would be quadratic).
+    let by_digest: HashMap<&str, HashMap<&Digest, &Descriptor>> = selected
+        .indexes
+        .iter()
+        .map(|(repo, index)| {
+            let entries = index.entries().iter().map(|e| (&e.digest, e)).collect();
+            (repo.as_str(), entries)
+        })
+        .collect();
     let mut queue: Vec<StoredImage> = selected.waves.into_iter().flatten().collect();
     queue.reverse();
     while let Some(image) = queue.pop() {
@@ -253,7 +262,7 @@ pub fn contents(view: &StoreView, selection: &[String]) -> Result<Contents, Bund
             None => image
                 .reference
                 .digest()
-                .and_then(|d| index.entries().iter().find(|e| &e.digest == d)),
+                .and_then(|d| by_digest[image.repo.as_str()].get(d).copied()),
         };
         let Some(descriptor) = descriptor else {
             continue;
@@ -403,9 +412,14 @@ pub fn write(
         .filter(|(d, _)| meta.carried.contains_key(d))
         .collect();
     let parts = match split {
-        Some(limit) => split_parts(&blobs, limit, index.len() as u64),
+        Some(limit) => {
+            // The bundle document as every part has it (its part numbers aside).
+            let meta_len = serde_json::to_vec(&meta).expect("serialises").len();
+            split_parts(&blobs, limit, (index.len() + meta_len + 64) as u64)
+        }
         None => vec![blobs],
     };
+    let compressed = out.extension().is_some_and(|e| e == "zst");
     let count = parts.len();
     let mut files = Vec::with_capacity(count);
     let mut bytes = 0;
@@ -431,11 +445,12 @@ pub fn write(
                 serde_json::to_vec(&meta).expect("the bundle document serialises"),
             ),
         ];
-        bytes += write_file(&path, &dir, &documents, blobs, root, reporter)?;
+        bytes += write_file(&path, &dir, &documents, blobs, root, compressed, reporter)?;
         files.push(path);
     }
     let state_path = state_path(out);
     let state = State::new(contents.blobs.iter().map(|(d, _)| d.clone()).collect());
+    // Its directory is synced after this rename, and so the bundle's names with it.
     write_atomic(
         &dir,
         &state_path,
@@ -462,20 +477,17 @@ pub fn part_path(out: &Path, n: usize) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// `blobs` in parts of at most `limit` tar bytes each (the documents, which every part
-/// holds, included); a blob larger than that has a part of its own.
+/// `blobs` in parts of at most `limit` tar bytes each, `documents` bytes of index.json
+/// and the bundle document included in each; a blob larger than that has a part of its
+/// own.
 fn split_parts<'a>(
     blobs: &[&'a (Digest, u64)],
     limit: u64,
-    index: u64,
+    documents: u64,
 ) -> Vec<Vec<&'a (Digest, u64)>> {
     let entry = |size: u64| 512 + size.div_ceil(512) * 512;
-    // oci-layout, index.json and the bundle document (a generous bound on its size:
-    // ~100 bytes a blob), and tar's two closing blocks.
-    let fixed = entry(OCI_LAYOUT.len() as u64)
-        + entry(index)
-        + entry(200 * blobs.len() as u64 + 1024)
-        + 1024;
+    // oci-layout, the two documents (two entries), and tar's two closing blocks.
+    let fixed = entry(OCI_LAYOUT.len() as u64) + entry(documents) + 512 + 1024;
     let mut parts = vec![Vec::new()];
     let mut used = fixed;
     for blob in blobs {
@@ -490,14 +502,15 @@ fn split_parts<'a>(
     parts
 }
 
-/// One bundle file: the tar (zstd when `path` ends in `.zst` or is a part of such a
-/// bundle) written aside, made durable, then renamed to `path`. Returns its size.
+/// One bundle file: the tar (zstd-compressed when `compressed`) written aside, made
+/// durable, then renamed to `path`. Returns its size.
 fn write_file(
     path: &Path,
     dir: &Path,
     documents: &[(&str, Vec<u8>)],
     blobs: &[&(Digest, u64)],
     root: &Path,
+    compressed: bool,
     reporter: &dyn Reporter,
 ) -> Result<u64, BundleError> {
     let temp = tempfile::Builder::new()
@@ -513,8 +526,6 @@ fn write_file(
     ))
     .map_err(BundleError::io("chmod", temp.path()))?;
     let pool = pool_dir(root);
-    let name = path.to_string_lossy();
-    let compressed = name.ends_with(".zst") || name.contains(".zst.");
     let written = if compressed {
         (|| {
             let mut encoder = zstd::Encoder::new(file, ZSTD_LEVEL)?;
