@@ -19,11 +19,11 @@ use crate::copy::bundle::BundleSource;
 use crate::copy::dirtree::{self, DirTreeSource};
 use crate::copy::store::StoreDestination;
 use crate::copy::{
-    self, Annotations, Engine, ImageJob, JobReport, JobTarget, Overwrite, SourceRef,
+    self, Annotations, Engine, ImageJob, JobReport, JobTarget, Overwrite, Source, SourceRef,
 };
 use crate::reference::Digest;
 use crate::report::{CopyStatus, Reporter, TargetReport};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, TagIndex};
 
 /// What an import did.
 #[derive(Debug, Serialize)]
@@ -90,14 +90,11 @@ pub async fn dir_tree(
             );
         }
     }
-    // The image (its place in the tree's list) of each job.
-    let mut job_images = Vec::new();
     let jobs: Vec<ImageJob> = scan
         .images
         .iter()
         .enumerate()
         .filter(|(n, _)| !refused.contains_key(n))
-        .inspect(|(n, _)| job_images.push(*n))
         .map(|(_, i)| ImageJob {
             label: label(i),
             source: 0,
@@ -116,42 +113,18 @@ pub async fn dir_tree(
         })
         .collect();
     let source = DirTreeSource::new(&scan.images);
-    let dest = StoreDestination::new(store, indexes);
-    let engine = Engine::new(vec![source], vec![dest], opts, reporter.clone());
-    let reports = Mutex::new(HashMap::new());
-    let finished = |job: &JobReport| {
-        for (_, r) in &job.targets {
-            reporter.copied(r);
-            reports
-                .lock()
-                .expect("reports lock")
-                .insert(job_images[job.index], r.clone());
-        }
-    };
-    engine.run(vec![jobs], &finished).await;
-    let mut reports = reports.into_inner().expect("reports lock");
+    let mut reports = into_store(&store, source, indexes, vec![jobs], opts, &reporter).await;
     let images = scan
         .images
         .iter()
         .enumerate()
         .map(|(n, i)| {
-            let source = label(i);
-            let target = format!("{store_name}/{}:{}", i.name, i.tag);
-            let failed = |error| TargetReport {
-                source: source.clone(),
-                target: target.clone(),
-                digest: None,
-                upstream_digest: None,
-                status: CopyStatus::Failed,
-                existing: None,
-                error,
-                remedy: None,
-            };
+            let (source, target) = (label(i), format!("{store_name}/{}:{}", i.name, i.tag));
             match refused.remove(&n) {
-                Some(error) => failed(error),
-                None => reports.remove(&n).unwrap_or_else(|| {
-                    failed(vec!["not copied (the run stopped first)".to_owned()])
-                }),
+                Some(error) => not_copied(source, target, error),
+                None => reports
+                    .remove(&source)
+                    .unwrap_or_else(|| stopped(source, target)),
             }
         })
         .collect();
@@ -287,9 +260,32 @@ async fn publish(
         }
     }
     let source = BundleSource::new(store.pool_dir(), images);
+    let waves = vec![tagged, by_digest];
+    let mut reports = into_store(store, source, indexes, waves, opts.clone(), reporter).await;
+    let root = store.root().display();
+    Ok(images
+        .iter()
+        .map(|i| {
+            let (source, target) = (i.label(), format!("{root}/{}", i.label()));
+            reports
+                .remove(&source)
+                .unwrap_or_else(|| stopped(source, target))
+        })
+        .collect())
+}
+
+/// Copy `waves` of jobs from `source` into the store; each image's report by its label
+/// (which names one image).
+async fn into_store<S: Source>(
+    store: &Arc<Store>,
+    source: S,
+    indexes: HashMap<String, Arc<TagIndex>>,
+    waves: Vec<Vec<ImageJob>>,
+    opts: copy::Options,
+    reporter: &Arc<dyn Reporter>,
+) -> HashMap<String, TargetReport> {
     let dest = StoreDestination::new(store.clone(), indexes);
-    let engine = Engine::new(vec![source], vec![dest], opts.clone(), reporter.clone());
-    // Reports by the image's label (the job's source), which names one image.
+    let engine = Engine::new(vec![source], vec![dest], opts, reporter.clone());
     let reports = Mutex::new(HashMap::new());
     let finished = |job: &JobReport| {
         for (_, r) in &job.targets {
@@ -300,21 +296,29 @@ async fn publish(
                 .insert(r.source.clone(), r.clone());
         }
     };
-    engine.run(vec![tagged, by_digest], &finished).await;
-    let mut reports = reports.into_inner().expect("reports lock");
-    Ok(images
-        .iter()
-        .map(|i| {
-            reports.remove(&i.label()).unwrap_or_else(|| TargetReport {
-                source: i.label(),
-                target: format!("{}/{}", store.root().display(), i.label()),
-                digest: None,
-                upstream_digest: None,
-                status: CopyStatus::Failed,
-                existing: None,
-                error: vec!["not copied (the run stopped first)".to_owned()],
-                remedy: None,
-            })
-        })
-        .collect())
+    engine.run(waves, &finished).await;
+    reports.into_inner().expect("reports lock")
+}
+
+/// The report of an image that was not copied, and why.
+fn not_copied(source: String, target: String, error: Vec<String>) -> TargetReport {
+    TargetReport {
+        source,
+        target,
+        digest: None,
+        upstream_digest: None,
+        status: CopyStatus::Failed,
+        existing: None,
+        error,
+        remedy: None,
+    }
+}
+
+/// An image the run did not reach (it stopped at a failure first).
+fn stopped(source: String, target: String) -> TargetReport {
+    not_copied(
+        source,
+        target,
+        vec!["not copied (the run stopped first)".to_owned()],
+    )
 }
