@@ -624,26 +624,66 @@ fn append(
 
 // ---- import ----------------------------------------------------------------------------
 
+/// What a bundle is read from: a file, which skips blobs the store has by seeking, or a
+/// decompressor, which skips them by reading.
+trait Input: Read + Seek {}
+impl<R: Read + Seek> Input for R {}
+
 /// A bundle file opened for reading: plain, or zstd by its first bytes (not its name).
-fn open(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, BundleError> {
+fn open(path: &Path) -> Result<tar::Archive<Box<dyn Input>>, BundleError> {
     let mut file = File::open(path).map_err(BundleError::io("open", path))?;
     let mut magic = [0u8; 4];
     let n = file
         .read(&mut magic)
         .and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n))
         .map_err(BundleError::io("read", path))?;
-    let reader: Box<dyn Read> = if n == 4 && magic == ZSTD_MAGIC {
-        Box::new(zstd::Decoder::new(file).map_err(BundleError::io("decompress", path))?)
+    let input: Box<dyn Input> = if n == 4 && magic == ZSTD_MAGIC {
+        let decoder = zstd::Decoder::new(file).map_err(BundleError::io("decompress", path))?;
+        Box::new(Forward {
+            inner: decoder,
+            pos: 0,
+        })
     } else {
         Box::new(BufReader::with_capacity(COPY_BUFFER, file))
     };
-    Ok(tar::Archive::new(reader))
+    Ok(tar::Archive::new(input))
+}
+
+/// A stream that seeks forwards only, by reading: what tar needs to skip an entry.
+struct Forward<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Forward<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Seek for Forward<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        match to {
+            SeekFrom::Current(n) if n >= 0 => {
+                self.pos += io::copy(&mut (&mut self.inner).take(n as u64), &mut io::sink())?;
+                Ok(self.pos)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a compressed bundle is read forwards only",
+            )),
+        }
+    }
 }
 
 /// The documents at the start of the bundle at `path`.
 pub fn read_header(path: &Path) -> Result<Header, BundleError> {
     let mut archive = open(path)?;
-    let mut entries = archive.entries().map_err(BundleError::io("read", path))?;
+    let mut entries = archive
+        .entries_with_seek()
+        .map_err(BundleError::io("read", path))?;
     header_from(path, &mut entries)
 }
 
@@ -885,7 +925,9 @@ fn receive_file(
     reporter: &dyn Reporter,
 ) -> Result<(), BundleError> {
     let mut archive = open(path)?;
-    let mut entries = archive.entries().map_err(BundleError::io("read", path))?;
+    let mut entries = archive
+        .entries_with_seek()
+        .map_err(BundleError::io("read", path))?;
     let own = header_from(path, &mut entries)?;
     if own.meta.set != meta.set || own.meta.base != meta.base {
         return Err(not_bundle(path, "it changed since it was first read"));
