@@ -238,6 +238,16 @@ pub struct Contents {
     pub blobs: Vec<(Digest, u64)>,
 }
 
+impl Contents {
+    /// The blobs a bundle carries, and those it takes from `base` (none without one).
+    pub fn divide(&self, base: Option<&State>) -> (BTreeMap<Digest, u64>, BTreeMap<Digest, u64>) {
+        self.blobs
+            .iter()
+            .cloned()
+            .partition(|(d, _)| !base.is_some_and(|b| b.blobs.contains(d)))
+    }
+}
+
 /// The images `selection` names in the store (all of them when empty), with what refers
 /// to them, and every blob they reach; each blob checked to be in the pool.
 pub fn contents(view: &StoreView, selection: &[String]) -> Result<Contents, BundleError> {
@@ -369,13 +379,7 @@ pub fn write(
     reporter: &dyn Reporter,
 ) -> Result<Exported, BundleError> {
     let set = set_identity(contents.blobs.iter().map(|(d, _)| d));
-    let (mut carried, mut needed) = (BTreeMap::new(), BTreeMap::new());
-    for (d, size) in &contents.blobs {
-        match base {
-            Some(b) if b.blobs.contains(d) => needed.insert(d.clone(), *size),
-            _ => carried.insert(d.clone(), *size),
-        };
-    }
+    let (carried, needed) = contents.divide(base);
     let meta = Meta {
         part: None,
         format: FORMAT,

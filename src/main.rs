@@ -810,17 +810,13 @@ fn export_command(args: ExportArgs) -> Result<ExitCode> {
     let base = args.since.as_deref().map(bundle::read_base).transpose()?;
     let contents = bundle::contents(&view, &args.images)?;
     let Some(out) = args.output.filter(|_| !args.dry_run) else {
-        let carried: Vec<_> = contents
-            .blobs
-            .iter()
-            .filter(|(d, _)| !base.as_ref().is_some_and(|b| b.blobs.contains(d)))
-            .collect();
+        let (carried, _) = contents.divide(base.as_ref());
         let plan = serde_json::json!({
             "images": contents.images.iter().map(bundle::Image::label).collect::<Vec<_>>(),
             "blobs": contents.blobs.len(),
             "bytes": contents.blobs.iter().map(|(_, s)| s).sum::<u64>(),
             "carried": carried.len(),
-            "carried_bytes": carried.iter().map(|(_, s)| s).sum::<u64>(),
+            "carried_bytes": carried.values().sum::<u64>(),
         });
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -878,8 +874,10 @@ fn import_command(args: ImportArgs) -> Result<ExitCode> {
         ..copy::Options::default()
     };
     let Some(tree) = args.from_dir_tree else {
-        let summary = runtime()?.block_on(import::bundles(store, &args.bundles, opts, reporter))?;
+        let result = runtime()?.block_on(import::bundles(store, &args.bundles, opts, reporter));
+        // Also after a failure: bundles before it may have published.
         refresh_pages(&args.root);
+        let summary = result?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
