@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::store::{blocking, file_stream};
+use super::store::{file_stream, read_file};
 use super::{BlobRead, CopyError, Referrers, Source};
 use crate::bundle::Image;
 use crate::manifest::{Descriptor, Verified};
@@ -55,11 +55,10 @@ impl Source for BundleSource {
 
     async fn resolve(&self, repo: &str, tag: &str) -> Result<Verified, CopyError> {
         let entry = self.entry(repo, tag)?;
-        let media_type = entry.media_type.clone();
         self.manifest(
             repo,
-            &entry.digest.clone(),
-            Some(&media_type),
+            &entry.digest,
+            Some(&entry.media_type),
             "its index.json entry",
         )
         .await
@@ -72,17 +71,9 @@ impl Source for BundleSource {
         media_type: Option<&str>,
         why: &'static str,
     ) -> Result<Verified, CopyError> {
-        let path = self.pool.join(digest.hex());
-        let read = path.clone();
-        let bytes =
-            blocking(move || std::fs::read(&read).map_err(StoreError::io("read", &read))).await?;
-        super::verified_as(
-            bytes,
-            media_type,
-            format!("{repo}@{digest} of the bundle"),
-            digest,
-            why,
-        )
+        let bytes = read_file(self.pool.join(digest.hex())).await?;
+        let what = format!("{repo}@{digest} of the bundle");
+        super::verified_as(bytes, media_type, what, digest, why)
     }
 
     async fn blob(

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use super::store::read_file;
 use super::{BlobRead, CopyError, Referrers, Source};
 use crate::manifest::{Descriptor, Verified};
 use crate::reference::{self, Digest};
@@ -141,10 +142,6 @@ impl DirTreeSource {
     }
 }
 
-async fn read(path: PathBuf) -> Result<Vec<u8>, CopyError> {
-    super::store::blocking(move || fs::read(&path).map_err(StoreError::io("read", &path))).await
-}
-
 fn verified(bytes: Vec<u8>, media_type: Option<&str>, what: String) -> Result<Verified, CopyError> {
     Verified::new(Bytes::from(bytes), media_type)
         .map_err(|source| CopyError::Manifest { what, source })
@@ -157,13 +154,13 @@ impl Source for DirTreeSource {
 
     async fn digest(&self, repo: &str, tag: &str) -> Result<Option<Digest>, CopyError> {
         let path = self.image_dir(repo, tag)?.join("manifest.json");
-        Ok(Some(Digest::sha256_of(&read(path).await?)))
+        Ok(Some(Digest::sha256_of(&read_file(path).await?)))
     }
 
     async fn resolve(&self, repo: &str, tag: &str) -> Result<Verified, CopyError> {
         let path = self.image_dir(repo, tag)?.join("manifest.json");
         let what = path.display().to_string();
-        verified(read(path).await?, None, what)
+        verified(read_file(path).await?, None, what)
     }
 
     async fn manifest(
@@ -178,7 +175,7 @@ impl Source for DirTreeSource {
             .find(repo, &file)
             .ok_or_else(|| self.missing(repo, format!("manifest {digest} (file {file})")))?;
         let what = path.display().to_string();
-        super::verified_as(read(path).await?, media_type, what, digest, why)
+        super::verified_as(read_file(path).await?, media_type, what, digest, why)
     }
 
     async fn blob(

@@ -126,6 +126,11 @@ impl Source for StoreSource {
     }
 }
 
+/// The whole file at `path` (a manifest), read on a blocking thread.
+pub(super) async fn read_file(path: std::path::PathBuf) -> Result<Vec<u8>, CopyError> {
+    blocking(move || std::fs::read(&path).map_err(StoreError::io("read", &path))).await
+}
+
 /// The file at `path` from byte `offset`, read on a blocking thread one buffer at a time,
 /// as the engine asks.
 pub(super) async fn file_stream(
