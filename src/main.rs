@@ -38,6 +38,26 @@ use cli::{
     VerifyArgs,
 };
 
+/// `println!` for the data on stdout, through [`write_out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Data to stdout. When its reader has gone (`ls | head`), the command ends quietly with
+/// status 1, as other Unix tools end, instead of a panic. (SIGPIPE stays ignored: the
+/// HTTP clients write to sockets with `writev`, which would raise it.)
+fn write_out(text: std::fmt::Arguments) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(1);
+        }
+        panic!("cannot write to stdout: {e}");
+    }
+}
+
 /// Bad input the user can fix on the command line: exit 2 like clap's own errors.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -410,7 +430,7 @@ fn sync_once(args: &SyncArgs, opts: service::Options) -> Result<ExitCode> {
     let store_changed = rounds.iter().any(|r| r.store_changed);
     if args.json {
         let out = serde_json::json!({"rounds": rounds, "store_changed": store_changed});
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        out!("{}", serde_json::to_string_pretty(&out)?);
     }
     let mut failed = false;
     for round in &rounds {
@@ -573,7 +593,7 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     }
     refresh_pages(&args.root);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        out!("{}", serde_json::to_string_pretty(&summary)?);
     }
     if !args.quiet {
         print_summary(&summary);
@@ -702,7 +722,7 @@ fn run_copy<S: copy::Source, D: copy::Destination>(
         return Ok(ExitCode::from(130));
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        out!("{}", serde_json::to_string_pretty(&summary)?);
     }
     if !args.quiet {
         print_targets(&summary.targets);
@@ -731,7 +751,7 @@ fn plan_command(args: PlanArgs) -> Result<ExitCode> {
     });
     let (rows, all_resolved) = rows;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         let table: Vec<[String; 5]> = rows
             .iter()
@@ -801,7 +821,7 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
                 }
             })
             .collect();
-        println!("{}", cells.join("  "));
+        out!("{}", cells.join("  "));
     }
 }
 
@@ -819,10 +839,10 @@ fn export_command(args: ExportArgs) -> Result<ExitCode> {
             "carried_bytes": carried.values().sum::<u64>(),
         });
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+            out!("{}", serde_json::to_string_pretty(&plan)?);
         } else {
             for image in &contents.images {
-                println!("{}", image.label());
+                out!("{}", image.label());
             }
         }
         eprintln!(
@@ -845,7 +865,7 @@ fn export_command(args: ExportArgs) -> Result<ExitCode> {
         reporter.as_ref(),
     )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&exported)?);
+        out!("{}", serde_json::to_string_pretty(&exported)?);
     }
     eprintln!(
         "wrote {}{}: {} images, {} blobs ({}){}; {:.2}s",
@@ -879,7 +899,7 @@ fn import_command(args: ImportArgs) -> Result<ExitCode> {
         refresh_pages(&args.root);
         let summary = result?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            out!("{}", serde_json::to_string_pretty(&summary)?);
         }
         let images: Vec<_> = summary
             .bundles
@@ -919,7 +939,7 @@ fn import_command(args: ImportArgs) -> Result<ExitCode> {
     let summary = runtime()?.block_on(import::dir_tree(store, &tree, opts, reporter))?;
     refresh_pages(&args.root);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        out!("{}", serde_json::to_string_pretty(&summary)?);
     }
     for s in &summary.skipped {
         eprintln!("skipped {s}");
@@ -1037,7 +1057,7 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
         eprintln!("warning: {warning}");
     }
     let Some(path) = &opts.install else {
-        print!("{}", rendered.config);
+        write_out(format_args!("{}", rendered.config));
         return Ok(ExitCode::SUCCESS);
     };
     let installed = nginx::host::install(&opts.host, path, &rendered.config)
@@ -1104,10 +1124,10 @@ fn ls_remote(args: &LsArgs, repository: &str) -> Result<ExitCode> {
     );
     let tags = selector.select(&valid);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&tags)?);
+        out!("{}", serde_json::to_string_pretty(&tags)?);
     } else {
         for tag in &tags {
-            println!("{tag}");
+            out!("{tag}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1129,7 +1149,7 @@ fn ls_command(args: LsArgs) -> Result<ExitCode> {
         eprintln!("warning: {s}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&repos)?);
+        out!("{}", serde_json::to_string_pretty(&repos)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 5]> = repos
@@ -1181,7 +1201,7 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
     let report = verify::verify(&args.root, threads)
         .with_context(|| format!("verifying the store at {}", args.root.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for note in &report.notes {
             eprintln!("note: {note}");
@@ -1262,7 +1282,7 @@ fn rm_command(args: RmArgs) -> Result<ExitCode> {
     }
     refresh_pages(&args.root);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        out!("{}", serde_json::to_string_pretty(&all)?);
     }
     eprintln!(
         "next: `static-registry prune --root {0}` frees the blobs nothing reaches; re-run gen-conf (--install) so nginx stops routing to them",
@@ -1278,7 +1298,7 @@ fn prune_command(args: PruneArgs) -> Result<ExitCode> {
     let report = static_registry::store::prune::prune(&args.root, args.dry_run)
         .with_context(|| format!("pruning the store at {}", args.root.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let verb = if report.dry_run {
             "would remove"

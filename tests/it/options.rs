@@ -226,3 +226,34 @@ async fn a_retry_after_of_one_second_is_waited_for() {
     let waited = times[1] - times[0];
     assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
 }
+
+/// Issue: `static-registry ls --json | head` panicked ("failed printing to stdout:
+/// Broken pipe") with a backtrace, where other Unix tools end quietly.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_without_a_panic() {
+    let root = crate::harness::served_tempdir("it-closed-pipe-");
+    // An empty store: an import from an empty tree makes one.
+    let tree = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = crate::harness::store::run(&[
+        "import",
+        "--quiet",
+        "--root",
+        root.path().to_str().unwrap(),
+        "--from-dir-tree",
+        tree.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    // Not run_with_timeout: it pipes stdout itself. `ls` of an empty store is instant.
+    let out = Command::new(env!("CARGO_BIN_EXE_static-registry"))
+        .args(["ls", "--json", "--root"])
+        .arg(root.path())
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.status.success(), "nothing was written, so no success");
+}
