@@ -7,6 +7,7 @@ use static_registry::copy::Overwrite;
 use static_registry::plan::Target;
 use static_registry::schedule::Schedule;
 use static_registry::select::PlatformSpec;
+use static_registry::signature::Require;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,6 +101,9 @@ pub struct PushArgs {
     pub copy: CopyOptionArgs,
     #[command(flatten)]
     pub dest: DestArgs,
+    /// Push a tagged image only when its stored signatures satisfy these keys.
+    #[command(flatten)]
+    pub signatures: SignatureArgs,
 }
 
 #[derive(Debug, Args)]
@@ -122,12 +126,33 @@ pub struct CopyArgs {
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Vec<PlatformSpec>,
     #[command(flatten)]
+    pub signatures: SignatureArgs,
+    #[command(flatten)]
     pub copy: CopyOptionArgs,
     /// The source registry's TLS, credentials and retries.
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub dest: DestArgs,
+}
+
+/// Which signatures an image must carry to be published (cosign's key-based ones).
+#[derive(Debug, Args)]
+pub struct SignatureArgs {
+    /// Publish only images signed with this public key (PEM, as cosign.pub: ECDSA P-256,
+    /// Ed25519 or RSA); may be repeated. Their signatures are copied with them. With
+    /// --config, for the images whose entry and registry give no `verify:`.
+    #[arg(long = "verify-key", value_name = "FILE")]
+    pub verify_key: Vec<PathBuf>,
+    /// With several --verify-key: `any` key's signature is enough, or `all` must have
+    /// signed.
+    #[arg(
+        long,
+        default_value = "any",
+        value_name = "any|all",
+        requires = "verify_key"
+    )]
+    pub verify_require: Require,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +242,10 @@ pub struct VerifyArgs {
     /// and layouts), lost links restored; then verify. Names the images to fetch again.
     #[arg(long)]
     pub repair: bool,
+    /// Also check that every tagged image is signed with these keys, by the signatures
+    /// stored with it (no network).
+    #[command(flatten)]
+    pub signatures: SignatureArgs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -602,6 +631,8 @@ pub struct FetchArgs {
     /// (referrers API, else the sha256-<hex> tag schema; cosign's .sig/.att/.sbom tags).
     #[arg(long, conflicts_with = "config")]
     pub referrers: bool,
+    #[command(flatten)]
+    pub signatures: SignatureArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// No progress output; errors are still printed.

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{
@@ -27,6 +28,7 @@ use crate::reference::{Digest, Reference, ReferenceError, validate_repository, v
 use crate::registry::ClientOptions;
 use crate::schedule::Schedule;
 use crate::select::{self, PlatformSpec, SelectError, TagSelector};
+use crate::signature::{Policy, Require, TrustedKey};
 
 /// How to talk to one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct RegistrySettings {
     pub cert_dir: Option<PathBuf>,
     /// (username, password).
     pub credentials: Option<(String, String)>,
+    /// The signature policy for images from it (`verify:`), unless an image has its own.
+    pub verify: Option<Arc<Policy>>,
 }
 
 impl Default for RegistrySettings {
@@ -46,6 +50,7 @@ impl Default for RegistrySettings {
             tls_verify: true,
             cert_dir: None,
             credentials: None,
+            verify: None,
         }
     }
 }
@@ -75,6 +80,7 @@ impl fmt::Debug for RegistrySettings {
                     .as_ref()
                     .map(|(user, _)| (user, "<redacted>")),
             )
+            .field("verify", &self.verify)
             .finish()
     }
 }
@@ -97,6 +103,8 @@ pub struct ImageSpec {
     pub platforms: Vec<PlatformSpec>,
     /// Also mirror signatures, SBOMs and attestations that refer to the selected manifests.
     pub referrers: bool,
+    /// Only images signed as this says (its own `verify:`, else its registry's).
+    pub verify: Option<Arc<Policy>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +169,8 @@ pub struct Source {
     pub schedule: Option<Schedule>,
     /// Never empty: `[Store]` when nothing was said.
     pub to: Vec<SyncTarget>,
+    /// The registry's signature policy, for the images `images_from` lists.
+    pub verify: Option<Arc<Policy>>,
 }
 
 impl MirrorConfig {
@@ -213,6 +223,7 @@ impl MirrorConfig {
                         .collect(),
                     images_from: settings.images_from,
                     schedule: settings.schedule.or_else(|| self.schedule.clone()),
+                    verify: self.registries.get(host).and_then(|r| r.verify.clone()),
                     to: if to.is_empty() {
                         vec![SyncTarget::Store]
                     } else {
@@ -526,6 +537,14 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
     }
 }
 
+/// `verify:` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    keys: Vec<String>,
+    require: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCredentials {
@@ -682,7 +701,42 @@ fn registry_settings(
         tls_verify: tls_verify.unwrap_or(true),
         cert_dir,
         credentials: pair,
+        verify: None,
     }
+}
+
+/// `verify: {keys: [FILE...], require: any|all}`: each key file read and parsed now, so
+/// that a wrong path or key is reported with the rest of the file's problems.
+fn policy(path: &str, raw: RawVerify, problems: &mut Vec<String>) -> Option<Arc<Policy>> {
+    let before = problems.len();
+    if raw.keys.is_empty() {
+        problems.push(format!(
+            "{path}.keys: empty; list the public keys (PEM files, such as cosign.pub) whose              signatures are trusted, or remove `verify`"
+        ));
+    }
+    let keys: Vec<Arc<TrustedKey>> = raw
+        .keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, file)| {
+            TrustedKey::load(Path::new(file))
+                .map_err(|e| {
+                    let chain = crate::report::error_chain(&e).join(": ");
+                    problems.push(format!("{path}.keys[{i}]: {chain}"));
+                })
+                .ok()
+                .map(Arc::new)
+        })
+        .collect();
+    let require = match raw.require.as_deref().map(str::parse::<Require>) {
+        None => Require::Any,
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            problems.push(format!("{path}.require: {e}"));
+            Require::Any
+        }
+    };
+    (problems.len() == before).then(|| Arc::new(Policy { keys, require }))
 }
 
 /// A repository reference without tag or digest; those have their own fields.
@@ -745,10 +799,13 @@ fn check_targets(specs: &[(String, ImageSpec)], hint: &str, problems: &mut Vec<S
                  repositories cannot share a target: {hint}",
                 spec.source, spec.target, other.source
             ));
-        } else if !same_platforms || other.referrers != spec.referrers {
+        } else if !same_platforms
+            || other.referrers != spec.referrers
+            || other.verify != spec.verify
+        {
             problems.push(format!(
-                "{path}: mirrors {} into {:?} like {other_path} but with different `platforms` \
-                 or `referrers`; merge the two entries",
+                "{path}: mirrors {} into {:?} like {other_path} but with different `platforms`, \
+                 `referrers` or `verify`; merge the two entries",
                 spec.source, spec.target
             ));
         }
@@ -841,6 +898,7 @@ mod own {
         cert_dir: Option<String>,
         credentials: Option<RawCredentials>,
         credentials_env: Option<String>,
+        verify: Option<RawVerify>,
         name: Option<String>,
         interval: Option<String>,
         cron: Option<String>,
@@ -862,6 +920,7 @@ mod own {
         digests: Option<Vec<String>>,
         platforms: Option<Vec<String>>,
         referrers: Option<bool>,
+        verify: Option<RawVerify>,
     }
 
     #[derive(Default)]
@@ -969,7 +1028,10 @@ mod own {
         let mut seen = BTreeMap::new();
         for (key, raw) in parts.registries {
             let path = format!("registries.{key}");
-            let settings = registry_settings(
+            let verify = raw
+                .verify
+                .and_then(|v| policy(&format!("{path}.verify"), v, problems));
+            let mut settings = registry_settings(
                 &path,
                 raw.tls_verify,
                 raw.cert_dir,
@@ -978,6 +1040,7 @@ mod own {
                 env,
                 problems,
             );
+            settings.verify = verify;
             let source = source_settings(
                 &path,
                 SourceParts {
@@ -1012,7 +1075,7 @@ mod own {
                     .to_owned(),
             );
         }
-        let specs: Vec<(String, ImageSpec)> = parts
+        let mut specs: Vec<(String, ImageSpec)> = parts
             .images
             .into_iter()
             .filter_map(|(i, raw)| {
@@ -1022,6 +1085,11 @@ mod own {
             .collect();
         check_targets(&specs, "give one of them a different `target`", problems);
         complete_registries(&mut registries, &specs);
+        for (_, spec) in &mut specs {
+            if spec.verify.is_none() {
+                spec.verify = registries[&spec.source.registry].verify.clone();
+            }
+        }
         let to = parts
             .to
             .into_iter()
@@ -1241,6 +1309,9 @@ mod own {
         problems: &mut Vec<String>,
     ) -> Option<ImageSpec> {
         let mut errs = Vec::new();
+        let verify = raw
+            .verify
+            .and_then(|v| policy(&format!("{path}.verify"), v, &mut errs));
         let mut report = |field: &str, msg: String| errs.push(format!("{path}{field}: {msg}"));
 
         // Judged on what was written, so a range that fails to parse still counts as the
@@ -1350,6 +1421,7 @@ mod own {
             digests,
             platforms,
             referrers: raw.referrers.unwrap_or(false),
+            verify,
         })
     }
 }
@@ -1497,6 +1569,7 @@ mod skopeo {
             digests,
             platforms: Vec::new(),
             referrers: false,
+            verify: None,
         };
         Some((path, spec))
     }
@@ -1629,7 +1702,8 @@ mod tests {
             RegistrySettings {
                 tls_verify: false,
                 cert_dir: None,
-                credentials: None
+                credentials: None,
+                verify: None,
             }
         );
         let amd_arm = vec![
@@ -1649,6 +1723,7 @@ mod tests {
                     digests: vec![],
                     platforms: amd_arm.clone(),
                     referrers: false,
+                    verify: None,
                 },
                 ImageSpec {
                     source: reference("docker.io/library/busybox"),
@@ -1662,6 +1737,7 @@ mod tests {
                     digests: vec![],
                     platforms: amd_arm,
                     referrers: false,
+                    verify: None,
                 },
                 ImageSpec {
                     source: reference("ghcr.io/sigstore/cosign/cosign"),
@@ -1674,6 +1750,7 @@ mod tests {
                     digests: vec![],
                     platforms: vec![],
                     referrers: true,
+                    verify: None,
                 },
                 ImageSpec {
                     source: reference("docker.io/library/hello-world"),
@@ -1685,6 +1762,7 @@ mod tests {
                     digests: vec![],
                     platforms: vec![],
                     referrers: false,
+                    verify: None,
                 },
             ]
         );
@@ -1756,6 +1834,7 @@ quay.io:
                 tls_verify: true,
                 cert_dir: Some("/home/john/certs".into()),
                 credentials: Some(("john".into(), "this is a secret".into())),
+                verify: None,
             },
         );
         registries.insert(
@@ -1764,6 +1843,7 @@ quay.io:
                 tls_verify: false,
                 cert_dir: None,
                 credentials: None,
+                verify: None,
             },
         );
         assert_eq!(c.registries, registries);
@@ -1775,6 +1855,7 @@ quay.io:
                 digests,
                 platforms: vec![],
                 referrers: false,
+                verify: None,
             };
         assert_eq!(
             c.images,
@@ -1907,10 +1988,10 @@ quay.io:
             [
                 "images[0]: unknown field `tagz`, expected one of `source`, `target`, `tags`, \
                  `all-tags`, `allow`, `deny`, `semver`, `latest`, `digests`, `platforms`, \
-                 `referrers` at line 3 column 5",
+                 `referrers`, `verify` at line 3 column 5",
                 "images[2]: unknown field `platform`, expected one of `source`, `target`, \
                  `tags`, `all-tags`, `allow`, `deny`, `semver`, `latest`, `digests`, \
-                 `platforms`, `referrers`",
+                 `platforms`, `referrers`, `verify`",
                 "images[1].allow[0]: invalid regular expression '(': unclosed group (Rust regex \
                  syntax, close to Go's RE2)",
             ]
@@ -2115,7 +2196,7 @@ quay.io:
                  referrers: true}\n"
             ),
             "images[1]: mirrors docker.io/library/alpine into \"library/alpine\" like images[0] \
-             but with different `platforms` or `referrers`; merge the two entries"
+             but with different `platforms`, `referrers` or `verify`; merge the two entries"
         );
         // Same source, same options: the union of both selections.
         let c =

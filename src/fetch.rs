@@ -175,7 +175,8 @@ pub async fn resolve(
             },
             name: spec.target.clone(),
             platforms: spec.platforms.clone(),
-            referrers: spec.referrers,
+            referrers: spec.referrers || spec.verify.is_some(),
+            policy: spec.verify.clone(),
         };
         planned.extend(
             spec.tags
@@ -694,6 +695,7 @@ pub fn engine_jobs(
             referrers: p.referrers,
             annotations: Annotations::from([(SOURCE.to_owned(), r.origin())]),
             fallback: false,
+            policy: p.policy.clone(),
             targets,
         });
         planned_of.push(i);

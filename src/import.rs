@@ -104,6 +104,7 @@ pub async fn dir_tree(
             referrers: false,
             annotations: Annotations::new(),
             fallback: false,
+            policy: None,
             targets: vec![JobTarget {
                 dest: 0,
                 repo: i.name.clone(),
@@ -247,6 +248,7 @@ async fn publish(
                 .as_deref()
                 .and_then(copy::fallback_subject)
                 .is_some(),
+            policy: None,
             targets: vec![JobTarget {
                 dest: 0,
                 repo: image.repo.clone(),

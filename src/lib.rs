@@ -21,5 +21,6 @@ pub mod schedule;
 pub mod select;
 pub mod serve;
 pub mod service;
+pub mod signature;
 pub mod store;
 pub mod sync;

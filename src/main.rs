@@ -29,13 +29,14 @@ use static_registry::report;
 use static_registry::select;
 use static_registry::serve;
 use static_registry::service;
+use static_registry::signature::{Policy, TrustedKey};
 use static_registry::store::{Removal, Store, StoreView, inventory, verify};
 use static_registry::sync;
 
 use cli::{
     Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, ExportArgs, FetchArgs, GenConfArgs,
-    ImportArgs, LsArgs, PlanArgs, PruneArgs, PushArgs, RegistryArgs, RmArgs, ServeArgs, SyncArgs,
-    VerifyArgs,
+    ImportArgs, LsArgs, PlanArgs, PruneArgs, PushArgs, RegistryArgs, RmArgs, ServeArgs,
+    SignatureArgs, SyncArgs, VerifyArgs,
 };
 
 /// `println!` for the data on stdout, through [`write_out`].
@@ -499,7 +500,26 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The signature policy the options ask for, its keys read; `None` without keys. A key
+/// that cannot be used is a usage error.
+fn policy(args: &SignatureArgs) -> Result<Option<Arc<Policy>>> {
+    if args.verify_key.is_empty() {
+        return Ok(None);
+    }
+    let keys = args
+        .verify_key
+        .iter()
+        .map(|path| TrustedKey::load(path).map(Arc::new))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Usage(anyhow::Error::from(e).context("--verify-key")))?;
+    Ok(Some(Arc::new(Policy {
+        keys,
+        require: args.verify_require,
+    })))
+}
+
 fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
+    let policy = policy(&args.signatures)?;
     let opts = FetchOptions {
         jobs: args.jobs.into(),
         include_foreign: args.include_foreign,
@@ -512,7 +532,12 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
     let mut selection = None;
     let (clients, planned, unresolved) = match &args.config {
         Some(path) => {
-            let config = load_config(path)?;
+            let mut config = load_config(path)?;
+            if let Some(policy) = &policy {
+                for spec in config.images.iter_mut().filter(|s| s.verify.is_none()) {
+                    spec.verify = Some(policy.clone());
+                }
+            }
             let sync_only = config.sync_only();
             if !sync_only.is_empty() {
                 return Err(Usage(anyhow::anyhow!(
@@ -552,6 +577,7 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
                 keep_host: args.keep_host,
                 platforms: args.platform.clone(),
                 referrers: args.referrers,
+                policy,
             };
             let planned = plan::fetch(&refs, &request).map_err(|e| Usage(e.into()))?;
             let client = Client::new(base).context("setting up the HTTP client")?;
@@ -612,8 +638,15 @@ fn fetch_command(args: FetchArgs) -> Result<ExitCode> {
 fn push_command(args: PushArgs) -> Result<ExitCode> {
     let view = StoreView::open(&args.root)
         .with_context(|| format!("opening the store at {}", args.root.display()))?;
-    let plan = plan::push(&view, &args.images, &args.to, args.copy.overwrite)
-        .map_err(|e| Usage(e.into()))?;
+    let policy = policy(&args.signatures)?;
+    let plan = plan::push(
+        &view,
+        &args.images,
+        &args.to,
+        args.copy.overwrite,
+        policy.as_ref(),
+    )
+    .map_err(|e| Usage(e.into()))?;
     let client = dest_client(&args.dest)?;
     let dests = destinations(&client, &args.to);
     let source = StoreSource::new(view, plan.indexes);
@@ -633,6 +666,7 @@ fn copy_command(args: CopyArgs) -> Result<ExitCode> {
         args.referrers,
         &args.platform,
         args.copy.overwrite,
+        policy(&args.signatures)?,
     )
     .map_err(|e| Usage(e.into()))?;
     let source_client =
@@ -1198,10 +1232,30 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
             );
         }
     }
-    let report = verify::verify(&args.root, threads)
+    let policy = policy(&args.signatures)?;
+    let mut report = verify::verify(&args.root, threads)
         .with_context(|| format!("verifying the store at {}", args.root.display()))?;
+    let signatures = match &policy {
+        Some(policy) => {
+            let view = StoreView::open(&args.root)?;
+            let checks = runtime()?
+                .block_on(copy::signed::check_store(view, policy))
+                .context("checking the stored signatures")?;
+            for c in &checks {
+                if let Some(why) = &c.refused {
+                    report.problems.push(format!("{}: {why}", c.image));
+                }
+            }
+            Some(checks)
+        }
+        None => None,
+    };
     if args.json {
-        out!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        if let Some(checks) = &signatures {
+            json["signatures"] = serde_json::to_value(checks)?;
+        }
+        out!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         for note in &report.notes {
             eprintln!("note: {note}");
@@ -1221,6 +1275,13 @@ fn verify_command(args: VerifyArgs) -> Result<ExitCode> {
             report.repositories,
             report.problems.len()
         );
+        if let Some(checks) = &signatures {
+            let signed = checks.iter().filter(|c| c.refused.is_none()).count();
+            eprintln!(
+                "signatures: {signed} of {} tagged images signed as the policy asks",
+                checks.len()
+            );
+        }
     }
     Ok(if report.is_clean() {
         ExitCode::SUCCESS

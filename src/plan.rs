@@ -12,6 +12,7 @@ use crate::reference::{
     Digest, Reference, ReferenceError, validate_host, validate_repository, validate_tag,
 };
 use crate::select::PlatformSpec;
+use crate::signature::Policy;
 use crate::store::{StoreError, StoreView, TagIndex};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub struct Planned {
     pub platforms: Vec<PlatformSpec>,
     /// Also fetch what refers to it (signatures, SBOMs, attestations).
     pub referrers: bool,
+    /// Store it only when signed as this says (its referrers are then fetched too).
+    pub policy: Option<Arc<Policy>>,
 }
 
 /// What the command line asks a fetch for, besides the references.
@@ -83,6 +86,8 @@ pub struct FetchRequest {
     pub platforms: Vec<PlatformSpec>,
     /// Also fetch the signatures, SBOMs and attestations that refer to each image.
     pub referrers: bool,
+    /// Store only images signed as this says.
+    pub policy: Option<Arc<Policy>>,
 }
 
 /// Where each reference will be stored; refuses invalid names and two sources that would
@@ -110,7 +115,8 @@ pub fn fetch(refs: &[Reference], request: &FetchRequest) -> Result<Vec<Planned>,
             source: r.clone(),
             name,
             platforms: request.platforms.clone(),
-            referrers: request.referrers,
+            referrers: request.referrers || request.policy.is_some(),
+            policy: request.policy.clone(),
         });
     }
     Ok(planned)
@@ -297,12 +303,14 @@ pub fn select_stored(view: &StoreView, selection: &[String]) -> Result<Selected,
     })
 }
 
-/// What `push` sends: [`select_stored`], each image as `<prefix>/<name>` at every target.
+/// What `push` sends: [`select_stored`], each image as `<prefix>/<name>` at every target;
+/// with a `policy`, a tagged image only when its stored signatures satisfy it.
 pub fn push(
     view: &StoreView,
     selection: &[String],
     targets: &[Target],
     overwrite: Overwrite,
+    policy: Option<&Arc<Policy>>,
 ) -> Result<PushPlan, PlanError> {
     if let Some(t) = targets.iter().find(|t| t.tag.is_some()) {
         return Err(PlanError::Target {
@@ -321,12 +329,18 @@ pub fn push(
             SourceRef::Tag(t) => format!("{repo}:{t}"),
             SourceRef::Digest(d) | SourceRef::Referrer(d) => format!("{repo}@{d}"),
         };
+        // Referrers and fallback tags are not images a policy asks signatures of.
+        let policy = match (&reference, &tag) {
+            (SourceRef::Tag(_), Some(tag)) if !crate::copy::referrer_tag(tag) => policy.cloned(),
+            _ => None,
+        };
         Ok(ImageJob {
             label,
             source: 0,
             platforms: Vec::new(),
             referrers: false,
             annotations: Default::default(),
+            policy,
             // Merged with a target's own, as a copy does.
             fallback: tag
                 .as_deref()
@@ -397,6 +411,7 @@ pub fn copy(
     referrers: bool,
     platforms: &[PlatformSpec],
     overwrite: Overwrite,
+    policy: Option<Arc<Policy>>,
 ) -> Result<ImageJob, PlanError> {
     let reference = match (&source.digest, &source.tag) {
         (Some(d), _) => SourceRef::Digest(d.clone()),
@@ -427,9 +442,11 @@ pub fn copy(
         repo: source.repository.clone(),
         reference,
         platforms: platforms.to_vec(),
-        referrers,
+        // The signatures a policy checked go with the image.
+        referrers: referrers || policy.is_some(),
         annotations: Default::default(),
         fallback: false,
+        policy,
         targets,
     })
 }
@@ -512,6 +529,7 @@ mod tests {
             &[],
             &["r.example".parse().unwrap()],
             Overwrite::Replace,
+            None,
         )
         .unwrap();
         let digests = |wave: &[ImageJob]| -> Vec<SourceRef> {

@@ -138,7 +138,11 @@ pub async fn run_source(ctx: &Context, source: &Source, reporter: Arc<dyn Report
     if !source.images_from.is_empty() {
         match listed_images(&source.images_from, &source.registry, ctx.prefix.as_deref()).await {
             Ok((listed, bad)) => {
-                images.extend(listed);
+                // The registry's signature policy covers what its command lists.
+                images.extend(listed.into_iter().map(|spec| ImageSpec {
+                    verify: source.verify.clone(),
+                    ..spec
+                }));
                 if let Some(e) = bad {
                     unresolved.push(fail(source.images_from.join(" "), &e));
                 }
@@ -390,6 +394,7 @@ fn parse_listing(
                 digests: Vec::new(),
                 platforms: Vec::new(),
                 referrers: false,
+                verify: None,
             });
         match (&r.digest, tagged) {
             (Some(d), _) => {

@@ -20,6 +20,16 @@ pub fn fallback_tag(subject: &Digest) -> String {
     format!("{}-{}", subject.algorithm(), subject.hex())
 }
 
+/// A tag that names what refers to an image rather than an image: the fallback tag
+/// `sha256-<hex>` and cosign's `sha256-<hex>.sig/.att/.sbom`.
+pub fn referrer_tag(tag: &str) -> bool {
+    let bare = super::COSIGN_SUFFIXES
+        .iter()
+        .find_map(|s| tag.strip_suffix(s))
+        .unwrap_or(tag);
+    fallback_subject(bare).is_some()
+}
+
 /// The subject's hex of a fallback tag (`sha256-<64 hex>`).
 pub fn fallback_subject(tag: &str) -> Option<&str> {
     let hex = tag.strip_prefix("sha256-")?;

@@ -27,10 +27,11 @@ pub mod bundle;
 pub mod dirtree;
 mod fallback;
 pub mod registry;
+pub mod signed;
 pub mod store;
 mod transfer;
 
-pub use fallback::{fallback_subject, fallback_tag};
+pub use fallback::{fallback_subject, fallback_tag, referrer_tag};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -50,6 +51,7 @@ use crate::reference::Digest;
 use crate::registry::RegistryError;
 use crate::report::{CopyStatus, Reporter, TargetReport, error_chain};
 use crate::select::{PlatformCut, PlatformSpec, cut_index};
+use crate::signature::{Policy, Refused};
 use crate::store::StoreError;
 
 /// Blobs up to this size go in one request; larger ones in chunks of this size, which is
@@ -128,6 +130,12 @@ pub enum CopyError {
         target: String,
         existing: Digest,
         digest: Digest,
+    },
+    #[error("{digest} is refused by the signature policy; nothing of it was published")]
+    Unsigned {
+        digest: Digest,
+        #[source]
+        refused: Refused,
     },
 }
 
@@ -221,6 +229,9 @@ pub trait Source: Send + Sync {
         subject: &Digest,
     ) -> impl Future<Output = Result<Referrers, CopyError>> + Send;
 }
+
+/// Cosign's tags for what refers to `sha256-<hex>`: signatures, attestations, SBOMs.
+pub const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
 
 /// What refers to one subject at a source.
 #[derive(Debug, Default)]
@@ -531,6 +542,9 @@ pub struct ImageJob {
     /// The tag is a referrers fallback tag: a target's own is merged with it, not
     /// replaced.
     pub fallback: bool,
+    /// Publish it only when its signatures satisfy this policy, checked against the
+    /// source's digest (an index's, before a platform cut) before anything is sent.
+    pub policy: Option<Arc<Policy>>,
     pub targets: Vec<JobTarget>,
 }
 
@@ -897,6 +911,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
                     referrers: true,
                     annotations: job.annotations.clone(),
                     fallback,
+                    // Signatures are not signed: the image they refer to was checked.
+                    policy: None,
                     targets,
                 };
                 for r in found.listed {
@@ -1230,6 +1246,17 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 };
             }
         };
+        if let Some(policy) = &job.policy
+            && let Err(e) = self.check_signatures(origin, policy, &upstream).await
+        {
+            fail_open(&mut reports, &e);
+            return ImageOutcome {
+                reports,
+                copied: None,
+                pending: Vec::new(),
+                annotations,
+            };
+        }
         let report = |t: &JobTarget,
                       status: CopyStatus,
                       existing: Option<Digest>,
@@ -1400,6 +1427,23 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 Ok(Arc::new(cut))
             }
         }
+    }
+
+    /// Whether `digest` (what the source serves, before any platform cut) is signed as
+    /// `policy` asks.
+    async fn check_signatures(
+        &self,
+        from: Origin<'_, S>,
+        policy: &Policy,
+        digest: &Digest,
+    ) -> Result<(), CopyError> {
+        let found = signed::find(from.source, from.repo, digest).await?;
+        let refused = |refused| CopyError::Unsigned {
+            digest: digest.clone(),
+            refused,
+        };
+        policy.check(digest, &found).map_err(refused)?;
+        Ok(())
     }
 
     /// Put `manifest` at the slot as `put` says; if it went, whether the destination

@@ -226,7 +226,7 @@ impl Source for RegistrySource {
             None => {}
         }
         found.tags.extend(
-            [".sig", ".att", ".sbom"]
+            super::COSIGN_SUFFIXES
                 .map(|suffix| format!("{schema}{suffix}"))
                 .into_iter()
                 .filter(|t| tags.contains(t)),

@@ -117,10 +117,23 @@ impl Source for StoreSource {
     }
 
     async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Referrers, CopyError> {
+        let schema = super::fallback_tag(subject);
         let (view, name, subject) = (self.view.clone(), repo.to_owned(), subject.clone());
         let listed = blocking(move || view.read_referrers(&name, &subject)).await?;
+        let tags = self
+            .indexes
+            .get(repo)
+            .map(|index| {
+                super::COSIGN_SUFFIXES
+                    .map(|suffix| format!("{schema}{suffix}"))
+                    .into_iter()
+                    .filter(|t| index.tag(t).is_some())
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Referrers {
             listed,
+            tags,
             ..Referrers::default()
         })
     }

@@ -348,9 +348,11 @@ async fn copy_image(
             (None, t) => SourceRef::Tag(t.clone().unwrap_or_else(|| "latest".to_owned())),
         },
         platforms: request.platforms.clone(),
-        referrers: request.referrers,
+        // The source registry's signature policy holds here too; its signatures go along.
+        referrers: request.referrers || request.source_settings.verify.is_some(),
         annotations: Default::default(),
         fallback: false,
+        policy: request.source_settings.verify.clone(),
         targets,
     };
     let engine = Engine::new(
@@ -536,6 +538,7 @@ fn settings(
         tls_verify,
         cert_dir: None,
         credentials,
+        verify: None,
     }
 }
 

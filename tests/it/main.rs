@@ -23,6 +23,7 @@ mod push;
 mod push_faults;
 mod readme;
 mod serve;
+mod signature;
 mod stock;
 mod subset;
 mod sync;

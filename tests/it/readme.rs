@@ -149,3 +149,18 @@ fn the_bundle_example_carries_a_full_bundle_and_a_delta_across_and_refuses_the_d
         "ok: a full bundle and a delta made the air-gapped store equal",
     );
 }
+
+#[test]
+fn the_signatures_example_mirrors_only_the_signed_image_and_verifies_it_through_serve() {
+    run_example(
+        "signatures.sh",
+        &[
+            ("docker-registry", "docker-registry"),
+            ("skopeo", "skopeo"),
+            ("curl", "curl"),
+            ("openssl", "openssl"),
+            ("jq", "jq"),
+        ],
+        "ok: only the signed image was mirrored, and its signature came with it",
+    );
+}

@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod client_push;
 pub mod clients;
+pub mod cosign;
 pub mod fault;
 pub mod fault_push;
 pub mod fixtures;
