@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::copy::{ImageJob, JobTarget, Overwrite, SourceRef};
+use crate::manifest::UPSTREAM_DIGEST;
 use crate::reference::{
     Digest, Reference, ReferenceError, validate_host, validate_repository, validate_tag,
 };
@@ -334,12 +335,19 @@ pub fn push(
             (SourceRef::Tag(_), Some(tag)) if !crate::copy::referrer_tag(tag) => policy.cloned(),
             _ => None,
         };
+        // A platform-cut index is checked against the index it was cut from, which is
+        // what was signed (its index.json entry records it).
+        let upstream = tag
+            .as_deref()
+            .filter(|_| policy.is_some())
+            .and_then(|t| indexes.get(&repo)?.tag(t)?.annotations.get(UPSTREAM_DIGEST))
+            .map(|d| (UPSTREAM_DIGEST.to_owned(), d.clone()));
         Ok(ImageJob {
             label,
             source: 0,
             platforms: Vec::new(),
             referrers: false,
-            annotations: Default::default(),
+            annotations: upstream.into_iter().collect(),
             policy,
             // Merged with a target's own, as a copy does.
             fallback: tag

@@ -417,6 +417,24 @@ async fn a_platform_cut_of_a_signed_index_is_checked_against_the_signed_digest()
 
     // copy: the signed image goes with its signature; an unsigned one goes nowhere.
     let target = tokio::task::spawn_blocking(Registry::start).await.unwrap();
+    // push: the cut index passes by the upstream digest its entry records.
+    let (code, json, stderr) = run(&[
+        "push",
+        "--root",
+        r.to_str().unwrap(),
+        "--to",
+        &format!("{}/pushed", target.addr()),
+        "--dest-tls-verify=false",
+        "--json",
+        "--verify-key",
+        key.public_arg(),
+    ]);
+    assert_eq!(code, 0, "{stderr}\n{json:#}");
+    let cut = target.manifest_digest("pushed/oci/multi", "1.0").await;
+    assert_eq!(
+        cut.as_ref(),
+        stored["digest"].as_str().map(str::to_owned).as_ref()
+    );
     let copy = |from: &str, to: &str| {
         run(&[
             "copy",
