@@ -1228,14 +1228,25 @@ impl<S: Source, D: Destination> Engine<S, D> {
             Some(list) => self.cut(job, list, upstream, &mut annotations),
             None => Ok(upstream.clone()),
         });
-        let (top, upstream) = match top {
+        let checked = match top {
             Ok(top) => {
-                let upstream = annotations
+                let upstream: Digest = annotations
                     .get(UPSTREAM_DIGEST)
                     .and_then(|d| d.parse().ok())
                     .unwrap_or_else(|| top.digest.clone());
-                (top, upstream)
+                // Nothing is sent before the signatures the job's policy asks for hold.
+                match &job.policy {
+                    Some(policy) => self
+                        .check_signatures(origin, policy, &upstream)
+                        .await
+                        .map(|()| (top, upstream)),
+                    None => Ok((top, upstream)),
+                }
             }
+            Err(e) => Err(e),
+        };
+        let (top, upstream) = match checked {
+            Ok(checked) => checked,
             Err(e) => {
                 fail_open(&mut reports, &e);
                 return ImageOutcome {
@@ -1246,17 +1257,6 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 };
             }
         };
-        if let Some(policy) = &job.policy
-            && let Err(e) = self.check_signatures(origin, policy, &upstream).await
-        {
-            fail_open(&mut reports, &e);
-            return ImageOutcome {
-                reports,
-                copied: None,
-                pending: Vec::new(),
-                annotations,
-            };
-        }
         let report = |t: &JobTarget,
                       status: CopyStatus,
                       existing: Option<Digest>,

@@ -35,6 +35,10 @@ fn image<'a>(json: &'a Value, repo: &str, tag: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{repo}:{tag} not in {json:#}"))
 }
 
+fn assert_fetched(json: &Value, repo: &str, tag: &str) {
+    assert_eq!(image(json, repo, tag)["status"], "fetched", "{json:#}");
+}
+
 fn error(json: &Value, repo: &str, tag: &str) -> String {
     let i = image(json, repo, tag);
     assert_eq!(i["status"], "failed", "{i:#}");
@@ -121,16 +125,8 @@ async fn only_images_signed_by_a_trusted_key_are_published_and_each_refusal_says
     let (code, json, stderr) = fetch(r, &refs, &["--verify-key", trusted.public_arg()]);
     assert_eq!(code, 1, "{stderr}");
 
-    assert_eq!(
-        image(&json, "apps/web", "v1")["status"],
-        "fetched",
-        "{json:#}"
-    );
-    assert_eq!(
-        image(&json, "docker/multi", "v1")["status"],
-        "fetched",
-        "{json:#}"
-    );
+    assert_fetched(&json, "apps/web", "v1");
+    assert_fetched(&json, "docker/multi", "v1");
     let api = error(&json, "apps/api", "v1");
     assert!(
         api.contains("refused by the signature policy")
@@ -314,16 +310,8 @@ async fn require_all_asks_every_key_and_a_registry_policy_covers_its_images() {
         "--json",
     ]);
     assert_eq!(code, 1, "{stderr}");
-    assert_eq!(
-        image(&json, "apps/web", "v1")["status"],
-        "fetched",
-        "{json:#}"
-    );
-    assert_eq!(
-        image(&json, "many/tags", "latest")["status"],
-        "fetched",
-        "{json:#}"
-    );
+    assert_fetched(&json, "apps/web", "v1");
+    assert_fetched(&json, "many/tags", "latest");
     let refused = error(&json, "apps/api", "v1");
     assert!(
         refused.contains(&format!("not signed by {}", rsa.public_arg())),
