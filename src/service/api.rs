@@ -278,7 +278,7 @@ async fn create_job(
     body: Result<Json<JobRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(request) = body?;
-    let view = api.service.jobs().submit(request.validate()?)?;
+    let view = api.service.submit(request.validate()?)?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
@@ -299,7 +299,7 @@ async fn distribute(
     body: Result<Json<DistributeRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(request) = body?;
-    let view = api.service.jobs().submit(request.validate()?)?;
+    let view = api.service.submit(request.validate()?)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": view.id, "msg": "job queued", "status": "QUEUED"})),

@@ -29,6 +29,7 @@ use crate::reference::Reference;
 use crate::registry::{ClientOptions, Remedy};
 use crate::report::{CopyStatus, Reporter, TargetReport, error_chain};
 use crate::schedule::Schedule;
+use crate::signature::Policy;
 use crate::sync::{self, Round};
 
 /// The first wait after a failed round, doubled per failure in a row up to `MAX_BACKOFF`;
@@ -114,6 +115,9 @@ struct State {
     on_change: Option<config::OnChange>,
     /// The configuration file's clients, for registries no source names.
     file_ctx: Option<Arc<sync::Context>>,
+    /// The file's signature policies by registry (`registries.<host>.verify`), which
+    /// copy jobs from that registry hold to.
+    policies: BTreeMap<String, Arc<Policy>>,
     sources: BTreeMap<String, Entry>,
     /// Each source task's number, so that a task whose source was removed (and perhaps
     /// added again, with a new task) ends instead of running beside its successor.
@@ -260,6 +264,7 @@ impl Service {
                 state: Mutex::new(State {
                     on_change: None,
                     file_ctx: None,
+                    policies: BTreeMap::new(),
                     sources: BTreeMap::new(),
                     next_task: 0,
                 }),
@@ -319,6 +324,11 @@ impl Service {
         let mut state = self.state();
         state.on_change = config.on_change.clone();
         state.file_ctx = Some(ctx.clone());
+        state.policies = config
+            .registries
+            .iter()
+            .filter_map(|(host, r)| Some((host.clone(), r.verify.clone()?)))
+            .collect();
         let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
         state.sources.retain(|name, e| {
             let keep = e.origin == Origin::Api || names.contains(name);
@@ -563,6 +573,13 @@ impl Service {
     /// The copy jobs.
     pub fn jobs(&self) -> &jobs::Jobs {
         &self.shared.jobs
+    }
+
+    /// Queues a copy job, under the signature policy the file gives its source registry.
+    pub fn submit(&self, mut request: jobs::CopyRequest) -> Result<jobs::JobView, jobs::JobError> {
+        let policy = self.state().policies.get(&request.source.registry).cloned();
+        request.source_settings.verify = policy;
+        self.shared.jobs.submit(request)
     }
 
     /// Prometheus text.

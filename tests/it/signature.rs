@@ -9,6 +9,7 @@ use crate::harness::fixtures::Fixtures;
 use crate::harness::front::Serve;
 use crate::harness::registry::Registry;
 use crate::harness::served_tempdir;
+use crate::harness::service::Service;
 use crate::harness::store::{fetch, registry_with_fixtures, run, tag_names, write_file};
 
 /// Sign `repo:tag` of the fixtures with `layers` placed as `placement`.
@@ -457,4 +458,60 @@ async fn a_platform_cut_of_a_signed_index_is_checked_against_the_signed_digest()
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("no cosign signature: no tag"), "{stderr}");
     assert_eq!(target.manifest_digest("mirror/api", "v1").await, None);
+}
+
+/// The sync service's copy jobs hold to the signature policy the file gives their
+/// source registry: the signed image reaches the target with its signature, the
+/// unsigned one fails there with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_copy_jobs_hold_to_their_source_registry_s_policy() {
+    let (src, fx, root) = registry_with_fixtures().await;
+    let target = tokio::task::spawn_blocking(Registry::start).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let key = Key::generate(work.path(), "cosign", KeyType::Ed25519);
+    let web = fx.manifest("apps/web", "v1").digest.clone();
+    let signature = [Layer::signed(&key, "apps/web", &web)];
+    sign(&src, &fx, "apps/web", "v1", &signature, Placement::Tag).await;
+    let a = src.addr();
+    let config = write_file(
+        work.path(),
+        "mirror.yaml",
+        &format!(
+            "interval: 1h\nregistries:\n  \"{a}\": {{tls-verify: false, verify: {{keys: [{}]}}}}\n\
+             images:\n  - source: {a}/apps/web\n    tags: [v1]\n",
+            key.public_arg()
+        ),
+    );
+    let root_arg = root.path().to_str().unwrap();
+    let svc = Service::start(&config, &["--root", root_arg, "--retries", "0"], None).await;
+    let job = |image: &str| {
+        serde_json::json!({
+            "source": format!("{a}/{image}:v1"),
+            "tls-verify": false,
+            "targets": [{"registry": format!("{}/jobs", target.addr()), "tls-verify": false}],
+        })
+    };
+    let mut outcomes = Vec::new();
+    for image in ["apps/web", "apps/api"] {
+        let (status, queued) = svc.post_json("/v1/jobs", &job(image)).await;
+        assert_eq!(status, 202, "{queued}");
+        let path = format!("/v1/jobs/{}", queued["id"].as_str().unwrap());
+        let done = svc
+            .wait_for(&path, image, |j| {
+                j["state"] == "finished" || j["state"] == "failed"
+            })
+            .await;
+        outcomes.push(done);
+    }
+    assert_eq!(outcomes[0]["state"], "finished", "{}", outcomes[0]);
+    assert!(
+        target
+            .manifest_digest("jobs/apps/web", &sig_tag(&web))
+            .await
+            .is_some()
+    );
+    assert_eq!(outcomes[1]["state"], "failed", "{}", outcomes[1]);
+    let why = outcomes[1]["targets"][0]["error"].to_string();
+    assert!(why.contains("no cosign signature"), "{why}");
+    assert_eq!(target.manifest_digest("jobs/apps/api", "v1").await, None);
 }
