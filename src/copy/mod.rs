@@ -656,8 +656,15 @@ pub struct Engine<S, D> {
     fallback_claims: Vec<Mutex<HashMap<(String, String), FallbackClaim>>>,
     /// Source manifests by digest, read once however many images share them.
     manifests: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Verified>>>>>,
+    /// Signature checks by (source, repository, digest, policy), made once however many
+    /// tags name the image.
+    checks: Mutex<HashMap<CheckKey, Arc<OnceCell<Checked>>>>,
     counters: Vec<Counters>,
 }
+
+/// The policy is named by its address: jobs hold their `Arc` for the whole run.
+type CheckKey = (usize, String, Digest, usize);
+type Checked = Result<(), Arc<CopyError>>;
 
 /// A repository of one of the engine's sources.
 struct Origin<'a, S> {
@@ -738,6 +745,7 @@ impl<S: Source, D: Destination> Engine<S, D> {
             manifest_claims: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
             fallback_claims: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
             manifests: Mutex::new(HashMap::new()),
+            checks: Mutex::new(HashMap::new()),
             counters: (0..n).map(|_| Counters::default()).collect(),
             dests,
             opts,
@@ -1237,13 +1245,13 @@ impl<S: Source, D: Destination> Engine<S, D> {
                 // Nothing is sent before the signatures the job's policy asks for hold.
                 match &job.policy {
                     Some(policy) => self
-                        .check_signatures(origin, policy, &upstream)
+                        .check_signatures(job.source, origin, policy, &upstream)
                         .await
                         .map(|()| (top, upstream)),
                     None => Ok((top, upstream)),
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => Err(Arc::new(e)),
         };
         let (top, upstream) = match checked {
             Ok(checked) => checked,
@@ -1429,21 +1437,39 @@ impl<S: Source, D: Destination> Engine<S, D> {
         }
     }
 
-    /// Whether `digest` (what the source serves, before any platform cut) is signed as
-    /// `policy` asks.
+    /// Whether `digest` (what source `source` serves, before any platform cut) is
+    /// signed as `policy` asks; checked once per run.
     async fn check_signatures(
         &self,
+        source: usize,
         from: Origin<'_, S>,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         digest: &Digest,
-    ) -> Result<(), CopyError> {
-        let found = signed::find(from.source, from.repo, digest).await?;
-        let refused = |refused| CopyError::Unsigned {
-            digest: digest.clone(),
-            refused,
-        };
-        policy.check(digest, &found).map_err(refused)?;
-        Ok(())
+    ) -> Checked {
+        let key = (
+            source,
+            from.repo.to_owned(),
+            digest.clone(),
+            Arc::as_ptr(policy) as usize,
+        );
+        let cell = self
+            .checks
+            .lock()
+            .expect("check cache lock")
+            .entry(key)
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let found = signed::find(from.source, from.repo, digest).await?;
+            let refused = |refused| CopyError::Unsigned {
+                digest: digest.clone(),
+                refused,
+            };
+            policy.check(digest, &found).map_err(refused)?;
+            Ok(())
+        })
+        .await
+        .clone()
     }
 
     /// Put `manifest` at the slot as `put` says; if it went, whether the destination
