@@ -35,6 +35,10 @@ pub struct RegistrySource {
     reads: Arc<Semaphore>,
     /// Each repository's tags, listed once (for referrer tags).
     tags: Mutex<HashMap<String, Arc<OnceCell<Tags>>>>,
+    /// Repositories whose referrers API answered 404: a registry with the API answers
+    /// every subject (an empty list where nothing refers to it), so it is not asked
+    /// again in this run.
+    no_referrers_api: Mutex<HashSet<String>>,
     reporter: Arc<dyn Reporter>,
     manifests_read: AtomicU64,
     manifest_bytes: AtomicU64,
@@ -53,6 +57,7 @@ impl RegistrySource {
             host: host.to_owned(),
             reads: Arc::new(Semaphore::new(READS_PER_HOST)),
             tags: Mutex::new(HashMap::new()),
+            no_referrers_api: Mutex::new(HashSet::new()),
             reporter,
             manifests_read: AtomicU64::new(0),
             manifest_bytes: AtomicU64::new(0),
@@ -196,10 +201,24 @@ impl Source for RegistrySource {
 
     async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Referrers, CopyError> {
         let what = || format!("the referrers of {}/{repo}@{subject}", self.host);
-        let listed = self
-            .client
-            .get_referrers(&self.host, repo, &subject.to_string())
-            .await?;
+        let without_api = self
+            .no_referrers_api
+            .lock()
+            .expect("referrers lock")
+            .contains(repo);
+        let listed = if without_api {
+            None
+        } else {
+            let listed = self
+                .client
+                .get_referrers(&self.host, repo, &subject.to_string())
+                .await?;
+            if listed.is_none() {
+                let mut absent = self.no_referrers_api.lock().expect("referrers lock");
+                absent.insert(repo.to_owned());
+            }
+            listed
+        };
         let tags = self.repo_tags(repo).await;
         let schema = fallback_tag(subject);
         let mut found = Referrers::default();
