@@ -711,7 +711,8 @@ fn policy(path: &str, raw: RawVerify, problems: &mut Vec<String>) -> Option<Arc<
     let before = problems.len();
     if raw.keys.is_empty() {
         problems.push(format!(
-            "{path}.keys: empty; list the public keys (PEM files, such as cosign.pub) whose              signatures are trusted, or remove `verify`"
+            "{path}.keys: empty; list the public keys (PEM files, such as cosign.pub) whose \
+             signatures are trusted, or remove `verify`"
         ));
     }
     let keys: Vec<Arc<TrustedKey>> = raw

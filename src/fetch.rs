@@ -175,7 +175,7 @@ pub async fn resolve(
             },
             name: spec.target.clone(),
             platforms: spec.platforms.clone(),
-            referrers: spec.referrers || spec.verify.is_some(),
+            referrers: spec.referrers,
             policy: spec.verify.clone(),
         };
         planned.extend(

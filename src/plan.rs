@@ -74,7 +74,8 @@ pub struct Planned {
     pub platforms: Vec<PlatformSpec>,
     /// Also fetch what refers to it (signatures, SBOMs, attestations).
     pub referrers: bool,
-    /// Store it only when signed as this says (its referrers are then fetched too).
+    /// Store it only when signed as this says (its referrers are then fetched too: see
+    /// [`ImageJob::policy`]).
     pub policy: Option<Arc<Policy>>,
 }
 
@@ -116,7 +117,7 @@ pub fn fetch(refs: &[Reference], request: &FetchRequest) -> Result<Vec<Planned>,
             source: r.clone(),
             name,
             platforms: request.platforms.clone(),
-            referrers: request.referrers || request.policy.is_some(),
+            referrers: request.referrers,
             policy: request.policy.clone(),
         });
     }
@@ -450,8 +451,7 @@ pub fn copy(
         repo: source.repository.clone(),
         reference,
         platforms: platforms.to_vec(),
-        // The signatures a policy checked go with the image.
-        referrers: referrers || policy.is_some(),
+        referrers,
         annotations: Default::default(),
         fallback: false,
         policy,

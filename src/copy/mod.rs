@@ -543,7 +543,8 @@ pub struct ImageJob {
     /// replaced.
     pub fallback: bool,
     /// Publish it only when its signatures satisfy this policy, checked against the
-    /// source's digest (an index's, before a platform cut) before anything is sent.
+    /// source's digest (an index's, before a platform cut) before anything is sent; its
+    /// referrers are then copied as with `referrers`, its signatures among them.
     pub policy: Option<Arc<Policy>>,
     pub targets: Vec<JobTarget>,
 }
@@ -854,8 +855,8 @@ impl<S: Source, D: Destination> Engine<S, D> {
     ) -> BoxFuture<'a, (Reports, Reports)> {
         async move {
             // Referrers go before the image's name: an image is not tagged without the
-            // signatures it was asked with.
-            let defer = job.referrers && depth < MAX_REFERRER_DEPTH;
+            // signatures it was asked with, or those a policy checked.
+            let defer = (job.referrers || job.policy.is_some()) && depth < MAX_REFERRER_DEPTH;
             let outcome = self.copy_image(job, defer).await;
             let mut out = Reports::new();
             let Some(copied) = outcome.copied.as_ref().filter(|_| defer) else {

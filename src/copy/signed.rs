@@ -2,7 +2,7 @@
 //! ([`crate::signature`] decides): the `sha256-<hex>.sig` tag, and the signature
 //! manifests among its referrers (the referrers API, else the fallback tag's index).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -41,21 +41,16 @@ pub async fn find<S: Source>(
     }
     let mut listed: Vec<Descriptor> = found.listed;
     if let Some(tag) = &found.fallback {
-        match source.resolve(repo, tag).await {
-            Ok(Verified {
-                manifest:
-                    crate::manifest::Manifest {
-                        kind: Kind::Index(entries),
-                        ..
-                    },
-                ..
-            }) => listed.extend(entries),
-            Ok(_) => {}
+        match source.resolve(repo, tag).await.map(|v| v.manifest.kind) {
+            Ok(Kind::Index(entries)) => listed.extend(entries),
+            Ok(Kind::Image { .. }) => {}
             Err(e) => manifests.push((format!("tag {tag}"), Err(unreadable(&e)))),
         }
     }
-    listed.retain(|d| d.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT));
-    listed.dedup_by(|a, b| a.digest == b.digest);
+    let mut seen = HashSet::new();
+    listed.retain(|d| {
+        d.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT) && seen.insert(d.digest.clone())
+    });
     let read = join_all(
         listed
             .iter()
@@ -71,16 +66,9 @@ pub async fn find<S: Source>(
     }
     let mut candidates = Vec::new();
     for (from, m) in manifests.into_iter().take(MAX_MANIFESTS) {
-        let layers = match m {
-            Ok(Verified {
-                manifest:
-                    crate::manifest::Manifest {
-                        kind: Kind::Image { layers, .. },
-                        ..
-                    },
-                ..
-            }) => layers,
-            Ok(_) => {
+        let layers = match m.map(|v| v.manifest.kind) {
+            Ok(Kind::Image { layers, .. }) => layers,
+            Ok(Kind::Index(_)) => {
                 let content = Err("not a signature manifest: it is an index".to_owned());
                 candidates.push(Candidate { from, content });
                 continue;

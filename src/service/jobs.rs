@@ -348,8 +348,7 @@ async fn copy_image(
             (None, t) => SourceRef::Tag(t.clone().unwrap_or_else(|| "latest".to_owned())),
         },
         platforms: request.platforms.clone(),
-        // The source registry's signature policy holds here too; its signatures go along.
-        referrers: request.referrers || request.source_settings.verify.is_some(),
+        referrers: request.referrers,
         annotations: Default::default(),
         fallback: false,
         policy: request.source_settings.verify.clone(),
