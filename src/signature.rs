@@ -422,4 +422,37 @@ mod tests {
         assert_eq!(both.check(&digest(1), &found).unwrap().keys.len(), 2);
         assert!("most".parse::<Require>().is_err());
     }
+
+    #[test]
+    fn keyless_and_malformed_signatures_are_refused_with_their_own_reasons() {
+        let (pair, key) = ecdsa();
+        let (other_pair, _) = ecdsa();
+        let policy = Policy {
+            keys: vec![Arc::new(key)],
+            require: Require::Any,
+        };
+        let refused = |c: Candidate| policy.check(&digest(1), &[c]).unwrap_err().to_string();
+        let mut keyless = signed(&other_pair, &digest(1));
+        if let Ok(s) = &mut keyless.content {
+            s.keyless = true;
+        }
+        assert!(refused(keyless).contains("a keyless signature (Fulcio certificate)"));
+        let mut garbled = signed(&pair, &digest(1));
+        if let Ok(s) = &mut garbled.content {
+            s.signature = "%%%".into();
+        }
+        assert!(refused(garbled).contains("malformed signature"));
+        // A payload that is signed but is no simple-signing document.
+        let payload = Bytes::from_static(b"{\"critical\": 1}");
+        let sig = pair.sign(&SystemRandom::new(), &payload).unwrap();
+        let odd = Candidate {
+            from: "referrer x".into(),
+            content: Ok(Signed {
+                payload,
+                signature: base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
+                keyless: false,
+            }),
+        };
+        assert!(refused(odd).contains("malformed payload"));
+    }
 }
