@@ -64,6 +64,10 @@ pub enum Command {
         override_usage = "static-registry export [OPTIONS] -o <BUNDLE> [NAME[:TAG|@DIGEST]]..."
     )]
     Export(ExportArgs),
+    /// Publish the store to an S3 bucket at the pull API's own paths, for a front with
+    /// no disk (gen-conf --s3-origin) or a CDN; uploads only what the bucket lacks.
+    #[command(override_usage = "static-registry publish [OPTIONS] s3://<BUCKET>[/<PREFIX>]")]
+    Publish(PublishArgs),
     /// Import images into the store: bundles `export` wrote, or a tree of skopeo `dir:`
     /// images (`<name>/<tag>/`, as the old static-registry scripts kept them).
     #[command(
@@ -294,6 +298,37 @@ pub struct PlanArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Where in which bucket: s3://<bucket>[/<prefix>].
+    #[arg(value_name = "S3_URL")]
+    pub url: String,
+    /// Store directory.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub root: PathBuf,
+    /// The S3 API of a store other than AWS (Ceph RGW, MinIO, Garage...), e.g.
+    /// https://s3.example. Credentials come from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY (or AWS's web identity, container or instance credentials).
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// The bucket's region [default: us-east-1].
+    #[arg(long, env = "AWS_REGION", value_name = "REGION")]
+    pub region: Option<String>,
+    /// Address the bucket as <bucket>.<endpoint host> rather than <endpoint>/<bucket>.
+    #[arg(long)]
+    pub virtual_hosted: bool,
+    /// Then remove the objects the store no longer serves (after the new ones are in,
+    /// tags before the blobs they name); nothing outside the layout's paths is touched.
+    #[arg(long)]
+    pub delete: bool,
+    /// Print what was done as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Uploads in flight at once.
+    #[arg(short, long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
     /// What to bundle: NAME (every tag and untagged manifest of it), NAME:TAG or
     /// NAME@DIGEST, each with what refers to it; nothing means the whole store.
@@ -513,6 +548,18 @@ pub struct GenConfArgs {
     /// may be repeated [default: the nameservers of /etc/resolv.conf].
     #[arg(long, value_name = "ADDR")]
     pub resolver: Vec<String>,
+    /// Serve the bucket `publish` wrote, with no local store: the URL its objects are
+    /// read from anonymously, e.g. https://s3.example/bucket/mirror (path-style) or
+    /// https://bucket.s3.example/mirror. nginx caches what it read in --proxy-cache.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with_all = ["server_root", "name_prefix", "htpasswd", "locations_only", "maps_only", "mappings", "upstream_mode", "tls_redirect_from"]
+    )]
+    pub s3_origin: Option<String>,
+    /// With --s3-origin: no proxy cache, every request goes to the bucket.
+    #[arg(long, requires = "s3_origin")]
+    pub no_proxy_cache: bool,
 }
 
 #[derive(Debug, Args)]

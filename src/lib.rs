@@ -1,6 +1,7 @@
 //! static-registry: mirror container images into a content-addressed tree that stock
 //! nginx serves as a read-only OCI distribution (pull) API.
 
+pub mod bucket;
 pub mod bundle;
 pub mod catalog;
 pub mod config;

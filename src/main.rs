@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use futures::StreamExt;
+use static_registry::bucket::{self, BucketError, BucketUrl};
 use static_registry::bundle;
 use static_registry::catalog;
 use static_registry::config::{self, MirrorConfig};
@@ -35,8 +36,8 @@ use static_registry::sync;
 
 use cli::{
     Cli, Command, CopyArgs, CopyOptionArgs, DestArgs, ExportArgs, FetchArgs, GenConfArgs,
-    ImportArgs, LsArgs, PlanArgs, PruneArgs, PushArgs, RegistryArgs, RmArgs, ServeArgs,
-    SignatureArgs, SyncArgs, VerifyArgs,
+    ImportArgs, LsArgs, PlanArgs, PruneArgs, PublishArgs, PushArgs, RegistryArgs, RmArgs,
+    ServeArgs, SignatureArgs, SyncArgs, VerifyArgs,
 };
 
 /// `println!` for the data on stdout, through [`write_out`].
@@ -100,6 +101,23 @@ fn hint(e: &anyhow::Error, sides: &Sides) -> Option<String> {
             .or_else(|| cause.downcast_ref::<copy::CopyError>().and_then(copy::CopyError::remedy))
         {
             return Some(sides.advise(&r));
+        }
+        if let Some(refusal) = cause
+            .downcast_ref::<BucketError>()
+            .and_then(BucketError::refusal)
+        {
+            let text = match refusal {
+                bucket::Refusal::NoBucket => {
+                    "create the bucket first, or check its name and --endpoint-url"
+                }
+                bucket::Refusal::Credentials => {
+                    "check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the role's): publish needs s3:ListBucket and s3:PutObject on the bucket, and s3:DeleteObject for --delete"
+                }
+                bucket::Refusal::Unreachable => {
+                    "check --endpoint-url and --region, and that the S3 service answers there"
+                }
+            };
+            return Some(text.to_owned());
         }
         if let Some(b) = cause.downcast_ref::<bundle::BundleError>() {
             let text = match b {
@@ -272,6 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::GenConf(args) => gen_conf_command(args),
         Command::Serve(args) => serve_command(args),
         Command::Export(args) => export_command(args),
+        Command::Publish(args) => publish_command(args),
         Command::Import(args) => import_command(args),
         Command::Ls(args) => ls_command(args),
         Command::Verify(args) => verify_command(args),
@@ -859,6 +878,44 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     }
 }
 
+fn publish_command(args: PublishArgs) -> Result<ExitCode> {
+    let url: BucketUrl = args.url.parse().map_err(|e: BucketError| Usage(e.into()))?;
+    let view = StoreView::open(&args.root)?;
+    let started = std::time::Instant::now();
+    let objects = bucket::layout(&view, &url)?;
+    let client = bucket::open(
+        &url,
+        &bucket::Connection {
+            endpoint: args.endpoint_url,
+            region: args.region,
+            virtual_hosted: args.virtual_hosted,
+        },
+    )?;
+    let opts = bucket::PublishOptions {
+        jobs: args.jobs.into(),
+        delete: args.delete,
+    };
+    let published = runtime()?.block_on(bucket::publish(client, &url, objects, opts))?;
+    if args.json {
+        out!("{}", serde_json::to_string_pretty(&published)?);
+    }
+    eprintln!(
+        "published {} to {}: {} objects uploaded ({}), {} already there{}; {:.2}s",
+        args.root.display(),
+        published.url,
+        published.uploaded,
+        human_bytes(published.uploaded_bytes),
+        published.skipped,
+        match (published.deleted, published.stale) {
+            (0, 0) => String::new(),
+            (0, n) => format!(", {n} no longer served left (--delete removes them)"),
+            (n, _) => format!(", {n} deleted"),
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn export_command(args: ExportArgs) -> Result<ExitCode> {
     let view = StoreView::open(&args.root)?;
     let base = args.since.as_deref().map(bundle::read_base).transpose()?;
@@ -1072,6 +1129,10 @@ fn gen_conf_command(args: GenConfArgs) -> Result<ExitCode> {
         mappings,
         htpasswd: args.htpasswd,
         access: args.access,
+        s3_front: args.s3_origin.map(|origin| nginx::s3::S3Front {
+            origin,
+            cache: !args.no_proxy_cache,
+        }),
         proxy_cache: nginx::ProxyCache {
             dir: args.proxy_cache,
             max_size: args.proxy_cache_size,

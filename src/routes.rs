@@ -50,6 +50,8 @@ pub struct RepoRoutes {
     pub tags: BTreeMap<String, String>,
     /// manifest digest hex → kind.
     pub manifests: BTreeMap<String, &'static str>,
+    /// Every stored blob its tags and untagged entries reach (manifests too), digest hex.
+    pub blobs: Vec<String>,
 }
 
 /// What the store holds, restricted to what may be served.
@@ -110,18 +112,30 @@ pub fn scan_repo(root: &Path, name: &str, skipped: &mut Vec<String>) -> Option<R
     }
     // Children of indexes are manifests too (platform images, referrer artifacts);
     // configs and layers have no kind and are served as blobs.
-    let manifests: BTreeMap<String, &'static str> =
-        store::inventory::reachable(&dir, &index.manifests)
-            .into_iter()
-            .filter(|d| d.digest.algorithm() == "sha256")
-            .filter_map(|d| Some((d.digest.hex().to_owned(), kind_of(&d.media_type)?)))
-            .collect();
+    let reachable: Vec<_> = store::inventory::reachable(&dir, &index.manifests)
+        .into_iter()
+        .filter(|d| d.digest.algorithm() == "sha256")
+        .collect();
+    let manifests: BTreeMap<String, &'static str> = reachable
+        .iter()
+        .filter_map(|d| Some((d.digest.hex().to_owned(), kind_of(&d.media_type)?)))
+        .collect();
+    // Foreign layers are never stored: clients fetch them from their URLs.
+    let blobs = reachable
+        .into_iter()
+        .filter(|d| !d.is_foreign())
+        .map(|d| d.digest.hex().to_owned())
+        .collect();
     let tags = tags
         .into_iter()
         .filter(|(_, digest): &(String, Digest)| manifests.contains_key(digest.hex()))
         .map(|(tag, digest)| (tag, digest.hex().to_owned()))
         .collect();
-    Some(RepoRoutes { tags, manifests })
+    Some(RepoRoutes {
+        tags,
+        manifests,
+        blobs,
+    })
 }
 
 /// The answers of the pull API that are errors (OCI JSON bodies), one per case, so every
@@ -144,10 +158,11 @@ pub enum ApiError {
     NotAllowed,
     Denied,
     Failed,
+    Unavailable,
 }
 
 impl ApiError {
-    pub const ALL: [ApiError; 16] = [
+    pub const ALL: [ApiError; 17] = [
         ApiError::NameUnknown,
         ApiError::TagUnknown,
         ApiError::ManifestUnknown,
@@ -164,6 +179,7 @@ impl ApiError {
         ApiError::NotAllowed,
         ApiError::Denied,
         ApiError::Failed,
+        ApiError::Unavailable,
     ];
 
     /// The name templates know it by (`errors.<key>`).
@@ -185,6 +201,7 @@ impl ApiError {
             ApiError::NotAllowed => "not_allowed",
             ApiError::Denied => "denied",
             ApiError::Failed => "failed",
+            ApiError::Unavailable => "unavailable",
         }
     }
 
@@ -254,6 +271,11 @@ impl ApiError {
                 500,
                 "UNKNOWN",
                 "the server failed to read the store: see its error log",
+            ),
+            ApiError::Unavailable => (
+                503,
+                "UNAVAILABLE",
+                "the object store behind this server did not answer: try again later",
             ),
         }
     }

@@ -7,6 +7,7 @@
 //! into the host's own nginx.
 
 pub mod host;
+pub mod s3;
 mod sites;
 
 use std::collections::BTreeMap;
@@ -134,6 +135,8 @@ pub struct GenConfOptions {
     pub htpasswd: Option<PathBuf>,
     /// Which repositories each of them may pull (all, without it).
     pub access: Option<PathBuf>,
+    /// Serve a bucket `publish` wrote instead of the store.
+    pub s3_front: Option<s3::S3Front>,
 }
 
 /// The TLS side of the generated servers.
@@ -263,6 +266,9 @@ fn check(
 
 /// Validate the options, scan the store and render the configuration.
 pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
+    if let Some(front) = &opts.s3_front {
+        return s3::render(opts, front);
+    }
     let server_root = match &opts.server_root {
         Some(r) => r.clone(),
         None => std::path::absolute(&opts.root)

@@ -16,7 +16,7 @@ use crate::harness::skopeo::{skopeo, skopeo_inspect_raw};
 use crate::harness::store::{all_tag_refs, fetch_ok, registry_with_fixtures, static_registry};
 
 /// A port placeholder gen-conf accepts; the harness substitutes its free port.
-const LISTEN: &str = "127.0.0.1:65000";
+pub const LISTEN: &str = "127.0.0.1:65000";
 
 pub fn gen_conf(root: &Path, extra: &[&str]) -> (String, String) {
     let mut args = vec![

@@ -212,3 +212,77 @@ fn access_log_parser_reads_registry_and_nginx_lines() {
         ("/v2/x/manifests/1?n=2", 200, None)
     );
 }
+
+#[test]
+fn rgw_serves_anonymous_reads_once_allowed() {
+    use crate::harness::rgw::{Rgw, object_path};
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let rgw = Rgw::start();
+    rgw.create_bucket("selftest");
+    let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let (status, _, resp) = rgw.request(
+        true,
+        "PUT",
+        &object_path("selftest", "a/b"),
+        &[
+            ("Content-Type", MANIFEST),
+            ("x-amz-meta-digest", "sha256:abc"),
+        ],
+        Some(body),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+
+    let header = |h: &[(String, String)], name: &str| {
+        h.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {h:?}"))
+    };
+    let anon = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        rgw.request(false, method, path, headers, None)
+    };
+    assert_eq!(
+        anon("GET", "/selftest/a/b", &[]).0,
+        403,
+        "private until allowed"
+    );
+
+    rgw.allow_anonymous_read("selftest");
+    let (status, h, got) = anon("GET", "/selftest/a/b", &[]);
+    assert_eq!(status, 200, "{h:?}");
+    assert_eq!(got, body);
+    assert_eq!(header(&h, "content-type"), MANIFEST);
+    assert_eq!(header(&h, "x-amz-meta-digest"), "sha256:abc");
+    let (status, h, got) = anon("GET", "/selftest/a/b", &[("Range", "bytes=2-5")]);
+    assert_eq!(status, 206, "{h:?}");
+    assert_eq!(got, &body[2..6]);
+    assert_eq!(
+        header(&h, "content-range"),
+        format!("bytes 2-5/{}", body.len())
+    );
+    // Reads only: listing and writes stay denied.
+    assert_eq!(anon("GET", "/selftest", &[]).0, 403, "anonymous listing");
+    assert_eq!(
+        rgw.request(false, "PUT", "/selftest/c", &[], Some(b"x")).0,
+        403,
+        "anonymous write"
+    );
+
+    assert_eq!(
+        rgw.objects("selftest"),
+        [("a/b".to_string(), body.len() as u64)]
+    );
+    let (status, h, got) = rgw.get("selftest", "a/b");
+    assert_eq!((status, got.as_slice()), (200, &body[..]));
+    assert_eq!(header(&h, "x-amz-meta-digest"), "sha256:abc");
+
+    assert!(rgw.endpoint().starts_with("http://127.0.0.1:"));
+    assert_eq!(
+        rgw.env(),
+        [
+            ("AWS_ACCESS_KEY_ID", rgw.access_key().to_string()),
+            ("AWS_SECRET_ACCESS_KEY", rgw.secret_key().to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ]
+    );
+}

@@ -19,6 +19,7 @@ mod mappings;
 mod mappings_auth;
 mod options;
 mod permissions;
+mod publish;
 mod push;
 mod push_faults;
 mod readme;

@@ -17,6 +17,7 @@ pub mod nginx;
 pub mod proxy;
 pub mod push;
 pub mod registry;
+pub mod rgw;
 pub mod service;
 pub mod skopeo;
 pub mod store;

@@ -1,0 +1,387 @@
+//! `publish` to a real S3 server (Ceph RGW) and `gen-conf --s3-origin`: a front with
+//! no store serves every tag from the bucket to skopeo, containerd and plain HTTP.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::genconf::{LISTEN, fetched_store, header, request};
+use crate::harness::clients::Containerd;
+use crate::harness::nginx::Nginx;
+use crate::harness::rgw::Rgw;
+use crate::harness::run_with_timeout;
+use crate::harness::skopeo::skopeo;
+use crate::harness::store::{fetch_ok, registry_with_fixtures, static_registry};
+
+const BUCKET: &str = "mirror";
+const PREFIX: &str = "regions/eu";
+
+/// `static-registry publish --root ROOT s3://mirror/regions/eu ...` with the server's
+/// credentials in the environment: (exit code, JSON report, stderr).
+fn publish(rgw: &Rgw, root: &Path, extra: &[&str]) -> (i32, Value, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_static-registry"));
+    cmd.args(["publish", "--root", root.to_str().unwrap()])
+        .arg(format!("s3://{BUCKET}/{PREFIX}"))
+        .args(["--endpoint-url", &rgw.endpoint(), "--json"])
+        .args(extra);
+    for (k, v) in rgw.env() {
+        cmd.env(k, v);
+    }
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn publish_ok(rgw: &Rgw, root: &Path, extra: &[&str]) -> Value {
+    let (code, json, stderr) = publish(rgw, root, extra);
+    assert_eq!(code, 0, "publish failed:\n{stderr}");
+    json
+}
+
+fn bucket_with_anonymous_reads() -> Rgw {
+    let rgw = Rgw::start();
+    rgw.create_bucket(BUCKET);
+    rgw.allow_anonymous_read(BUCKET);
+    rgw
+}
+
+/// nginx running `gen-conf --s3-origin` for the bucket, with its cache in `cache`.
+fn front(rgw: &Rgw, cache: &Path) -> Nginx {
+    let origin = format!("{}/{BUCKET}/{PREFIX}", rgw.endpoint());
+    let out = static_registry(&[
+        "gen-conf",
+        "--s3-origin",
+        &origin,
+        "--listen",
+        LISTEN,
+        "--proxy-cache",
+        cache.to_str().unwrap(),
+        "--proxy-cache-size",
+        "100m",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "gen-conf --s3-origin failed:\n{stderr}"
+    );
+    let config = String::from_utf8(out.stdout).unwrap();
+    crate::genconf::serve(&config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_store_is_pulled_through_a_front_with_no_store() {
+    let (fx, root) = fetched_store().await;
+    let rgw = bucket_with_anonymous_reads();
+    let first = publish_ok(&rgw, root.path(), &[]);
+    let objects = first["objects"].as_u64().unwrap();
+    assert_eq!(first["uploaded"], objects, "{first}");
+    assert_eq!(first["skipped"], 0, "{first}");
+    let in_bucket = rgw.objects(BUCKET);
+    assert_eq!(in_bucket.len() as u64, objects, "{in_bucket:?}");
+    // One object per blob in the pool, however many repositories share it.
+    let shared = fx.base_layer.trim_start_matches("sha256:");
+    let copies = in_bucket
+        .iter()
+        .filter(|(k, _)| k.ends_with(shared))
+        .count();
+    let base_repos = crate::harness::fixtures::BASE_REPOS.len();
+    assert_eq!(
+        copies,
+        1 + base_repos,
+        "one pool object and a link per repository"
+    );
+
+    // Tags carry the digest and media type as object metadata.
+    let m = fx.manifest("base/alpine", "latest");
+    let (status, headers, body) =
+        rgw.get(BUCKET, &format!("{PREFIX}/v2/base/alpine/manifests/latest"));
+    assert_eq!((status, body.as_slice()), (200, m.bytes.as_slice()));
+    let meta = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(meta("x-amz-meta-digest"), m.digest);
+    assert_eq!(meta("content-type"), m.media_type);
+
+    let cache = tempfile::tempdir().unwrap();
+    let nginx = front(&rgw, cache.path());
+    let url = nginx.url();
+    for (repo, tag, digest) in fx.all_refs() {
+        let m = fx.manifest(&repo, &tag);
+        for reference in [tag.as_str(), digest.as_str()] {
+            let at = format!("{url}/v2/{repo}/manifests/{reference}");
+            for method in [Method::GET, Method::HEAD] {
+                let (status, h, body) = request(method.clone(), &at).await;
+                assert_eq!(status, StatusCode::OK, "{method} {at}");
+                assert_eq!(header(&h, "docker-content-digest"), digest, "{method} {at}");
+                assert_eq!(header(&h, "content-type"), m.media_type, "{method} {at}");
+                assert_eq!(
+                    header(&h, "content-length"),
+                    m.bytes.len().to_string(),
+                    "{method} {at}"
+                );
+                if method == Method::GET {
+                    assert_eq!(body, m.bytes, "{at}");
+                }
+                assert!(h.get("x-amz-meta-digest").is_none(), "{at}");
+            }
+        }
+        for blob in &m.blobs {
+            let at = format!("{url}/v2/{repo}/blobs/{blob}");
+            let (status, h, body) = request(Method::GET, &at).await;
+            assert_eq!(status, StatusCode::OK, "{at}");
+            assert_eq!(header(&h, "docker-content-digest"), blob, "{at}");
+            assert_eq!(body, fx.blob(blob), "{at}");
+        }
+    }
+    // A tag answered from nginx's cache still names its digest.
+    let at = format!("{url}/v2/base/alpine/manifests/latest");
+    let (_, h, _) = request(Method::GET, &at).await;
+    assert_eq!(header(&h, "x-cache-status"), "HIT");
+    assert_eq!(header(&h, "docker-content-digest"), m.digest);
+
+    // Range on a blob: 206 with the asked bytes.
+    let layer = &fx.base_layer;
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/v2/base/alpine/blobs/{layer}"))
+        .header("Range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &fx.blob(layer)[..10]);
+
+    // A repository serves only its own blobs, though the pool holds them all.
+    let foreign = fx
+        .repo_blobs("oci/multi")
+        .into_iter()
+        .find(|b| !fx.repo_blobs("base/alpine").contains(b))
+        .unwrap();
+    let (status, _, body) = request(
+        Method::GET,
+        &format!("{url}/v2/base/alpine/blobs/{foreign}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("BLOB_UNKNOWN"));
+
+    // The lists, the errors, and a client's credentials never reaching the bucket.
+    let (status, _, body) = request(Method::GET, &format!("{url}/v2/base/alpine/tags/list")).await;
+    assert_eq!(status, StatusCode::OK);
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["tags"], serde_json::json!(fx.tags("base/alpine")));
+    let (status, _, body) = request(Method::GET, &format!("{url}/v2/_catalog?n=1")).await;
+    assert_eq!(status, StatusCode::OK);
+    let catalog: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!(fx.repos()));
+    for (at, code) in [
+        ("/v2/base/alpine/manifests/nope", "MANIFEST_UNKNOWN"),
+        ("/v2/no/such/tags/list", "NAME_UNKNOWN"),
+        ("/v2/base/alpine/manifests/sha256:zz", "DIGEST_INVALID"),
+    ] {
+        let (status, h, body) = request(Method::GET, &format!("{url}{at}")).await;
+        assert!(status.is_client_error(), "{at}: {status}");
+        assert_eq!(header(&h, "content-type"), "application/json", "{at}");
+        assert!(String::from_utf8_lossy(&body).contains(code), "{at}");
+    }
+    let (status, h, body) = request(
+        Method::GET,
+        &format!("{url}/v2/base/alpine/referrers/{}", m.digest),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        header(&h, "content-type"),
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert!(serde_json::from_slice::<Value>(&body).unwrap()["manifests"].is_array());
+    let (status, _, _) = request(Method::PUT, &format!("{url}/v2/base/alpine/manifests/x")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/v2/apps/web/manifests/v1"))
+        .header("Authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the bucket refused a forwarded Authorization"
+    );
+
+    // Real clients: skopeo copies, containerd (which needs Docker-Content-Digest) pulls.
+    let addr = nginx.addr();
+    let images: Vec<String> = [
+        ("base/alpine", "latest"),
+        ("docker/multi", "v1"),
+        ("oci/multi", "1.0"),
+        ("a/b/c", "1"),
+    ]
+    .iter()
+    .map(|(repo, tag)| format!("{addr}/{repo}:{tag}"))
+    .collect();
+    tokio::task::spawn_blocking(move || {
+        let containerd = Containerd::start();
+        let dirs = tempfile::tempdir().unwrap();
+        for (i, image) in images.iter().enumerate() {
+            let dir = dirs.path().join(i.to_string());
+            let out = skopeo(&[
+                "copy",
+                "--all",
+                "--src-tls-verify=false",
+                &format!("docker://{image}"),
+                &format!("dir:{}", dir.display()),
+            ]);
+            assert!(
+                out.status.success(),
+                "skopeo copy {image}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            containerd.pull(image);
+        }
+    })
+    .await
+    .unwrap();
+
+    // Nothing changed: nothing is uploaded.
+    let again = publish_ok(&rgw, root.path(), &[]);
+    assert_eq!(again["uploaded"], 0, "{again}");
+    assert_eq!(again["skipped"], objects, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn republish_sends_only_what_changed_and_delete_removes_what_the_store_dropped() {
+    let (reg, fx, root) = registry_with_fixtures().await;
+    let r = root.path();
+    let alpine = format!("{}/base/alpine:latest", reg.addr());
+    let web = format!("{}/apps/web:v1", reg.addr());
+    fetch_ok(r, &[alpine.clone(), web.clone()]);
+    let rgw = bucket_with_anonymous_reads();
+    let first = publish_ok(&rgw, r, &[]);
+
+    // A new tag upstream on content the bucket has: the tag, its list and nothing else.
+    let retagged = format!("{}/base/alpine:again", reg.addr());
+    let out = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{alpine}"),
+        &format!("docker://{retagged}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fetch_ok(r, &[retagged]);
+    let m = fx.manifest("base/alpine", "latest");
+    let second = publish_ok(&rgw, r, &[]);
+    assert_eq!(
+        second["uploaded"], 2,
+        "the tag and base/alpine's tags list: {second}"
+    );
+    let list = std::fs::read(r.join(".v2/base/alpine/_tags.json")).unwrap();
+    assert_eq!(
+        second["uploaded_bytes"],
+        (m.bytes.len() + list.len()) as u64,
+        "{second}"
+    );
+
+    // A new repository: its blobs and manifests (only those the pool lacks), then the
+    // catalog.
+    let api = format!("{}/apps/api:v1", reg.addr());
+    fetch_ok(r, &[api]);
+    let third = publish_ok(&rgw, r, &[]);
+    let api_blobs = fx.repo_blobs("apps/api");
+    let new_blobs = api_blobs
+        .iter()
+        .filter(|b| {
+            !fx.repo_blobs("base/alpine").contains(*b) && !fx.repo_blobs("apps/web").contains(*b)
+        })
+        .count();
+    let api_manifest = fx.manifest("apps/api", "v1");
+    // pool: new blobs + the manifest; links: every blob + the manifest; the manifest by
+    // digest and by tag; the tags list; the catalog.
+    let expected = new_blobs + 1 + api_blobs.len() + 1 + 2 + 1 + 1;
+    assert_eq!(third["uploaded"], expected as u64, "{third}");
+    assert!(api_manifest.tags.contains(&"v1".to_owned()));
+
+    // Removed from the store: without --delete the objects stay (and are counted);
+    // with it they go, tags before blobs, and the bucket is the layout exactly.
+    let rm = static_registry(&["rm", "--root", r.to_str().unwrap(), "apps/web"]);
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    let prune = static_registry(&["prune", "--root", r.to_str().unwrap()]);
+    assert!(
+        prune.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prune.stderr)
+    );
+    let kept = publish_ok(&rgw, r, &[]);
+    assert!(kept["stale"].as_u64().unwrap() > 0, "{kept}");
+    assert_eq!(kept["deleted"], 0, "{kept}");
+    let web_key = format!("{PREFIX}/v2/apps/web/manifests/v1");
+    assert!(rgw.objects(BUCKET).iter().any(|(k, _)| *k == web_key));
+    let deleted = publish_ok(&rgw, r, &["--delete"]);
+    assert_eq!(deleted["deleted"], kept["stale"], "{deleted}");
+    assert_eq!(deleted["stale"], 0, "{deleted}");
+    let left = rgw.objects(BUCKET);
+    assert_eq!(
+        left.len() as u64,
+        deleted["objects"].as_u64().unwrap(),
+        "{left:?}"
+    );
+    assert!(
+        !left.iter().any(|(k, _)| k.contains("/apps/web/")),
+        "{left:?}"
+    );
+    // The shared base layer stays: base/alpine and apps/api still hold it.
+    let shared = format!(
+        "{PREFIX}/blobs/sha256/{}",
+        fx.base_layer.trim_start_matches("sha256:")
+    );
+    assert!(left.iter().any(|(k, _)| *k == shared));
+    assert!(first["objects"].as_u64().unwrap() < deleted["objects"].as_u64().unwrap() + 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_refuses_bad_urls_credentials_and_buckets_with_what_to_do() {
+    let (reg, _fx, root) = registry_with_fixtures().await;
+    let r = root.path().to_str().unwrap();
+    // A URL that is no bucket: a usage error before the store or any request.
+    let out = static_registry(&["publish", "--root", r, "https://bucket/x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("s3://<bucket>"));
+    let out = static_registry(&["publish", "--root", r, "s3://bucket/../x"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    fetch_ok(root.path(), &[format!("{}/base/alpine:latest", reg.addr())]);
+    let rgw = Rgw::start();
+    // The bucket does not exist.
+    let (code, _, stderr) = publish(&rgw, root.path(), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("hint: create the bucket first"), "{stderr}");
+    // Wrong credentials.
+    rgw.create_bucket(BUCKET);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_static-registry"));
+    cmd.args(["publish", "--root", r])
+        .arg(format!("s3://{BUCKET}/{PREFIX}"))
+        .args(["--endpoint-url", &rgw.endpoint()])
+        .env("AWS_ACCESS_KEY_ID", "nobody")
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .env("AWS_REGION", "us-east-1");
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("hint: check the credentials"), "{stderr}");
+}
