@@ -84,6 +84,8 @@ pub enum BucketError {
         expected: u64,
         found: u64,
     },
+    #[error("{}: {problem}", path.display())]
+    Profile { path: PathBuf, problem: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -216,12 +218,23 @@ pub fn open(url: &BucketUrl, conn: &Connection) -> Result<Arc<dyn ObjectStore>> 
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&url.bucket)
         .with_virtual_hosted_style_request(conn.virtual_hosted);
-    if let Some(endpoint) = &conn.endpoint {
+    let profile = Profile::load()?;
+    if let Some((key, secret, token)) = profile.credentials {
+        builder = builder
+            .with_access_key_id(key)
+            .with_secret_access_key(secret);
+        if let Some(token) = token {
+            builder = builder.with_token(token);
+        }
+    }
+    let region = conn.region.clone().or(profile.region);
+    let endpoint = conn.endpoint.clone().or(profile.endpoint);
+    if let Some(endpoint) = &endpoint {
         builder = builder
             .with_endpoint(endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
     }
-    if let Some(region) = &conn.region {
+    if let Some(region) = &region {
         builder = builder.with_region(region);
     }
     let store = builder.build().map_err(|source| BucketError::Connect {
@@ -229,6 +242,65 @@ pub fn open(url: &BucketUrl, conn: &Connection) -> Result<Arc<dyn ObjectStore>> 
         source,
     })?;
     Ok(Arc::new(store))
+}
+
+/// What the AWS CLI's files say for the profile (`AWS_PROFILE`, else `default`), where
+/// the environment does not: keys from the shared credentials file, region and
+/// endpoint from the config file.
+#[derive(Debug, Default)]
+struct Profile {
+    credentials: Option<(String, String, Option<String>)>,
+    region: Option<String>,
+    endpoint: Option<String>,
+}
+
+impl Profile {
+    fn load() -> Result<Profile> {
+        let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let Some(home) = env("HOME") else {
+            return Ok(Profile::default());
+        };
+        let aws = Path::new(&home).join(".aws");
+        let name = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
+        let read = |path: PathBuf| -> Result<Option<ini::Ini>> {
+            match ini::Ini::load_from_file(&path) {
+                Ok(file) => Ok(Some(file)),
+                Err(ini::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(ini::Error::Io(source)) => Err(BucketError::Read { path, source }),
+                Err(ini::Error::Parse(e)) => Err(BucketError::Profile {
+                    path,
+                    problem: e.to_string(),
+                }),
+            }
+        };
+        let mut profile = Profile::default();
+        if env("AWS_ACCESS_KEY_ID").is_none() {
+            let path = env("AWS_SHARED_CREDENTIALS_FILE")
+                .map_or_else(|| aws.join("credentials"), PathBuf::from);
+            if let Some(file) = read(path)? {
+                let section = file.section(Some(name.as_str()));
+                let get = |key| section.and_then(|s| s.get(key)).map(str::to_owned);
+                if let (Some(key), Some(secret)) =
+                    (get("aws_access_key_id"), get("aws_secret_access_key"))
+                {
+                    profile.credentials = Some((key, secret, get("aws_session_token")));
+                }
+            }
+        }
+        let path = env("AWS_CONFIG_FILE").map_or_else(|| aws.join("config"), PathBuf::from);
+        if let Some(file) = read(path)? {
+            // The config file names profiles other than default `[profile NAME]`.
+            let section = if name == "default" {
+                file.section(Some("default"))
+            } else {
+                file.section(Some(format!("profile {name}")))
+            };
+            let get = |key| section.and_then(|s| s.get(key)).map(str::to_owned);
+            profile.region = get("region");
+            profile.endpoint = get("endpoint_url");
+        }
+        Ok(profile)
+    }
 }
 
 /// The order objects are written in: a reader never finds a pointer whose content is

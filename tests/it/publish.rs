@@ -355,7 +355,7 @@ async fn republish_sends_only_what_changed_and_delete_removes_what_the_store_dro
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn publish_refuses_bad_urls_credentials_and_buckets_with_what_to_do() {
+async fn publish_refuses_bad_urls_credentials_and_buckets_with_what_to_do_and_reads_aws_profiles() {
     let (reg, _fx, root) = registry_with_fixtures().await;
     let r = root.path().to_str().unwrap();
     // A URL that is no bucket: a usage error before the store or any request.
@@ -384,4 +384,41 @@ async fn publish_refuses_bad_urls_credentials_and_buckets_with_what_to_do() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("hint: check the credentials"), "{stderr}");
+
+    // The AWS CLI's files: keys from the credentials file, endpoint and region from the
+    // config file, for the profile AWS_PROFILE names.
+    let home = tempfile::tempdir().unwrap();
+    let aws = home.path().join(".aws");
+    std::fs::create_dir(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n\n[ceph]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            rgw.access_key(),
+            rgw.secret_key()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[profile ceph]\nregion = us-east-1\nendpoint_url = {}\n",
+            rgw.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_static-registry"));
+    cmd.args(["publish", "--root", r, "--json"])
+        .arg(format!("s3://{BUCKET}/{PREFIX}"))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env("HOME", home.path())
+        .env("AWS_PROFILE", "ceph");
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["uploaded"].as_u64().unwrap() > 0, "{json}");
 }

@@ -164,3 +164,21 @@ fn the_signatures_example_mirrors_only_the_signed_image_and_verifies_it_through_
         "ok: only the signed image was mirrored, and its signature came with it",
     );
 }
+
+#[test]
+fn the_s3_example_publishes_to_ceph_and_pulls_back_through_the_stateless_front() {
+    run_example(
+        "s3.sh",
+        &[
+            ("radosgw", "radosgw"),
+            ("ceph-mon", "ceph-mon"),
+            ("ceph-osd", "ceph-osd"),
+            ("nginx", "nginx"),
+            ("docker-registry", "docker-registry"),
+            ("skopeo", "skopeo"),
+            ("curl", "curl"),
+            ("jq", "jq"),
+        ],
+        "ok: the store was published to the bucket and pulled back through a front with no store",
+    );
+}
