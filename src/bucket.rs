@@ -305,13 +305,16 @@ impl Profile {
 
 /// The order objects are written in: a reader never finds a pointer whose content is
 /// missing (blobs, then what names them, then tags and lists, the catalog last).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Blobs,
     Manifests,
     Tags,
     Catalog,
+}
+
+impl Phase {
+    const ALL: [Phase; 4] = [Phase::Blobs, Phase::Manifests, Phase::Tags, Phase::Catalog];
 }
 
 /// One object the bucket should hold.
@@ -522,7 +525,8 @@ pub async fn publish(
             phases.entry(object.phase).or_default().push(object);
         }
     }
-    for (phase, batch) in phases {
+    for phase in Phase::ALL {
+        let batch = phases.remove(&phase).unwrap_or_default();
         tracing::info!("{phase:?}: uploading {} objects", batch.len());
         let sent: Vec<u64> = futures::stream::iter(batch)
             .map(|object| {
@@ -534,6 +538,7 @@ pub async fn publish(
             .await?;
         report.uploaded += sent.len();
         report.uploaded_bytes += sent.iter().sum::<u64>();
+        crate::crashpoint::hit("bucket-phase");
     }
     let stale: Vec<&String> = present.keys().filter(|k| !wanted.contains(*k)).collect();
     report.stale = stale.len();

@@ -22,7 +22,17 @@ const PREFIX: &str = "regions/eu";
 /// `static-registry publish --root ROOT s3://mirror/regions/eu ...` with the server's
 /// credentials in the environment: (exit code, JSON report, stderr).
 fn publish(rgw: &Rgw, root: &Path, extra: &[&str]) -> (i32, Value, String) {
+    publish_env(rgw, root, extra, &[])
+}
+
+fn publish_env(
+    rgw: &Rgw,
+    root: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, Value, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_static-registry"));
+    cmd.envs(env.iter().copied());
     cmd.args(["publish", "--root", root.to_str().unwrap()])
         .arg(format!("s3://{BUCKET}/{PREFIX}"))
         .args(["--endpoint-url", &rgw.endpoint(), "--json"])
@@ -216,17 +226,17 @@ async fn a_published_store_is_pulled_through_a_front_with_no_store() {
         "the bucket refused a forwarded Authorization"
     );
 
-    // Real clients: skopeo copies, containerd (which needs Docker-Content-Digest) pulls.
+    // Real clients: skopeo copies and containerd (which needs Docker-Content-Digest)
+    // pulls every tag.
     let addr = nginx.addr();
-    let images: Vec<String> = [
-        ("base/alpine", "latest"),
-        ("docker/multi", "v1"),
-        ("oci/multi", "1.0"),
-        ("a/b/c", "1"),
-    ]
-    .iter()
-    .map(|(repo, tag)| format!("{addr}/{repo}:{tag}"))
-    .collect();
+    // Every image tag: not the foreign layer's (fetched from its own URL), nor the
+    // referrers' fallback tags (an index of artifacts, no image to unpack).
+    let images: Vec<String> = fx
+        .all_refs()
+        .into_iter()
+        .filter(|(repo, tag, _)| !repo.starts_with("foreign/") && !tag.starts_with("sha256-"))
+        .map(|(repo, tag, _)| format!("{addr}/{repo}:{tag}"))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let containerd = Containerd::start();
         let dirs = tempfile::tempdir().unwrap();
@@ -264,7 +274,30 @@ async fn republish_sends_only_what_changed_and_delete_removes_what_the_store_dro
     let web = format!("{}/apps/web:v1", reg.addr());
     fetch_ok(r, &[alpine.clone(), web.clone()]);
     let rgw = bucket_with_anonymous_reads();
+
+    // Killed after the blobs, then after the manifests and links: each time the bucket
+    // holds only content nothing names yet, and the next publish sends just the rest.
+    let crash = "STATIC_REGISTRY_CRASH_AT";
+    let (code, _, stderr) = publish_env(&rgw, r, &[], &[(crash, "bucket-phase:1")]);
+    assert_ne!(code, 0, "{stderr}");
+    let pool = format!("{PREFIX}/blobs/sha256/");
+    let keys = rgw.objects(BUCKET);
+    assert!(!keys.is_empty(), "the blobs went up first");
+    assert!(keys.iter().all(|(k, _)| k.starts_with(&pool)), "{keys:?}");
+    let (code, _, stderr) = publish_env(&rgw, r, &[], &[(crash, "bucket-phase:2")]);
+    assert_ne!(code, 0, "{stderr}");
+    let keys = rgw.objects(BUCKET);
+    let named_by_digest = |k: &str| {
+        k.starts_with(&pool) || k.contains("/manifests/sha256:") || k.contains("/blobs/sha256:")
+    };
+    assert!(keys.iter().any(|(k, _)| k.contains("/manifests/sha256:")));
+    assert!(keys.iter().all(|(k, _)| named_by_digest(k)), "{keys:?}");
     let first = publish_ok(&rgw, r, &[]);
+    assert_eq!(
+        first["uploaded"].as_u64().unwrap() + keys.len() as u64,
+        first["objects"].as_u64().unwrap(),
+        "{first}"
+    );
 
     // A new tag upstream on content the bucket has: the tag, its list and nothing else.
     let retagged = format!("{}/base/alpine:again", reg.addr());
