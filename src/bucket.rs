@@ -29,6 +29,7 @@ use object_store::{
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
+use crate::report::Reporter;
 use crate::routes::{self, media_type_of};
 use crate::store::{self, StoreError, StoreView};
 use crate::store::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
@@ -166,14 +167,7 @@ impl std::str::FromStr for BucketUrl {
         }
         // The prefix is rendered into nginx's configuration by gen-conf too: plain
         // path components only.
-        let prefix_ok = prefix.split('/').all(|c| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
-        if !prefix.is_empty() && !prefix_ok {
+        if !prefix.is_empty() && !plain_path(prefix) {
             return Err(bad(
                 "the prefix is path components of [A-Za-z0-9._-] separated by single '/'",
             ));
@@ -183,6 +177,18 @@ impl std::str::FromStr for BucketUrl {
             prefix: prefix.to_owned(),
         })
     }
+}
+
+/// Path components of `[A-Za-z0-9._-]` joined by single `/`, none `.` or `..`: safe as
+/// an object key prefix and in nginx's configuration alike.
+pub fn plain_path(path: &str) -> bool {
+    path.split('/').all(|c| {
+        !c.is_empty()
+            && c != "."
+            && c != ".."
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    })
 }
 
 impl std::fmt::Display for BucketUrl {
@@ -499,6 +505,7 @@ pub async fn publish(
     url: &BucketUrl,
     objects: Vec<Object>,
     opts: PublishOptions,
+    reporter: &dyn Reporter,
 ) -> Result<Published> {
     let present = list(bucket.as_ref(), url).await?;
     let mut report = Published {
@@ -531,7 +538,12 @@ pub async fn publish(
         let sent: Vec<u64> = futures::stream::iter(batch)
             .map(|object| {
                 let bucket = bucket.clone();
-                async move { put(bucket.as_ref(), &object).await }
+                let url = &report.url;
+                async move {
+                    let sent = put(bucket.as_ref(), &object).await?;
+                    reporter.bytes_sent(url, sent);
+                    Ok::<_, BucketError>(sent)
+                }
             })
             .buffer_unordered(opts.jobs.max(1))
             .try_collect()

@@ -326,6 +326,9 @@ pub struct PublishArgs {
     /// Uploads in flight at once.
     #[arg(short, long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -895,7 +895,14 @@ fn publish_command(args: PublishArgs) -> Result<ExitCode> {
         jobs: args.jobs.into(),
         delete: args.delete,
     };
-    let published = runtime()?.block_on(bucket::publish(client, &url, objects, opts))?;
+    let reporter = progress::reporter(args.quiet);
+    let published = runtime()?.block_on(bucket::publish(
+        client,
+        &url,
+        objects,
+        opts,
+        reporter.as_ref(),
+    ))?;
     if args.json {
         out!("{}", serde_json::to_string_pretty(&published)?);
     }

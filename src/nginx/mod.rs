@@ -264,6 +264,22 @@ fn check(
     }
 }
 
+/// The server block's own options: where it listens and the names it answers.
+fn check_server(opts: &GenConfOptions) -> Result<(), NginxError> {
+    check(
+        "--listen",
+        &opts.listen,
+        &LISTEN_RE,
+        "a port, or address:port",
+    )?;
+    check(
+        "--server-name",
+        &opts.server_name,
+        &SERVER_NAME_RE,
+        "host names of [A-Za-z0-9*._-] separated by single spaces",
+    )
+}
+
 /// Validate the options, scan the store and render the configuration.
 pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     if let Some(front) = &opts.s3_front {
@@ -286,18 +302,7 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
         &SERVER_ROOT_RE,
         "an absolute path of [A-Za-z0-9._/-] or an nginx variable like $registry_root (pass --server-root when the store's path has other characters)",
     )?;
-    check(
-        "--listen",
-        &opts.listen,
-        &LISTEN_RE,
-        "a port, or address:port",
-    )?;
-    check(
-        "--server-name",
-        &opts.server_name,
-        &SERVER_NAME_RE,
-        "host names of [A-Za-z0-9*._-] separated by single spaces",
-    )?;
+    check_server(opts)?;
     if let Some(prefix) = &opts.name_prefix {
         reference::validate_repository(prefix).map_err(|_| NginxError::InvalidOption {
             option: "--name-prefix",

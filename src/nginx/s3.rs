@@ -2,9 +2,10 @@
 //! `static-registry publish` wrote (its layout is in `crate::bucket`).
 
 use super::{
-    GenConfOptions, LISTEN_RE, NginxError, Part, Rendered, SERVER_NAME_RE, SIZE_RE, TIME_RE, check,
+    GenConfOptions, NginxError, Part, Rendered, SIZE_RE, TIME_RE, check, check_server,
     default_server_warnings, error_answers, path_text,
 };
+use crate::bucket::plain_path;
 use crate::routes::{self, NAME_RE};
 
 const TEMPLATE: &str = "s3-front.conf.tera";
@@ -68,14 +69,7 @@ fn origin(text: &str) -> Result<Origin, NginxError> {
         .port_or_known_default()
         .ok_or_else(|| bad("a URL with a port"))?;
     let base = url.path().trim_end_matches('/');
-    let parts_ok = base.split('/').skip(1).all(|c| {
-        !c.is_empty()
-            && c != "."
-            && c != ".."
-            && c.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    });
-    if !base.is_empty() && !parts_ok {
+    if !base.is_empty() && !plain_path(&base[1..]) {
         return Err(bad(
             "a path of components of [A-Za-z0-9._-]: /<bucket>[/<prefix>]",
         ));
@@ -96,18 +90,7 @@ pub(super) fn render(opts: &GenConfOptions, front: &S3Front) -> Result<Rendered,
             rule: "a whole server block: leave out --locations-only and --maps-only",
         });
     }
-    check(
-        "--listen",
-        &opts.listen,
-        &LISTEN_RE,
-        "a port, or address:port",
-    )?;
-    check(
-        "--server-name",
-        &opts.server_name,
-        &SERVER_NAME_RE,
-        "host names of [A-Za-z0-9*._-] separated by single spaces",
-    )?;
+    check_server(opts)?;
     let origin = origin(&front.origin)?;
     let cache = &opts.proxy_cache;
     let mut ctx = tera::Context::new();

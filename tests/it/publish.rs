@@ -149,6 +149,11 @@ async fn a_published_store_is_pulled_through_a_front_with_no_store() {
             assert_eq!(status, StatusCode::OK, "{at}");
             assert_eq!(header(&h, "docker-content-digest"), blob, "{at}");
             assert_eq!(body, fx.blob(blob), "{at}");
+            let (status, h, _) = request(Method::HEAD, &at).await;
+            assert_eq!(status, StatusCode::OK, "HEAD {at}");
+            assert_eq!(header(&h, "docker-content-digest"), blob, "HEAD {at}");
+            let length = fx.blob(blob).len().to_string();
+            assert_eq!(header(&h, "content-length"), length, "HEAD {at}");
         }
     }
     // A tag answered from nginx's cache still names its digest.
@@ -166,6 +171,7 @@ async fn a_published_store_is_pulled_through_a_front_with_no_store() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(resp.headers(), "docker-content-digest"), *layer);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &fx.blob(layer)[..10]);
 
     // A repository serves only its own blobs, though the pool holds them all.
