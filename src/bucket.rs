@@ -32,7 +32,7 @@ use tokio::io::AsyncReadExt;
 use crate::report::Reporter;
 use crate::routes::{self, media_type_of};
 use crate::store::{self, StoreError, StoreView};
-use crate::store::{CATALOG_FILE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
+use crate::store::{CATALOG_FILE, INDEX_PAGE, REFERRERS_DIR, SERVED_DIR, TAGS_FILE};
 
 /// Blobs larger than this go up in parts of [`PART_SIZE`] (S3 takes at most 5 GiB in one
 /// PUT, and a part that fails is retried alone).
@@ -42,6 +42,7 @@ const PART_SIZE: usize = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
 
 const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const REVALIDATE: &str = "no-cache";
 
@@ -402,7 +403,15 @@ pub fn layout(view: &StoreView, url: &BucketUrl) -> Result<Vec<Object>> {
             docs.join(TAGS_FILE),
             url.key(&format!("v2/{name}/tags/list")),
             JSON,
+            Phase::Tags,
         )?);
+        // The catalog's HTML pages, where a writer rendered them.
+        for page in store::pages(&docs)? {
+            if let Some(file) = page.file_name().and_then(|f| f.to_str()) {
+                let key = url.key(&format!("pages/{name}/{file}"));
+                objects.push(document(page.clone(), key, HTML, Phase::Catalog)?);
+            }
+        }
         let referrers = docs.join(REFERRERS_DIR);
         for entry in std::fs::read_dir(&referrers).into_iter().flatten() {
             let entry = entry.map_err(|source| BucketError::Read {
@@ -420,6 +429,7 @@ pub fn layout(view: &StoreView, url: &BucketUrl) -> Result<Vec<Object>> {
                 entry.path(),
                 url.key(&format!("v2/{name}/referrers/sha256:{hex}")),
                 crate::manifest::OCI_INDEX,
+                Phase::Tags,
             )?);
         }
     }
@@ -435,17 +445,30 @@ pub fn layout(view: &StoreView, url: &BucketUrl) -> Result<Vec<Object>> {
             md5: None,
         });
     }
-    let mut catalog = document(served.join(CATALOG_FILE), url.key("v2/_catalog"), JSON)?;
-    catalog.phase = Phase::Catalog;
-    objects.push(catalog);
+    let last = Phase::Catalog;
+    objects.push(document(
+        served.join(CATALOG_FILE),
+        url.key("v2/_catalog"),
+        JSON,
+        last,
+    )?);
+    let index = served.join(INDEX_PAGE);
+    if index.is_file() {
+        objects.push(document(index, url.key("pages/index.html"), HTML, last)?);
+    }
     Ok(objects)
 }
 
-/// A served document of the store (a tags list, a referrers index, the catalog).
-fn document(path: PathBuf, key: String, content_type: &'static str) -> Result<Object> {
+/// A served document of the store (a tags list, a referrers index, the catalog, a page).
+fn document(
+    path: PathBuf,
+    key: String,
+    content_type: &'static str,
+    phase: Phase,
+) -> Result<Object> {
     Ok(Object {
         key,
-        phase: Phase::Tags,
+        phase,
         size: file_size(&path)?,
         md5: Some(md5_of(&path)?),
         file: Some(path),
@@ -584,6 +607,7 @@ async fn list(
 ) -> Result<HashMap<String, (u64, Option<String>)>> {
     let pool = url.key("blobs/sha256/");
     let api = url.key("v2/");
+    let pages = url.key("pages/");
     let prefix = (!url.prefix.is_empty()).then(|| Key::from(url.prefix.as_str()));
     let mut found = HashMap::new();
     let mut listing = bucket.list(prefix.as_ref());
@@ -594,7 +618,7 @@ async fn list(
             source,
         })?;
         let key = meta.location.to_string();
-        if key.starts_with(&pool) || key.starts_with(&api) {
+        if key.starts_with(&pool) || key.starts_with(&api) || key.starts_with(&pages) {
             found.insert(key, (meta.size, meta.e_tag));
         }
     }

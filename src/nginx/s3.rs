@@ -147,6 +147,8 @@ pub(super) fn render(opts: &GenConfOptions, front: &S3Front) -> Result<Rendered,
     ctx.insert("name_re", NAME_RE);
     ctx.insert("errors", &error_answers());
     ctx.insert("no_referrers", routes::NO_REFERRERS);
+    ctx.insert("host_placeholder", crate::catalog::HOST_PLACEHOLDER);
+    ctx.insert("prefix_placeholder", crate::catalog::PREFIX_PLACEHOLDER);
     let template = match &opts.templates {
         Some(dir) => {
             let path = dir.join(TEMPLATE);

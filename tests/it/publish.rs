@@ -232,6 +232,23 @@ async fn a_published_store_is_pulled_through_a_front_with_no_store() {
         "the bucket refused a forwarded Authorization"
     );
 
+    // The catalog page and a repository's page, with the address pulled from filled in.
+    let (status, h, body) = request(Method::GET, &format!("{url}/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(header(&h, "content-type").starts_with("text/html"));
+    // (tera escapes `/` in names as an entity.)
+    let text = |body: Vec<u8>| String::from_utf8(body).unwrap().replace("&#x2F;", "/");
+    let index = text(body);
+    assert!(index.contains("base/alpine") && !index.contains("__STATIC_REGISTRY"));
+    let (status, _, body) = request(Method::GET, &format!("{url}/r/base/alpine/")).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = text(body);
+    let pull = format!("docker pull {}/base/alpine:latest", nginx.addr());
+    assert!(page.contains(&pull), "{page}");
+    let (status, _, body) = request(Method::GET, &format!("{url}/r/base/alpine/page/9")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("NOT_FOUND"));
+
     // Real clients: skopeo copies and containerd (which needs Docker-Content-Digest)
     // pulls every tag.
     let addr = nginx.addr();
@@ -322,14 +339,15 @@ async fn republish_sends_only_what_changed_and_delete_removes_what_the_store_dro
     fetch_ok(r, &[retagged]);
     let m = fx.manifest("base/alpine", "latest");
     let second = publish_ok(&rgw, r, &[]);
-    assert_eq!(
-        second["uploaded"], 2,
-        "the tag and base/alpine's tags list: {second}"
-    );
     let list = std::fs::read(r.join(".v2/base/alpine/_tags.json")).unwrap();
+    let page = std::fs::read(r.join(".v2/base/alpine/_page-1.html")).unwrap();
+    assert_eq!(
+        second["uploaded"], 3,
+        "the tag, its list and its page: {second}"
+    );
     assert_eq!(
         second["uploaded_bytes"],
-        (m.bytes.len() + list.len()) as u64,
+        (m.bytes.len() + list.len() + page.len()) as u64,
         "{second}"
     );
 
@@ -347,8 +365,9 @@ async fn republish_sends_only_what_changed_and_delete_removes_what_the_store_dro
         .count();
     let api_manifest = fx.manifest("apps/api", "v1");
     // pool: new blobs + the manifest; links: every blob + the manifest; the manifest by
-    // digest and by tag; the tags list; the catalog.
-    let expected = new_blobs + 1 + api_blobs.len() + 1 + 2 + 1 + 1;
+    // digest and by tag; the tags list; the catalog; the catalog page and the new
+    // repository's page.
+    let expected = new_blobs + 1 + api_blobs.len() + 1 + 2 + 1 + 1 + 2;
     assert_eq!(third["uploaded"], expected as u64, "{third}");
     assert!(api_manifest.tags.contains(&"v1".to_owned()));
 
