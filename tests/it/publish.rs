@@ -480,3 +480,51 @@ async fn publish_refuses_bad_urls_credentials_and_buckets_with_what_to_do_and_re
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json["uploaded"].as_u64().unwrap() > 0, "{json}");
 }
+
+/// A blob from 64 MiB on goes up as a multipart upload; it must arrive whole and in
+/// order, and a republish must recognise it (its ETag is no MD5).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_larger_than_a_part_arrives_whole_and_is_not_sent_again() {
+    let reg = crate::harness::registry::Registry::start();
+    // 70 MiB that differ in every 4 bytes, so a part out of order or twice would show.
+    let layer: Vec<u8> = (0..(70u32 << 20) / 4).flat_map(u32::to_le_bytes).collect();
+    let layer_digest = reg.push_blob("big/one", &layer).await;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = reg.push_blob("big/one", config).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer.len()}],
+    })
+    .to_string();
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    reg.push_manifest("big/one", "1", oci, manifest.as_bytes())
+        .await;
+    let root = crate::harness::served_tempdir("it-store-");
+    fetch_ok(root.path(), &[format!("{}/big/one:1", reg.addr())]);
+    drop(layer);
+
+    let rgw = bucket_with_anonymous_reads();
+    publish_ok(&rgw, root.path(), &[]);
+    let key = format!(
+        "{PREFIX}/blobs/sha256/{}",
+        layer_digest.trim_start_matches("sha256:")
+    );
+    let (status, headers, body) = rgw.get(BUCKET, &key);
+    assert_eq!(status, 200);
+    assert_eq!(crate::harness::sha256_digest(&body), layer_digest);
+    let etag = headers
+        .iter()
+        .find(|(k, _)| k == "etag")
+        .map(|(_, v)| v.as_str());
+    assert!(
+        etag.is_some_and(|e| e.contains('-')),
+        "not a multipart upload: {etag:?}"
+    );
+    let again = publish_ok(&rgw, root.path(), &[]);
+    assert_eq!(again["uploaded"], 0, "{again}");
+}
