@@ -88,6 +88,10 @@ pub enum BucketError {
     },
     #[error("{}: {problem}", path.display())]
     Profile { path: PathBuf, problem: String },
+    #[error(
+        "the store serves no tag, so --delete would remove all {stale} objects of {url}; nothing was deleted (publish a store that holds images, or remove the prefix with the object store's own tools)"
+    )]
+    WouldEmpty { url: String, stale: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -399,7 +403,7 @@ pub fn layout(view: &StoreView, url: &BucketUrl) -> Result<Vec<Object>> {
             });
         }
         let docs = served.join(name);
-        objects.push(document(
+        objects.extend(document(
             docs.join(TAGS_FILE),
             url.key(&format!("v2/{name}/tags/list")),
             JSON,
@@ -409,7 +413,7 @@ pub fn layout(view: &StoreView, url: &BucketUrl) -> Result<Vec<Object>> {
         for page in store::pages(&docs)? {
             if let Some(file) = page.file_name().and_then(|f| f.to_str()) {
                 let key = url.key(&format!("pages/{name}/{file}"));
-                objects.push(document(page.clone(), key, HTML, Phase::Catalog)?);
+                objects.extend(document(page.clone(), key, HTML, Phase::Catalog)?);
             }
         }
         let referrers = docs.join(REFERRERS_DIR);
@@ -425,7 +429,7 @@ pub fn layout(view: &StoreView, url: &BucketUrl) -> Result<Vec<Object>> {
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 continue;
             }
-            objects.push(document(
+            objects.extend(document(
                 entry.path(),
                 url.key(&format!("v2/{name}/referrers/sha256:{hex}")),
                 crate::manifest::OCI_INDEX,
@@ -446,27 +450,33 @@ pub fn layout(view: &StoreView, url: &BucketUrl) -> Result<Vec<Object>> {
         });
     }
     let last = Phase::Catalog;
-    objects.push(document(
+    objects.extend(document(
         served.join(CATALOG_FILE),
         url.key("v2/_catalog"),
         JSON,
         last,
     )?);
-    let index = served.join(INDEX_PAGE);
-    if index.is_file() {
-        objects.push(document(index, url.key("pages/index.html"), HTML, last)?);
-    }
+    objects.extend(document(
+        served.join(INDEX_PAGE),
+        url.key("pages/index.html"),
+        HTML,
+        last,
+    )?);
     Ok(objects)
 }
 
 /// A served document of the store (a tags list, a referrers index, the catalog, a page).
+/// `None` where the store has none (a store no writer has published to yet).
 fn document(
     path: PathBuf,
     key: String,
     content_type: &'static str,
     phase: Phase,
-) -> Result<Object> {
-    Ok(Object {
+) -> Result<Option<Object>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(Object {
         key,
         phase,
         size: file_size(&path)?,
@@ -474,7 +484,7 @@ fn document(
         file: Some(path),
         content_type,
         digest: None,
-    })
+    }))
 }
 
 fn file_size(path: &Path) -> Result<u64> {
@@ -537,6 +547,10 @@ pub async fn publish(
         bytes: objects.iter().map(|o| o.size).sum(),
         ..Published::default()
     };
+    // A store that serves nothing (a wrong --root) would empty the bucket.
+    let serves_nothing = !objects
+        .iter()
+        .any(|o| o.phase == Phase::Tags && o.digest.is_some());
     let mut wanted = std::collections::HashSet::with_capacity(objects.len());
     let mut phases: BTreeMap<Phase, Vec<Object>> = BTreeMap::new();
     for object in objects {
@@ -577,6 +591,12 @@ pub async fn publish(
     }
     let stale: Vec<&String> = present.keys().filter(|k| !wanted.contains(*k)).collect();
     report.stale = stale.len();
+    if opts.delete && !stale.is_empty() && serves_nothing {
+        return Err(BucketError::WouldEmpty {
+            url: url.to_string(),
+            stale: stale.len(),
+        });
+    }
     if opts.delete && !stale.is_empty() {
         // Pointers before what they name: tags and lists, then manifests by digest and
         // blob links, then the pool's blobs.

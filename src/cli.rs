@@ -307,7 +307,8 @@ pub struct PublishArgs {
     pub root: PathBuf,
     /// The S3 API of a store other than AWS (Ceph RGW, MinIO, Garage...), e.g.
     /// https://s3.example. Credentials come from AWS_ACCESS_KEY_ID and
-    /// AWS_SECRET_ACCESS_KEY (or AWS's web identity, container or instance credentials).
+    /// AWS_SECRET_ACCESS_KEY, the AWS CLI's files (AWS_PROFILE), or AWS's web identity,
+    /// container or instance credentials.
     #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// The bucket's region [default: us-east-1].
@@ -503,7 +504,7 @@ pub struct GenConfArgs {
     #[arg(long)]
     pub maps_only: bool,
     /// Directory of templates replacing the built-in ones (registry.conf.tera,
-    /// maps.conf.tera, locations.conf.tera).
+    /// maps.conf.tera, locations.conf.tera; s3-front.conf.tera with --s3-origin).
     #[arg(long, value_name = "DIR")]
     pub templates: Option<PathBuf>,
     /// Install the configuration into the host's nginx instead of printing it: write FILE

@@ -390,6 +390,17 @@ async fn republish_sends_only_what_changed_and_delete_removes_what_the_store_dro
     assert_eq!(kept["deleted"], 0, "{kept}");
     let web_key = format!("{PREFIX}/v2/apps/web/manifests/v1");
     assert!(rgw.objects(BUCKET).iter().any(|(k, _)| *k == web_key));
+    // A store that serves nothing (say, a wrong --root) does not empty the bucket.
+    let empty = crate::harness::served_tempdir("it-store-");
+    let marker = ".static-registry";
+    std::fs::copy(r.join(marker), empty.path().join(marker)).unwrap();
+    let (code, _, stderr) = publish(&rgw, empty.path(), &["--delete"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("nothing was deleted"), "{stderr}");
+    assert_eq!(
+        rgw.objects(BUCKET).len() as u64,
+        kept["objects"].as_u64().unwrap() + kept["stale"].as_u64().unwrap()
+    );
     let deleted = publish_ok(&rgw, r, &["--delete"]);
     assert_eq!(deleted["deleted"], kept["stale"], "{deleted}");
     assert_eq!(deleted["stale"], 0, "{deleted}");
