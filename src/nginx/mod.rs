@@ -280,6 +280,30 @@ fn check_server(opts: &GenConfOptions) -> Result<(), NginxError> {
     )
 }
 
+/// What every server block's template is given: the server's own options (see
+/// [`check_server`]), the name grammar, and the pull API's fixed answers.
+fn server_context(opts: &GenConfOptions) -> Result<tera::Context, NginxError> {
+    let mut ctx = tera::Context::new();
+    ctx.insert("version", env!("CARGO_PKG_VERSION"));
+    ctx.insert("listen", &opts.listen);
+    ctx.insert("server_name", &opts.server_name);
+    let tls = opts.tls.as_ref();
+    ctx.insert(
+        "tls_cert",
+        &tls.map(|t| path_text("--tls-cert", &t.cert)).transpose()?,
+    );
+    ctx.insert(
+        "tls_key",
+        &tls.map(|t| path_text("--tls-key", &t.key)).transpose()?,
+    );
+    ctx.insert("name_re", NAME_RE);
+    ctx.insert("errors", &error_answers());
+    ctx.insert("no_referrers", routes::NO_REFERRERS);
+    ctx.insert("host_placeholder", crate::catalog::HOST_PLACEHOLDER);
+    ctx.insert("prefix_placeholder", crate::catalog::PREFIX_PLACEHOLDER);
+    Ok(ctx)
+}
+
 /// Validate the options, scan the store and render the configuration.
 pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     if let Some(front) = &opts.s3_front {
@@ -348,22 +372,11 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
         .max(model.manifests.len())
         .max(routes.names.len())
         .max(1);
-    let mut ctx = tera::Context::new();
-    ctx.insert("version", env!("CARGO_PKG_VERSION"));
+    let mut ctx = server_context(opts)?;
     ctx.insert("store", &server_root);
     ctx.insert("root", &server_root);
     ctx.insert("part", &opts.part);
-    ctx.insert("listen", &opts.listen);
-    ctx.insert("server_name", &opts.server_name);
     let tls = opts.tls.as_ref();
-    ctx.insert(
-        "tls_cert",
-        &tls.map(|t| path_text("--tls-cert", &t.cert)).transpose()?,
-    );
-    ctx.insert(
-        "tls_key",
-        &tls.map(|t| path_text("--tls-key", &t.key)).transpose()?,
-    );
     let redirect_from = tls.and_then(|t| t.redirect_from.as_deref());
     if let Some(from) = redirect_from {
         check(
@@ -415,11 +428,6 @@ pub fn gen_conf(opts: &GenConfOptions) -> Result<Rendered, NginxError> {
     if routes.any_proxy {
         proxy_context(&mut ctx, cache, &mut warnings)?;
     }
-    ctx.insert("name_re", NAME_RE);
-    ctx.insert("errors", &error_answers());
-    ctx.insert("no_referrers", routes::NO_REFERRERS);
-    ctx.insert("host_placeholder", crate::catalog::HOST_PLACEHOLDER);
-    ctx.insert("prefix_placeholder", crate::catalog::PREFIX_PLACEHOLDER);
     ctx.insert("name_prefix", &prefix);
     let (lower, mixed) = tag_keys(&model.tags);
     ctx.insert("tags", &map_entries(&lower));

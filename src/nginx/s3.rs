@@ -3,10 +3,9 @@
 
 use super::{
     GenConfOptions, NginxError, Part, Rendered, SIZE_RE, TIME_RE, check, check_server,
-    default_server_warnings, error_answers, path_text,
+    default_server_warnings, path_text, server_context,
 };
 use crate::bucket::plain_path;
-use crate::routes::{self, NAME_RE};
 
 const TEMPLATE: &str = "s3-front.conf.tera";
 const EMBEDDED: &str = include_str!("../../templates/s3-front.conf.tera");
@@ -93,8 +92,7 @@ pub(super) fn render(opts: &GenConfOptions, front: &S3Front) -> Result<Rendered,
     check_server(opts)?;
     let origin = origin(&front.origin)?;
     let cache = &opts.proxy_cache;
-    let mut ctx = tera::Context::new();
-    ctx.insert("version", env!("CARGO_PKG_VERSION"));
+    let mut ctx = server_context(opts)?;
     ctx.insert("origin", &front.origin);
     ctx.insert("scheme", origin.scheme);
     ctx.insert("host", &origin.host);
@@ -109,8 +107,6 @@ pub(super) fn render(opts: &GenConfOptions, front: &S3Front) -> Result<Rendered,
         },
     );
     ctx.insert("base", &origin.base);
-    ctx.insert("listen", &opts.listen);
-    ctx.insert("server_name", &opts.server_name);
     ctx.insert("cache", &front.cache);
     if front.cache {
         ctx.insert("cache_dir", &path_text("--proxy-cache", &cache.dir)?);
@@ -135,20 +131,6 @@ pub(super) fn render(opts: &GenConfOptions, front: &S3Front) -> Result<Rendered,
             &path_text("--upstream-ca", &cache.upstream_ca)?,
         );
     }
-    let tls = opts.tls.as_ref();
-    ctx.insert(
-        "tls_cert",
-        &tls.map(|t| path_text("--tls-cert", &t.cert)).transpose()?,
-    );
-    ctx.insert(
-        "tls_key",
-        &tls.map(|t| path_text("--tls-key", &t.key)).transpose()?,
-    );
-    ctx.insert("name_re", NAME_RE);
-    ctx.insert("errors", &error_answers());
-    ctx.insert("no_referrers", routes::NO_REFERRERS);
-    ctx.insert("host_placeholder", crate::catalog::HOST_PLACEHOLDER);
-    ctx.insert("prefix_placeholder", crate::catalog::PREFIX_PLACEHOLDER);
     let template = match &opts.templates {
         Some(dir) => {
             let path = dir.join(TEMPLATE);
